@@ -1,0 +1,168 @@
+"""Descriptor block strings and the index tables that drive the generic contraction kernel.
+
+A descriptor is written as blocks separated by ':'; a block is ``n,body,body,...``: n terms of
+one contraction pattern. A body is a set of index letters; every letter appears exactly twice in
+the pattern (so the full contraction is rotation invariant). ``-`` is the radial-only 2-body
+block. Example (the "fast" preset): ``8,-:8,i,i:8,ij,ij:8,i,j,ij``.
+
+For each pattern we build a table with one row per index assignment alpha in {0,1,2}^|L| and one
+column per body holding the flat (C-order) index into that body's 3^p array, so that
+``G = sum_rows prod_k A_k[table[row, k]]`` (design page, section 3).
+"""
+import itertools
+import re
+from dataclasses import dataclass
+
+import numpy as np
+
+MAX_RANK = 3
+RANK_OFFSET = np.array([0, 1, 4, 13], dtype=np.int64)   # offsets of rank p in a packed r-hat power buffer
+POWER_SIZE = 40                                         # 1 + 3 + 9 + 27
+
+_BODY_RE = re.compile(r"^[a-z]+$")
+
+
+@dataclass(frozen=True)
+class Block:
+    """n terms of one contraction pattern."""
+    n: int
+    bodies: tuple          # tuple of strings, e.g. ("i", "j", "ij"); ("",) for the radial block
+
+    @property
+    def pattern(self):
+        return "-" if self.bodies == ("",) else ",".join(self.bodies)
+
+    @property
+    def ranks(self):
+        return tuple(len(b) for b in self.bodies)
+
+    def table(self):
+        """(rows, n_bodies) int64 table of flat indices into each body's 3^p array."""
+        letters = sorted(set("".join(self.bodies)), key="".join(self.bodies).index)
+        rows = []
+        for alpha in itertools.product(range(3), repeat=len(letters)):
+            value = dict(zip(letters, alpha))
+            row = []
+            for body in self.bodies:
+                flat = 0
+                for letter in body:
+                    flat = 3 * flat + value[letter]
+                row.append(flat)
+            rows.append(row)
+        return np.array(rows, dtype=np.int64).reshape(len(rows), len(self.bodies))
+
+
+def parse_blocks(spec):
+    """Parse and validate a block string; returns a tuple of `Block`.
+
+    Raises ValueError naming the offending block for: an empty block, a count that is not a
+    positive integer, a body with characters other than lowercase letters, a letter repeated
+    inside one body, a letter not used exactly twice, a body of rank > 3, or a pattern of a
+    single body.
+    """
+    if not isinstance(spec, str) or not spec.strip():
+        raise ValueError(f"block string must be a non-empty string like '8,-:8,i,i', got {spec!r}")
+    blocks = []
+    for raw in spec.replace(" ", "").split(":"):
+        parts = raw.split(",")
+        if len(parts) < 2 or not parts[0]:
+            raise ValueError(f"block {raw!r}: expected 'count,body,...' (e.g. '8,i,i' or '8,-')")
+        count = parts[0]
+        if not count.isdigit() or int(count) <= 0:
+            raise ValueError(f"block {raw!r}: the count {count!r} is not a positive integer")
+        bodies = parts[1:]
+        if bodies == ["-"]:
+            blocks.append(Block(int(count), ("",)))
+            continue
+        for body in bodies:
+            if not _BODY_RE.match(body):
+                raise ValueError(f"block {raw!r}: body {body!r} must be lowercase index letters "
+                                 "(or the whole pattern '-')")
+            if len(set(body)) != len(body):
+                raise ValueError(f"block {raw!r}: body {body!r} repeats a letter (a self-trace "
+                                 "of unit vectors is trivial)")
+            if len(body) > MAX_RANK:
+                raise ValueError(f"block {raw!r}: body {body!r} has rank {len(body)}; "
+                                 f"supported ranks are 1..{MAX_RANK}")
+        if len(bodies) < 2:
+            raise ValueError(f"block {raw!r}: a contraction needs at least two bodies")
+        joined = "".join(bodies)
+        for letter in sorted(set(joined)):
+            if joined.count(letter) != 2:
+                raise ValueError(f"block {raw!r}: letter {letter!r} is used {joined.count(letter)} "
+                                 "times; every letter must appear exactly twice")
+        blocks.append(Block(int(count), tuple(bodies)))
+    return tuple(blocks)
+
+
+def format_blocks(blocks):
+    return ":".join(f"{b.n},{b.pattern}" for b in blocks)
+
+
+@dataclass(frozen=True)
+class DescriptorLayout:
+    """Flat integer tables describing every term and body of a descriptor, for the kernels.
+
+    n_terms T, n_bodies B, moment_size M (per-atom length of all body tensors together).
+    body_rank (B,), body_offset (B,): rank and offset of body b in the per-atom moment vector.
+    term_body_start (T + 1,): bodies of term t are term_body_start[t]:term_body_start[t + 1].
+    term_pattern (T,): pattern index of term t.
+    pattern_rows (P,), pattern_table_start (P,): row count and start of the pattern's table in
+    `tables` (row-major, n_bodies columns).
+    """
+    blocks: tuple
+    body_rank: np.ndarray
+    body_offset: np.ndarray
+    term_body_start: np.ndarray
+    term_pattern: np.ndarray
+    pattern_rows: np.ndarray
+    pattern_table_start: np.ndarray
+    tables: np.ndarray
+
+    @property
+    def n_terms(self):
+        return len(self.term_pattern)
+
+    @property
+    def n_bodies(self):
+        return len(self.body_rank)
+
+    @property
+    def moment_size(self):
+        return int(self.body_offset[-1] + 3 ** self.body_rank[-1]) if self.n_bodies else 0
+
+    def kernel_tuple(self):
+        """The arrays the Numba kernels take, as one tuple."""
+        return (self.body_rank, self.body_offset, self.term_body_start, self.term_pattern,
+                self.pattern_rows, self.pattern_table_start, self.tables)
+
+
+def descriptor_layout(blocks):
+    """Build a `DescriptorLayout` from a block string or a tuple of `Block`."""
+    if isinstance(blocks, str):
+        blocks = parse_blocks(blocks)
+    ranks, term_start, term_pattern, p_rows, p_start, tables = [], [0], [], [], [], []
+    n_table = 0
+    for p, block in enumerate(blocks):
+        table = block.table()
+        p_rows.append(table.shape[0])
+        p_start.append(n_table)
+        tables.append(table.ravel())
+        n_table += table.size
+        for _ in range(block.n):
+            ranks.extend(block.ranks)
+            term_pattern.append(p)
+            term_start.append(len(ranks))
+    body_rank = np.array(ranks, dtype=np.int64)
+    sizes = 3 ** body_rank
+    body_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    return DescriptorLayout(
+        blocks=tuple(blocks),
+        body_rank=body_rank,
+        body_offset=body_offset,
+        term_body_start=np.array(term_start, dtype=np.int64),
+        term_pattern=np.array(term_pattern, dtype=np.int64),
+        pattern_rows=np.array(p_rows, dtype=np.int64),
+        pattern_table_start=np.array(p_start, dtype=np.int64),
+        tables=np.concatenate(tables).astype(np.int64),
+    )
