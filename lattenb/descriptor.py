@@ -135,6 +135,88 @@ def contract_adjoint(A, Gbar, body_offset, term_body_start, term_pattern, patter
                 Abar[body_offset[b0 + k] + tables[base + k]] += prod
 
 
+@njit(cache=True)
+def contract_tangent(A, Adot, body_offset, term_body_start, term_pattern, pattern_rows,
+                     pattern_table_start, tables, G, Gdot):
+    """G = C(A) and its tangent Gdot = sum_rows sum_k Adot_k prod_{l != k} A_l."""
+    for t in range(term_pattern.shape[0]):
+        pat = term_pattern[t]
+        b0 = term_body_start[t]
+        nb = term_body_start[t + 1] - b0
+        ts = pattern_table_start[pat]
+        total = 0.0
+        total_dot = 0.0
+        for row in range(pattern_rows[pat]):
+            base = ts + row * nb
+            prod = 1.0
+            for k in range(nb):
+                prod *= A[body_offset[b0 + k] + tables[base + k]]
+            total += prod
+            for k in range(nb):
+                others = Adot[body_offset[b0 + k] + tables[base + k]]
+                for l in range(nb):
+                    if l != k:
+                        others *= A[body_offset[b0 + l] + tables[base + l]]
+                total_dot += others
+        G[t] = total
+        Gdot[t] = total_dot
+
+
+@njit(cache=True)
+def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, body_offset, term_body_start, term_pattern,
+                             pattern_rows, pattern_table_start, tables, Abar, Adotbar):
+    """Reverse of `contract_tangent` for J = Gbar . G + Gdotbar . Gdot.
+
+    Abar[idx_l] += Gbar prod_{m != l} A_m + Gdotbar sum_{k != l} Adot_k prod_{m != k, l} A_m
+    Adotbar[idx_l] += Gdotbar prod_{m != l} A_m
+    """
+    Abar[:] = 0.0
+    Adotbar[:] = 0.0
+    for t in range(term_pattern.shape[0]):
+        gb = Gbar[t]
+        gdb = Gdotbar[t]
+        pat = term_pattern[t]
+        b0 = term_body_start[t]
+        nb = term_body_start[t + 1] - b0
+        ts = pattern_table_start[pat]
+        for row in range(pattern_rows[pat]):
+            base = ts + row * nb
+            for l in range(nb):
+                rest = 1.0
+                for m in range(nb):
+                    if m != l:
+                        rest *= A[body_offset[b0 + m] + tables[base + m]]
+                cross = 0.0
+                for k in range(nb):
+                    if k == l:
+                        continue
+                    term = Adot[body_offset[b0 + k] + tables[base + k]]
+                    for m in range(nb):
+                        if m != k and m != l:
+                            term *= A[body_offset[b0 + m] + tables[base + m]]
+                    cross += term
+                idx = body_offset[b0 + l] + tables[base + l]
+                Abar[idx] += gb * rest + gdb * cross
+                Adotbar[idx] += gdb * rest
+
+
+@njit(cache=True, inline="always")
+def unit_power_tangents(ux, uy, uz, dx, dy, dz, max_rank, R, Rdot):
+    """Tangents of the packed r-hat powers along d(rhat) = (dx, dy, dz); R from `unit_powers`."""
+    Rdot[0] = 0.0
+    Rdot[1] = dx
+    Rdot[2] = dy
+    Rdot[3] = dz
+    if max_rank >= 2:
+        for a in range(3):
+            for b in range(3):
+                Rdot[4 + 3 * a + b] = Rdot[1 + a] * R[1 + b] + R[1 + a] * Rdot[1 + b]
+    if max_rank >= 3:
+        for a in range(3):
+            for bc in range(9):
+                Rdot[13 + 9 * a + bc] = Rdot[1 + a] * R[4 + bc] + R[1 + a] * Rdot[4 + bc]
+
+
 @njit(cache=True, inline="always")
 def _h_component(W, R, max_rank, g):
     """h_g = sum_p sum_e sum_{beta: beta_e = g} W_p[beta] prod_{e' != e} rhat[beta_e']."""
@@ -236,9 +318,9 @@ def atom_pair_gradients(i, positions, cell, offsets, second, shifts, species, cu
 
 
 @njit(cache=True, parallel=True)
-def descriptors_kernel(positions, cell, offsets, second, shifts, species, cutoff, layout,
-                       sigma, centres, inv_w, inv_c2, bin_ptr, bin_bodies, inv_bin):
-    """G (N, T) for every atom (no gradients)."""
+def descriptors_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species, cutoff,
+                       layout, sigma, centres, inv_w, inv_c2, bin_ptr, bin_bodies, inv_bin):
+    """G (N, T) for every atom (no gradients); atom i's pairs use cells[frame_of_atom[i]]."""
     body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = layout
     n_atoms = positions.shape[0]
     n_terms = term_pattern.shape[0]
@@ -250,8 +332,8 @@ def descriptors_kernel(positions, cell, offsets, second, shifts, species, cutoff
     for i in prange(n_atoms):
         A = np.empty(m)
         R = np.empty(POWER_SIZE)
-        atom_moments(i, positions, cell, offsets, second, shifts, species, cutoff,
-                     body_rank, body_offset, max_rank, sigma, centres, inv_w, inv_c2,
+        atom_moments(i, positions, cells[frame_of_atom[i]], offsets, second, shifts, species,
+                     cutoff, body_rank, body_offset, max_rank, sigma, centres, inv_w, inv_c2,
                      bin_ptr, bin_bodies, inv_bin, A, R)
         contract(A, body_offset, term_body_start, term_pattern, p_rows, p_start, tables, G[i])
     return G

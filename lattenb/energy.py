@@ -25,13 +25,16 @@ KernelArrays = namedtuple("KernelArrays", [
 
 
 @njit(cache=True, parallel=True)
-def energy_forces_kernel(positions, cell, offsets, second, shifts, species, cutoff, layout,
+def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species,
+                         cutoff, layout,
                          sigma, centres, inv_w, inv_c2, bin_ptr, bin_bodies, inv_bin,
                          g_mean, g_inv_std, mlp_params, layer_sizes, act, e0, n_centres,
                          n_chunks):
     """Per-atom energies (N,), per-pair dE/dv (P, 3), per-atom dE/d(strain) (N, 9) and the
     per-atom closest-neighbour distance (N,). Units eV, eV/Å, eV.
 
+    cells (F, 3, 3) and frame_of_atom (N,) let one call cover many structures (a training set):
+    atom i's pairs use cells[frame_of_atom[i]]; for one structure pass cell[None] and zeros.
     Only atoms i < n_centres are centres: the others (e.g. ghost atoms of a domain) act only as
     neighbours and get energy 0, strain 0 and zero pair gradients."""
     body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = layout
@@ -68,6 +71,7 @@ def energy_forces_kernel(positions, cell, offsets, second, shifts, species, cuto
         buf_in = np.empty(widest)
         for i in range(lo, hi):
             s = species[i]
+            cell = cells[frame_of_atom[i]]
             closest[i] = atom_moments(i, positions, cell, offsets, second, shifts, species, cutoff,
                                       body_rank, body_offset, max_rank, sigma, centres, inv_w,
                                       inv_c2, bin_ptr, bin_bodies, inv_bin, A, R)
@@ -131,7 +135,7 @@ def evaluate(arrays, positions, cell, species, offsets, second, shifts, volume=N
                 "virial": np.zeros((3, 3)), "stress": np.zeros(6) if volume else None,
                 "atom_virial": np.zeros((n_atoms, 3, 3))}
     energies, pair_grad, strain, closest = energy_forces_kernel(
-        positions, cell, offsets, second, shifts, species, arrays.cutoff, arrays.layout,
+        positions, cell[None], np.zeros(n_atoms, np.int64), offsets, second, shifts, species, arrays.cutoff, arrays.layout,
         arrays.sigma, arrays.centres, arrays.inv_w, arrays.inv_c2, arrays.bin_ptr,
         arrays.bin_bodies, arrays.inv_bin, arrays.g_mean, arrays.g_inv_std, arrays.mlp_params,
         arrays.layer_sizes, arrays.activation, arrays.e0, n_centres, default_chunks(n_centres))

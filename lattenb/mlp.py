@@ -136,3 +136,106 @@ def mlp_reference(params, sizes, act_name, x):
         if layer != n_layers - 1:
             h = funcs[act_name](h)
     return h[:, 0]
+
+
+@njit(cache=True)
+def mlp_tangent_forward(params, sizes, act, x, xdot, a, adot, z, zdot):
+    """Forward pass with a tangent (dual numbers): returns (y, ydot) with ydot = grad y . xdot.
+
+    Scratch as in `mlp_forward`; adot and zdot mirror a and z for the tangent."""
+    n_layers = sizes.shape[0] - 1
+    for k in range(sizes[0]):
+        a[k] = x[k]
+        adot[k] = xdot[k]
+    p = 0
+    a_in = 0
+    z_off = 0
+    for layer in range(n_layers):
+        n_in = sizes[layer]
+        n_out = sizes[layer + 1]
+        a_out = a_in + n_in
+        b_off = p + n_in * n_out
+        for o in range(n_out):
+            z[z_off + o] = params[b_off + o]
+            zdot[z_off + o] = 0.0
+        for k in range(n_in):
+            ak = a[a_in + k]
+            akd = adot[a_in + k]
+            row = p + k * n_out
+            for o in range(n_out):
+                wko = params[row + o]
+                z[z_off + o] += ak * wko
+                zdot[z_off + o] += akd * wko
+        last = layer == n_layers - 1
+        for o in range(n_out):
+            if last:
+                a[a_out + o] = z[z_off + o]
+                adot[a_out + o] = zdot[z_off + o]
+            else:
+                phi, dphi, _ = activate(z[z_off + o], act)
+                a[a_out + o] = phi
+                adot[a_out + o] = dphi * zdot[z_off + o]
+        p = b_off + n_out
+        a_in = a_out
+        z_off += n_out
+    return a[a_in], adot[a_in]
+
+
+@njit(cache=True)
+def mlp_tangent_reverse(params, sizes, act, a, adot, z, zdot, ybar, ydotbar, grad,
+                        zbar, zdotbar, buf, bufdot, xbar, xdotbar):
+    """Reverse pass of J = ybar * y + ydotbar * ydot after `mlp_tangent_forward`.
+
+    Adds dJ/dparams to grad (n_parameters,) and writes dJ/dx to xbar and dJ/dxdot to xdotbar.
+    For ydotbar = 1 the parameter gradient of ydot is the derivative of a Jacobian-vector
+    product, and xbar carries the Hessian-vector product H xdot (design page, section 5).
+    zbar, zdotbar, buf, bufdot: scratch of length max(sizes).
+    """
+    n_layers = sizes.shape[0] - 1
+    p_end = 0
+    for layer in range(n_layers):
+        p_end += sizes[layer] * sizes[layer + 1] + sizes[layer + 1]
+    z_end = 0
+    for layer in range(1, n_layers + 1):
+        z_end += sizes[layer]
+    a_end = z_end + sizes[0]          # a holds sizes[0] inputs followed by every layer's output
+    buf[0] = ybar                     # adjoint of the layer output a_l
+    bufdot[0] = ydotbar               # adjoint of its tangent adot_l
+    for layer in range(n_layers - 1, -1, -1):
+        n_in = sizes[layer]
+        n_out = sizes[layer + 1]
+        p = p_end - (n_in * n_out + n_out)
+        z_off = z_end - n_out
+        a_in = a_end - n_out - n_in
+        if layer == n_layers - 1:
+            for o in range(n_out):
+                zbar[o] = buf[o]
+                zdotbar[o] = bufdot[o]
+        else:
+            for o in range(n_out):
+                zo = z[z_off + o]
+                _, d1, d2 = activate(zo, act)
+                zbar[o] = buf[o] * d1 + bufdot[o] * d2 * zdot[z_off + o]
+                zdotbar[o] = bufdot[o] * d1
+        b_off = p + n_in * n_out
+        for o in range(n_out):
+            grad[b_off + o] += zbar[o]
+        for k in range(n_in):
+            ak = a[a_in + k]
+            akd = adot[a_in + k]
+            row = p + k * n_out
+            s = 0.0
+            sd = 0.0
+            for o in range(n_out):
+                w = params[row + o]
+                grad[row + o] += ak * zbar[o] + akd * zdotbar[o]
+                s += w * zbar[o]
+                sd += w * zdotbar[o]
+            buf[k] = s
+            bufdot[k] = sd
+        p_end = p
+        z_end = z_off
+        a_end = a_in + n_in
+    for k in range(sizes[0]):
+        xbar[k] = buf[k]
+        xdotbar[k] = bufdot[k]

@@ -221,7 +221,8 @@ class LatteModel:
         positions, cell, pbc, species, offsets, second, shifts = self._prepare(
             positions, cell, pbc, numbers, neighbors)
         k = self.kernel_arrays()
-        return descriptors_kernel(positions, cell, offsets, second, shifts, species, k.cutoff,
+        return descriptors_kernel(positions, cell[None], np.zeros(len(positions), np.int64),
+                                  offsets, second, shifts, species, k.cutoff,
                                   k.layout, k.sigma, k.centres, k.inv_w, k.inv_c2, k.bin_ptr,
                                   k.bin_bodies, k.inv_bin)
 

@@ -1,0 +1,408 @@
+"""Training: loss over a dataset and its exact gradient with respect to every parameter.
+
+Loss (design page, section 5), residuals in eV/atom, eV/Å and GPa:
+
+    L = w_E mean_frames ((E - E_ref) / N)^2 + w_F mean_components (F - F_ref)^2
+        + w_S mean_{frames, voigt} (S - S_ref)^2 + l2 |W_MLP|^2
+
+Frames contribute only the targets they have. The gradient costs one energy/force pass plus one
+tangent + reverse pass: with delta_i = dL/dF_i and Delta = dL/d(dE/dstrain) the force and stress
+terms are the directional derivative Phi = sum_pairs vtilde_ij . dE/dv_ij along the fixed tangent
+vtilde_ij = delta_i - delta_j + Delta v_ij (because F_i = sum_j g_ij - sum_k g_ki and
+dE/dstrain = sum g (x) v), so dL/dtheta = sum_i dJ_i/dtheta with J_i = ebar_i e_i + edot_i, and
+no Jacobian is stored.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+from numba import njit, prange
+
+from .descriptor import (POWER_SIZE, RANK_OFFSET, RANK_SIZE, contract_tangent,
+                         contract_tangent_adjoint, descriptors_kernel, pair_vector, unit_power_tangents,
+                         unit_powers)
+from .energy import default_chunks, energy_forces_kernel, gather_forces
+from .mlp import mlp_tangent_forward, mlp_tangent_reverse
+from .neighbors import neighbor_list
+from .radial import radial_param_derivs, radial_value_deriv
+
+EV_A3_TO_GPA = 160.21766208
+
+
+# --------------------------------------------------------------------------- data
+def _targets(atoms):
+    """(energy or None, forces or None, stress (6,) or None) of one ASE Atoms."""
+    results = dict(atoms.calc.results) if atoms.calc is not None else {}
+    energy = results.get("energy", atoms.info.get("energy"))
+    forces = results.get("forces", atoms.arrays.get("forces"))
+    stress = results.get("stress", atoms.info.get("stress"))
+    if stress is not None:
+        stress = np.asarray(stress, dtype=np.float64)
+        if stress.shape == (3, 3):
+            stress = stress[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+        elif stress.shape != (6,):
+            raise ValueError(f"stress has shape {stress.shape}; expected (6,) or (3, 3)")
+    return (None if energy is None else float(energy),
+            None if forces is None else np.asarray(forces, dtype=np.float64), stress)
+
+
+@dataclass
+class Dataset:
+    """Structures and targets prepared once for a model (species order, cutoff).
+
+    Concatenated over F frames and N atoms: positions (N, 3), species (N,), frame_of_atom (N,),
+    cells (F, 3, 3), volumes (F,), atom_start (F + 1,), a global neighbour list (offsets, second,
+    shifts), energies (F,), forces (N, 3), stresses (F, 6) eV/Å^3 and has_* masks (F,).
+    """
+    positions: np.ndarray
+    species: np.ndarray
+    frame_of_atom: np.ndarray
+    cells: np.ndarray
+    volumes: np.ndarray
+    atom_start: np.ndarray
+    offsets: np.ndarray
+    second: np.ndarray
+    shifts: np.ndarray
+    energies: np.ndarray
+    forces: np.ndarray
+    stresses: np.ndarray
+    has_energy: np.ndarray
+    has_forces: np.ndarray
+    has_stress: np.ndarray
+    config_types: list
+
+    @property
+    def n_frames(self):
+        return len(self.cells)
+
+    @property
+    def n_atoms_per_frame(self):
+        return np.diff(self.atom_start)
+
+    def composition(self, n_species):
+        """(F, S) atom counts per species."""
+        counts = np.zeros((self.n_frames, n_species))
+        np.add.at(counts, (self.frame_of_atom, self.species), 1.0)
+        return counts
+
+
+def prepare_dataset(frames, model, require_energy=True):
+    """Build a `Dataset` from ASE Atoms for `model` (neighbour lists computed once here)."""
+    if not len(frames):
+        raise ValueError("no structures given")
+    pos, spec, frame_idx, cells, vols, starts = [], [], [], [], [], [0]
+    offs, seconds, shifts = [np.zeros(1, np.int64)], [], []
+    energies, forces, stresses, he, hf, hs, ctypes = [], [], [], [], [], [], []
+    n_pairs = 0
+    for f, atoms in enumerate(frames):
+        n = len(atoms)
+        if n == 0:
+            raise ValueError(f"structure {f} has no atoms")
+        try:
+            species = model.species_indices(atoms.numbers)
+        except ValueError as exc:
+            raise ValueError(f"structure {f}: {exc}") from None
+        cell = np.array(atoms.cell.array, dtype=np.float64)
+        positions = np.array(atoms.positions, dtype=np.float64)
+        try:
+            o, s2, sh = neighbor_list(positions, cell, atoms.pbc, model.cutoff)
+        except ValueError as exc:
+            raise ValueError(f"structure {f}: {exc}") from None
+        offs.append(o[1:] + n_pairs)
+        seconds.append(s2 + starts[-1])
+        shifts.append(sh)
+        n_pairs += len(s2)
+        e, fr, st = _targets(atoms)
+        if fr is not None and fr.shape != (n, 3):
+            raise ValueError(f"structure {f}: forces have shape {fr.shape}, expected ({n}, 3)")
+        for name, value in (("energy", e), ("forces", fr), ("stress", st)):
+            if value is not None and not np.all(np.isfinite(value)):
+                raise ValueError(f"structure {f}: {name} contains NaN or infinite values")
+        pos.append(positions)
+        spec.append(species)
+        frame_idx.append(np.full(n, f, np.int64))
+        cells.append(cell)
+        vol = abs(np.linalg.det(cell))
+        vols.append(vol)
+        starts.append(starts[-1] + n)
+        energies.append(np.nan if e is None else e)
+        he.append(e is not None)
+        forces.append(np.zeros((n, 3)) if fr is None else fr)
+        hf.append(fr is not None)
+        has_s = st is not None and vol > 1e-12
+        stresses.append(st if has_s else np.zeros(6))
+        hs.append(has_s)
+        ctypes.append(str(atoms.info.get("config_type", "default")))
+    if require_energy and not any(he):
+        raise ValueError("none of the structures has an energy: training needs energies "
+                         "(extended XYZ 'energy=' in the comment line or a calculator result)")
+    return Dataset(
+        positions=np.concatenate(pos), species=np.concatenate(spec),
+        frame_of_atom=np.concatenate(frame_idx), cells=np.array(cells), volumes=np.array(vols),
+        atom_start=np.array(starts, np.int64), offsets=np.concatenate(offs),
+        second=np.concatenate(seconds) if seconds else np.zeros(0, np.int64),
+        shifts=np.concatenate(shifts) if shifts else np.zeros((0, 3), np.int64),
+        energies=np.array(energies), forces=np.concatenate(forces), stresses=np.array(stresses),
+        has_energy=np.array(he), has_forces=np.array(hf), has_stress=np.array(hs),
+        config_types=ctypes)
+
+
+def dataset_descriptors(model, data):
+    """Raw descriptors G (N, T) of every atom of a dataset."""
+    k = model.kernel_arrays()
+    return descriptors_kernel(data.positions, data.cells, data.frame_of_atom, data.offsets,
+                              data.second, data.shifts, data.species, k.cutoff, k.layout, k.sigma,
+                              k.centres, k.inv_w, k.inv_c2, k.bin_ptr, k.bin_bodies, k.inv_bin)
+
+
+# --------------------------------------------------------------------------- predictions
+def predict(model, data):
+    """Energies (F,), forces (N, 3), stresses (F, 6) eV/Å^3 (nan without volume) and per-atom
+    energies, per-pair gradients and per-atom strain derivatives of a dataset in one pass."""
+    k = model.kernel_arrays()
+    n_atoms = len(data.positions)
+    energies, pair_grad, strain, closest = energy_forces_kernel(
+        data.positions, data.cells, data.frame_of_atom, data.offsets, data.second, data.shifts,
+        data.species, k.cutoff, k.layout, k.sigma, k.centres, k.inv_w, k.inv_c2, k.bin_ptr,
+        k.bin_bodies, k.inv_bin, k.g_mean, k.g_inv_std, k.mlp_params, k.layer_sizes,
+        k.activation, k.e0, n_atoms, default_chunks(n_atoms))
+    frame_energy = np.bincount(data.frame_of_atom, weights=energies, minlength=data.n_frames)
+    forces = gather_forces(data.offsets, data.second, pair_grad, n_atoms)
+    dstrain = np.zeros((data.n_frames, 9))
+    np.add.at(dstrain, data.frame_of_atom, strain)
+    dstrain = dstrain.reshape(-1, 3, 3)
+    dstrain = 0.5 * (dstrain + dstrain.transpose(0, 2, 1))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        s = dstrain / np.where(data.volumes > 1e-12, data.volumes, np.nan)[:, None, None]
+    stresses = s[:, [0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]]
+    return frame_energy, forces, stresses, energies
+
+
+# --------------------------------------------------------------------------- kernel
+@njit(cache=True, parallel=True)
+def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species,
+                           cutoff, layout, sigma, centres, widths, inv_w, inv_c2, bin_ptr,
+                           bin_bodies, inv_bin, g_mean, g_inv_std, mlp_params, layer_sizes, act,
+                           e_bar, delta, strain_bar, n_chunks):
+    """Gradient of sum_i (e_bar_i e_i + edot_i) with respect to the MLP parameters (S, nP),
+    species weights (S, S, B), radial centres (S, B) and widths (S, B).
+
+    edot_i is the derivative of e_i along the pair tangent field
+    vtilde_ij = delta_i - delta_j + strain_bar[frame] . v_ij (delta (N, 3), strain_bar (F, 3, 3)).
+    """
+    body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = layout
+    n_atoms = positions.shape[0]
+    n_species = sigma.shape[0]
+    n_bodies = body_rank.shape[0]
+    n_terms = term_pattern.shape[0]
+    n_mlp = mlp_params.shape[1]
+    m = body_offset[-1] + RANK_SIZE[body_rank[-1]]
+    max_rank = 0
+    for b in range(n_bodies):
+        max_rank = max(max_rank, body_rank[b])
+    n_act = 0
+    widest = 0
+    for k in range(layer_sizes.shape[0]):
+        n_act += layer_sizes[k]
+        widest = max(widest, layer_sizes[k])
+    cutoff2 = cutoff * cutoff
+    g_mlp = np.zeros((n_chunks, n_species, n_mlp))
+    g_sigma = np.zeros((n_chunks, n_species, n_species, n_bodies))
+    g_c = np.zeros((n_chunks, n_species, n_bodies))
+    g_w = np.zeros((n_chunks, n_species, n_bodies))
+    for chunk in prange(n_chunks):
+        lo = chunk * n_atoms // n_chunks
+        hi = (chunk + 1) * n_atoms // n_chunks
+        A = np.empty(m)
+        Adot = np.empty(m)
+        Abar = np.empty(m)
+        Adotbar = np.empty(m)
+        R = np.empty(POWER_SIZE)
+        Rdot = np.empty(POWER_SIZE)
+        G = np.empty(n_terms)
+        Gdot = np.empty(n_terms)
+        x = np.empty(n_terms)
+        xdot = np.empty(n_terms)
+        xbar = np.empty(n_terms)
+        xdotbar = np.empty(n_terms)
+        a = np.empty(n_act)
+        adot = np.empty(n_act)
+        z = np.empty(n_act)
+        zdot = np.empty(n_act)
+        zbar = np.empty(widest)
+        zdotbar = np.empty(widest)
+        buf = np.empty(widest)
+        bufdot = np.empty(widest)
+        for i in range(lo, hi):
+            si = species[i]
+            fi = frame_of_atom[i]
+            cell = cells[fi]
+            # ---- forward and tangent moments
+            A[:] = 0.0
+            Adot[:] = 0.0
+            for q in range(offsets[i], offsets[i + 1]):
+                j = second[q]
+                vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
+                r2 = vx * vx + vy * vy + vz * vz
+                if r2 >= cutoff2:
+                    continue
+                r = np.sqrt(r2)
+                inv_r = 1.0 / r
+                ux = vx * inv_r
+                uy = vy * inv_r
+                uz = vz * inv_r
+                tx = delta[i, 0] - delta[j, 0] + (strain_bar[fi, 0, 0] * vx + strain_bar[fi, 0, 1] * vy
+                                                  + strain_bar[fi, 0, 2] * vz)
+                ty = delta[i, 1] - delta[j, 1] + (strain_bar[fi, 1, 0] * vx + strain_bar[fi, 1, 1] * vy
+                                                  + strain_bar[fi, 1, 2] * vz)
+                tz = delta[i, 2] - delta[j, 2] + (strain_bar[fi, 2, 0] * vx + strain_bar[fi, 2, 1] * vy
+                                                  + strain_bar[fi, 2, 2] * vz)
+                rdot = ux * tx + uy * ty + uz * tz
+                unit_powers(ux, uy, uz, max_rank, R)
+                unit_power_tangents(ux, uy, uz, (tx - ux * rdot) * inv_r, (ty - uy * rdot) * inv_r,
+                                    (tz - uz * rdot) * inv_r, max_rank, R, Rdot)
+                sj = species[j]
+                kb = int(r * inv_bin)
+                for mm in range(bin_ptr[si, kb], bin_ptr[si, kb + 1]):
+                    b = bin_bodies[mm]
+                    f, fr = radial_value_deriv(r, centres[si, b], inv_w[si, b], inv_c2[si, b])
+                    if f == 0.0 and fr == 0.0:
+                        continue
+                    sg = sigma[si, sj, b]
+                    c1 = sg * f
+                    c2 = sg * fr * rdot
+                    off = body_offset[b]
+                    p = body_rank[b]
+                    ro = RANK_OFFSET[p]
+                    for e in range(RANK_SIZE[p]):
+                        A[off + e] += c1 * R[ro + e]
+                        Adot[off + e] += c2 * R[ro + e] + c1 * Rdot[ro + e]
+            contract_tangent(A, Adot, body_offset, term_body_start, term_pattern, p_rows, p_start,
+                             tables, G, Gdot)
+            for t in range(n_terms):
+                x[t] = (G[t] - g_mean[si, t]) * g_inv_std[si, t]
+                xdot[t] = Gdot[t] * g_inv_std[si, t]
+            mlp_tangent_forward(mlp_params[si], layer_sizes, act, x, xdot, a, adot, z, zdot)
+            # ---- reverse
+            mlp_tangent_reverse(mlp_params[si], layer_sizes, act, a, adot, z, zdot, e_bar[i], 1.0,
+                                g_mlp[chunk, si], zbar, zdotbar, buf, bufdot, xbar, xdotbar)
+            for t in range(n_terms):
+                xbar[t] *= g_inv_std[si, t]
+                xdotbar[t] *= g_inv_std[si, t]
+            contract_tangent_adjoint(A, Adot, xbar, xdotbar, body_offset, term_body_start,
+                                     term_pattern, p_rows, p_start, tables, Abar, Adotbar)
+            for q in range(offsets[i], offsets[i + 1]):
+                j = second[q]
+                vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
+                r2 = vx * vx + vy * vy + vz * vz
+                if r2 >= cutoff2:
+                    continue
+                r = np.sqrt(r2)
+                inv_r = 1.0 / r
+                ux = vx * inv_r
+                uy = vy * inv_r
+                uz = vz * inv_r
+                tx = delta[i, 0] - delta[j, 0] + (strain_bar[fi, 0, 0] * vx + strain_bar[fi, 0, 1] * vy
+                                                  + strain_bar[fi, 0, 2] * vz)
+                ty = delta[i, 1] - delta[j, 1] + (strain_bar[fi, 1, 0] * vx + strain_bar[fi, 1, 1] * vy
+                                                  + strain_bar[fi, 1, 2] * vz)
+                tz = delta[i, 2] - delta[j, 2] + (strain_bar[fi, 2, 0] * vx + strain_bar[fi, 2, 1] * vy
+                                                  + strain_bar[fi, 2, 2] * vz)
+                rdot = ux * tx + uy * ty + uz * tz
+                unit_powers(ux, uy, uz, max_rank, R)
+                unit_power_tangents(ux, uy, uz, (tx - ux * rdot) * inv_r, (ty - uy * rdot) * inv_r,
+                                    (tz - uz * rdot) * inv_r, max_rank, R, Rdot)
+                sj = species[j]
+                kb = int(r * inv_bin)
+                for mm in range(bin_ptr[si, kb], bin_ptr[si, kb + 1]):
+                    b = bin_bodies[mm]
+                    f, f_r, f_c, f_w, f_rc, f_rw = radial_param_derivs(r, centres[si, b],
+                                                                       widths[si, b])
+                    if f == 0.0 and f_r == 0.0 and f_c == 0.0 and f_w == 0.0:
+                        continue
+                    off = body_offset[b]
+                    p = body_rank[b]
+                    ro = RANK_OFFSET[p]
+                    a1 = 0.0    # Abar . R
+                    a2 = 0.0    # Adotbar . R
+                    a3 = 0.0    # Adotbar . Rdot
+                    for e in range(RANK_SIZE[p]):
+                        a1 += Abar[off + e] * R[ro + e]
+                        a2 += Adotbar[off + e] * R[ro + e]
+                        a3 += Adotbar[off + e] * Rdot[ro + e]
+                    sg = sigma[si, sj, b]
+                    g_sigma[chunk, si, sj, b] += f * (a1 + a3) + f_r * rdot * a2
+                    g_c[chunk, si, b] += sg * (f_c * (a1 + a3) + f_rc * rdot * a2)
+                    g_w[chunk, si, b] += sg * (f_w * (a1 + a3) + f_rw * rdot * a2)
+    return g_mlp.sum(axis=0), g_sigma.sum(axis=0), g_c.sum(axis=0), g_w.sum(axis=0)
+
+
+# --------------------------------------------------------------------------- loss
+@dataclass
+class LossWeights:
+    """Weights of the loss terms: energy per atom (1/eV^2), forces (Å^2/eV^2), stress (1/GPa^2),
+    and the L2 penalty on MLP weights (biases are not penalised)."""
+    energy: float = 1.0
+    forces: float = 1.0
+    stress: float = 1.0
+    l2: float = 0.0
+
+
+def mlp_weight_mask(layer_sizes):
+    """(n_parameters,) 1.0 for weights, 0.0 for biases."""
+    parts = []
+    for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:]):
+        parts += [np.ones(n_in * n_out), np.zeros(n_out)]
+    return np.concatenate(parts)
+
+
+def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True):
+    """Loss (float), its parts (dict) and, if asked, dL/dparams as a dict of arrays shaped like
+    `model.params` (centres, widths, sigma, mlp, e0; g_mean and g_std are fixed buffers)."""
+    k = model.kernel_arrays()
+    E, F, S, _ = predict(model, data)
+    n_per = data.n_atoms_per_frame
+    parts = {}
+    # energy per atom
+    me = data.has_energy
+    res_e = np.where(me, (E - np.where(me, data.energies, 0.0)) / n_per, 0.0)
+    ne = max(int(me.sum()), 1)
+    parts["energy"] = weights.energy * float(np.sum(res_e ** 2)) / ne
+    e_bar_frame = 2.0 * weights.energy * res_e / n_per / ne
+    # forces
+    atom_has_f = data.has_forces[data.frame_of_atom]
+    res_f = np.where(atom_has_f[:, None], F - data.forces, 0.0)
+    nf = max(3 * int(atom_has_f.sum()), 1)
+    parts["forces"] = weights.forces * float(np.sum(res_f ** 2)) / nf
+    delta = 2.0 * weights.forces * res_f / nf
+    # stress, residual in GPa
+    ms = data.has_stress
+    res_s = np.where(ms[:, None], (np.nan_to_num(S) - data.stresses) * EV_A3_TO_GPA, 0.0)
+    ns = max(6 * int(ms.sum()), 1)
+    parts["stress"] = weights.stress * float(np.sum(res_s ** 2)) / ns
+    s_bar = 2.0 * weights.stress * res_s * EV_A3_TO_GPA / ns                     # dL/dS (F, 6)
+    vol = np.where(data.volumes > 1e-12, data.volumes, 1.0)
+    # S = sym(M)/V with M = sum g (x) v: dL/dM_aa = sbar_aa / V, dL/dM_ab = sbar_ab / (2 V)
+    strain_bar = np.zeros((data.n_frames, 3, 3))
+    for voigt, (a, b) in enumerate(((0, 0), (1, 1), (2, 2), (1, 2), (0, 2), (0, 1))):
+        scale = 1.0 if a == b else 0.5
+        strain_bar[:, a, b] += scale * s_bar[:, voigt] / vol
+        if a != b:
+            strain_bar[:, b, a] += scale * s_bar[:, voigt] / vol
+    mask = mlp_weight_mask(model.layer_sizes)
+    mlp = model.params["mlp"]
+    parts["l2"] = weights.l2 * float(np.sum((mlp * mask) ** 2))
+    loss = sum(parts.values())
+    if not with_gradient:
+        return loss, parts, None
+    e_bar = e_bar_frame[data.frame_of_atom]
+    n_atoms = len(data.positions)
+    g_mlp, g_sigma, g_c, g_w = tangent_reverse_kernel(
+        data.positions, data.cells, data.frame_of_atom, data.offsets, data.second, data.shifts,
+        data.species, k.cutoff, k.layout, k.sigma, k.centres,
+        np.ascontiguousarray(model.params["widths"]), k.inv_w, k.inv_c2, k.bin_ptr, k.bin_bodies,
+        k.inv_bin, k.g_mean, k.g_inv_std, k.mlp_params, k.layer_sizes, k.activation, e_bar,
+        delta, strain_bar, default_chunks(n_atoms))
+    g_mlp += 2.0 * weights.l2 * mlp * mask
+    g_e0 = np.bincount(data.species, weights=e_bar, minlength=model.n_species)
+    grad = {"mlp": g_mlp, "e0": g_e0, "sigma": g_sigma, "centres": g_c, "widths": g_w}
+    return loss, parts, grad
