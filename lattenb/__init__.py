@@ -8,6 +8,7 @@
 from .blocks import parse_blocks
 from .io import load_model as load
 from .model import PRESETS, LatteModel
+from .training import fit
 
 __version__ = "0.1.0"
-__all__ = ["LatteModel", "PRESETS", "load", "parse_blocks", "__version__"]
+__all__ = ["LatteModel", "PRESETS", "fit", "load", "parse_blocks", "__version__"]

@@ -16,19 +16,28 @@ FORMAT_VERSION = 1
 UNITS = {"energy": "eV", "length": "Angstrom", "force": "eV/Angstrom", "stress": "eV/Angstrom^3"}
 
 
-def save_model(model, path):
-    """Write `model` to `path` (exactly that name; no suffix is added)."""
+def save_model(model, path, params=None, extra_arrays=None, extra_header=None):
+    """Write `model` to `path` (exactly that name; no suffix is added).
+
+    params: parameter arrays to write instead of model.params; extra_arrays / extra_header:
+    additional arrays and header fields (training checkpoints use them; readers ignore them)."""
     header = {"format": "lattenb", "format_version": FORMAT_VERSION,
               "species": list(model.species), "cutoff": model.cutoff, "blocks": model.blocks,
               "hidden": list(model.hidden), "activation": model.activation, "seed": model.seed,
-              "units": UNITS}
+              "units": UNITS, **(extra_header or {})}
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with open(path, "wb") as fh:
-        np.savez(fh, header=blob, **model.params)
+        np.savez(fh, header=blob, **(params if params is not None else model.params),
+                 **(extra_arrays or {}))
 
 
 def load_model(path):
     """Read a model written by `save_model`; ValueError naming the problem if the file is bad."""
+    return read_model_file(path)[0]
+
+
+def read_model_file(path):
+    """(model, header dict, extra arrays dict) from a model or checkpoint file."""
     from .model import PARAMETER_NAMES, LatteModel
     try:
         with np.load(path, allow_pickle=False) as data:
@@ -72,4 +81,5 @@ def load_model(path):
             raise ValueError(f"{path}: array {name!r} has shape {arrays[name].shape}, expected "
                              f"{shapes[name]} for this header")
     model.set_parameters(**{n: arrays[n] for n in PARAMETER_NAMES})
-    return model
+    extra = {n: v for n, v in arrays.items() if n not in PARAMETER_NAMES}
+    return model, header, extra

@@ -355,7 +355,7 @@ def mlp_weight_mask(layer_sizes):
     return np.concatenate(parts)
 
 
-def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True):
+def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_chunks=None):
     """Loss (float), its parts (dict) and, if asked, dL/dparams as a dict of arrays shaped like
     `model.params` (centres, widths, sigma, mlp, e0; g_mean and g_std are fixed buffers)."""
     k = model.kernel_arrays()
@@ -401,8 +401,284 @@ def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True):
         data.species, k.cutoff, k.layout, k.sigma, k.centres,
         np.ascontiguousarray(model.params["widths"]), k.inv_w, k.inv_c2, k.bin_ptr, k.bin_bodies,
         k.inv_bin, k.g_mean, k.g_inv_std, k.mlp_params, k.layer_sizes, k.activation, e_bar,
-        delta, strain_bar, default_chunks(n_atoms))
+        delta, strain_bar, n_chunks or default_chunks(n_atoms))
     g_mlp += 2.0 * weights.l2 * mlp * mask
     g_e0 = np.bincount(data.species, weights=e_bar, minlength=model.n_species)
     grad = {"mlp": g_mlp, "e0": g_e0, "sigma": g_sigma, "centres": g_c, "widths": g_w}
     return loss, parts, grad
+
+
+# --------------------------------------------------------------------------- fit
+TRAINING_CHUNKS = 64     # fixed, so gradients are bit-identical whatever the thread count
+
+
+def standardise(model, data):
+    """Set the descriptor standardisation (g_mean, g_std per species) from a dataset."""
+    G = dataset_descriptors(model, data)
+    mean = np.array(model.params["g_mean"])
+    std = np.array(model.params["g_std"])
+    for s in range(model.n_species):
+        rows = G[data.species == s]
+        if len(rows):
+            mean[s] = rows.mean(axis=0)
+            sd = rows.std(axis=0)
+            std[s] = np.where(sd > 1e-8 * (1 + np.abs(mean[s])), sd, 1.0)
+    model.set_parameters(g_mean=mean, g_std=std)
+
+
+def fit_reference_energies(model, data):
+    """e0 by linear least squares of (E_ref - current MLP energy) on composition."""
+    model.set_parameters(e0=np.zeros(model.n_species))
+    E, _, _, _ = predict(model, data)
+    m = data.has_energy
+    comp = data.composition(model.n_species)[m]
+    e0, *_ = np.linalg.lstsq(comp, data.energies[m] - E[m], rcond=None)
+    present = comp.sum(axis=0) > 0
+    model.set_parameters(e0=np.where(present, e0, 0.0))
+
+
+class ParameterVector:
+    """Packs the trainable parameters into one vector with box bounds for L-BFGS-B.
+
+    Radial functions are reparametrised as (w, u) with c = w + u (r_cut - 2 w),
+    w in [MIN_WIDTH, r_cut / 2], u in [0, 1], which keeps 0 <= c - w and c + w <= r_cut.
+    """
+
+    def __init__(self, model, train_radial=True, train_sigma=True):
+        from .model import MIN_WIDTH
+        self.model = model
+        self.rc = model.cutoff
+        self.shapes = [("mlp", model.params["mlp"].shape), ("e0", model.params["e0"].shape),
+                       ("widths", model.params["widths"].shape), ("u", model.params["centres"].shape),
+                       ("sigma", model.params["sigma"].shape)]
+        self.sizes = [int(np.prod(s)) for _, s in self.shapes]
+        bounds = []
+        for (name, _), n in zip(self.shapes, self.sizes):
+            if name == "widths":
+                bounds += [(MIN_WIDTH, self.rc / 2)] * n
+            elif name == "u":
+                bounds += [(0.0, 1.0)] * n
+            else:
+                bounds += [(None, None)] * n
+        self.bounds = bounds
+        self.frozen = np.zeros(sum(self.sizes), bool)
+        start = 0
+        for (name, _), n in zip(self.shapes, self.sizes):
+            if (name in ("widths", "u") and not train_radial) or (name == "sigma" and not train_sigma):
+                self.frozen[start:start + n] = True
+            start += n
+
+    def get(self):
+        p = self.model.params
+        w = p["widths"]
+        span = self.rc - 2 * w
+        u = np.where(span > 1e-12, (p["centres"] - w) / np.where(span > 1e-12, span, 1.0), 0.5)
+        values = {"mlp": p["mlp"], "e0": p["e0"], "widths": w, "u": np.clip(u, 0, 1),
+                  "sigma": p["sigma"]}
+        return np.concatenate([values[name].ravel() for name, _ in self.shapes])
+
+    def _split(self, x):
+        out, start = {}, 0
+        for (name, shape), n in zip(self.shapes, self.sizes):
+            out[name] = x[start:start + n].reshape(shape)
+            start += n
+        return out
+
+    def set(self, x):
+        v = self._split(np.asarray(x, dtype=np.float64))
+        w, u = v["widths"], v["u"]
+        self.model.set_parameters(mlp=v["mlp"], e0=v["e0"], widths=w,
+                                  centres=w + u * (self.rc - 2 * w), sigma=v["sigma"])
+
+    def gradient(self, grad):
+        """Chain rule from dL/d(model params) to dL/dx (frozen entries zeroed)."""
+        v = self._split(self.get())
+        w, u = v["widths"], v["u"]
+        g = {"mlp": grad["mlp"], "e0": grad["e0"], "sigma": grad["sigma"],
+             "widths": grad["widths"] + grad["centres"] * (1 - 2 * u),
+             "u": grad["centres"] * (self.rc - 2 * w)}
+        out = np.concatenate([g[name].ravel() for name, _ in self.shapes])
+        out[self.frozen] = 0.0
+        return out
+
+
+def rmse_report(model, data):
+    """Energy RMSE (meV/atom), force RMSE (eV/Å), stress RMSE (GPa) on a dataset (nan if absent)."""
+    E, F, S, _ = predict(model, data)
+    n = data.n_atoms_per_frame
+    me, ms = data.has_energy, data.has_stress
+    af = data.has_forces[data.frame_of_atom]
+    e = 1000 * np.sqrt(np.mean(((E - data.energies) / n)[me] ** 2)) if me.any() else np.nan
+    f = np.sqrt(np.mean((F - data.forces)[af] ** 2)) if af.any() else np.nan
+    s = (EV_A3_TO_GPA * np.sqrt(np.mean((S - data.stresses)[ms] ** 2))) if ms.any() else np.nan
+    return e, f, s
+
+
+class _Objective:
+    """loss(x) and its gradient for SciPy, recording every evaluation so a run can be resumed
+    exactly: a resumed fit replays the recorded values through the same deterministic L-BFGS-B
+    and so reaches the same model as an uninterrupted run."""
+
+    def __init__(self, vector, data, weights, history=None):
+        self.vector, self.data, self.weights = vector, data, weights
+        self.f_hist, self.g_hist = ([], []) if history is None else (list(history[0]), list(history[1]))
+        self.x_hash = [] if history is None else list(history[2])
+        self.calls = 0
+
+    def __call__(self, x):
+        import hashlib
+        digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
+        if self.calls < len(self.f_hist):
+            if digest != self.x_hash[self.calls]:
+                raise ValueError("the checkpoint does not match this data or these settings "
+                                 "(replayed parameters differ)")
+            f, g = self.f_hist[self.calls], self.g_hist[self.calls]
+            self.calls += 1
+            return f, np.array(g)
+        self.vector.set(x)
+        loss, parts, grad = loss_and_gradient(self.vector.model, self.data, self.weights,
+                                              n_chunks=TRAINING_CHUNKS)
+        g = self.vector.gradient(grad)
+        self.f_hist.append(loss)
+        self.g_hist.append(g.copy())
+        self.x_hash.append(digest)
+        self.calls += 1
+        return loss, g
+
+
+def _species_of(frames):
+    numbers = sorted({int(z) for atoms in frames for z in atoms.numbers})
+    from ase.data import chemical_symbols
+    return [chemical_symbols[z] for z in numbers]
+
+
+def _save_checkpoint(path, model, best_params, x0, objective, val_hist, iteration, settings):
+    from .io import save_model
+    best = {n: best_params[n] for n in best_params}
+    hashes = np.array([np.frombuffer(h.encode("ascii"), np.uint8) for h in objective.x_hash],
+                      dtype=np.uint8).reshape(-1, 16)
+    extra = {"fit_x0": x0, "fit_f": np.array(objective.f_hist),
+             "fit_g": np.array(objective.g_hist).reshape(len(objective.f_hist), -1),
+             "fit_xhash": hashes, "fit_val": np.array(val_hist, dtype=np.float64)}
+    save_model(model, path, params=best, extra_arrays=extra,
+               extra_header={"fit": dict(settings, iteration=iteration)})
+
+
+def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=None, blocks=None,
+        hidden=None, activation="gaussian", weights=(1.0, 1.0, 1.0), l2=1e-6, max_iter=500,
+        seed=0, train_radial=True, checkpoint=None, checkpoint_every=50, resume=None,
+        log=print, log_every=10):
+    """Fit a LATTE model to structures with energies (and forces/stress where present).
+
+    frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
+    species: chemical symbols (default: all elements in frames). model: start from this model
+    instead of a new one built from `preset` with the cutoff/blocks/hidden overrides.
+    weights: (energy, forces, stress) loss weights (see `LossWeights`); l2: MLP weight penalty.
+    max_iter: L-BFGS-B iterations. checkpoint: path written every `checkpoint_every` iterations
+    (a loadable model file holding the best parameters so far plus the optimiser history);
+    resume: a checkpoint path to continue from (reaches the same model as an uninterrupted run).
+    Returns the model with the parameters best on `valid` (the last ones without `valid`).
+    Ctrl-C stops the fit cleanly and returns the best model so far (attribute `interrupted`).
+    """
+    import time
+
+    from scipy.optimize import minimize
+
+    from .model import LatteModel
+    t_start = time.perf_counter()
+    weights = LossWeights(*weights, l2=l2) if not isinstance(weights, LossWeights) else weights
+    history, val_hist_init, start_iter = None, [], 0
+    settings = {"preset": preset, "weights": [weights.energy, weights.forces, weights.stress],
+                "l2": weights.l2, "seed": seed, "train_radial": bool(train_radial),
+                "max_iter": int(max_iter)}
+    if resume is not None:
+        from .io import read_model_file
+        model, header, extra = read_model_file(resume)
+        if "fit_x0" not in extra:
+            raise ValueError(f"{resume}: not a checkpoint (no optimiser history)")
+        fit_info = header.get("fit", {})
+        weights = LossWeights(*fit_info["weights"], l2=fit_info["l2"])
+        train_radial = fit_info["train_radial"]
+        settings.update({k: fit_info[k] for k in ("preset", "weights", "l2", "seed", "train_radial")})
+        history = (extra["fit_f"], list(extra["fit_g"]),
+                   [bytes(h).decode("ascii") for h in extra["fit_xhash"]])
+        val_hist_init = list(extra["fit_val"])
+        start_iter = int(fit_info.get("iteration", 0))
+    elif model is None:
+        species = species or _species_of(frames)
+        overrides = {k: v for k, v in (("cutoff", cutoff), ("blocks", blocks), ("hidden", hidden))
+                     if v is not None}
+        model = LatteModel.preset(preset, species, activation=activation, seed=seed, **overrides)
+    data = prepare_dataset(frames, model)
+    vdata = prepare_dataset(valid, model) if valid else None
+    vector = ParameterVector(model, train_radial=train_radial)
+    if resume is not None:
+        x0 = extra["fit_x0"]
+        vector.set(x0)
+    else:
+        standardise(model, data)
+        # a small last layer so the first predictions are the composition fit
+        mlp = model.params["mlp"].copy()
+        n_last = model.layer_sizes[-2]
+        mlp[:, -(n_last + 1):] *= 0.1
+        model.set_parameters(mlp=mlp)
+        fit_reference_energies(model, data)
+        x0 = vector.get()
+    objective = _Objective(vector, data, weights, history)
+    state = {"iteration": 0, "best": None, "best_val": np.inf, "val_hist": list(val_hist_init)}
+    replay = len(val_hist_init)
+
+    def validate(x):
+        it = state["iteration"]
+        if it <= replay:
+            val = state["val_hist"][it - 1]
+        else:
+            vector.set(x)
+            val = (loss_and_gradient(model, vdata, LossWeights(weights.energy, weights.forces,
+                                                               weights.stress), False)[0]
+                   if vdata is not None else objective.f_hist[-1])
+            state["val_hist"].append(val)
+        if val <= state["best_val"]:
+            vector.set(x)
+            state["best_val"] = val
+            state["best"] = {n: v.copy() for n, v in model.params.items()}
+        return val
+
+    def callback(x):
+        state["iteration"] += 1
+        it = state["iteration"]
+        validate(x)
+        if it > replay and log is not None and (it % log_every == 0 or it == 1):
+            vector.set(x)
+            e, f, _ = rmse_report(model, data)
+            line = (f"iter {it:5d}  loss {objective.f_hist[-1]:.6e}  train E {e:7.3f} meV/atom"
+                    f"  F {f:.4f} eV/A")
+            if vdata is not None:
+                ve, vf, _ = rmse_report(model, vdata)
+                line += f"  valid E {ve:7.3f}  F {vf:.4f}"
+            log(line + f"  {time.perf_counter() - t_start:7.1f} s")
+        if checkpoint and it > replay and it % checkpoint_every == 0:
+            _save_checkpoint(checkpoint, model, state["best"], x0, objective, state["val_hist"],
+                             it, settings)
+
+    if replay and log is not None:
+        log(f"resuming from {resume}: replaying {replay} recorded iterations")
+    model.interrupted = False
+    try:
+        minimize(objective, x0, jac=True, method="L-BFGS-B", bounds=vector.bounds,
+                 callback=callback,
+                 options={"maxiter": int(max_iter), "maxfun": 4 * int(max_iter) + 20,
+                          "ftol": 1e-14, "gtol": 1e-12, "maxcor": 20})
+    except KeyboardInterrupt:
+        model.interrupted = True
+        if log is not None:
+            log(f"interrupted at iteration {state['iteration']}: keeping the best parameters so far")
+    if state["best"] is None:
+        state["best"] = {n: v.copy() for n, v in model.params.items()}
+    model.set_parameters(**{n: state["best"][n] for n in ("centres", "widths", "sigma", "mlp", "e0")})
+    if checkpoint:
+        _save_checkpoint(checkpoint, model, state["best"], x0, objective, state["val_hist"],
+                         state["iteration"], settings)
+    model.fit_info = {"iterations": state["iteration"], "best_valid_loss": state["best_val"],
+                      "wall_time_s": time.perf_counter() - t_start}
+    return model

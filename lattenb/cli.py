@@ -1,0 +1,185 @@
+"""Command line: ``lattenb fit``, ``lattenb eval``, ``lattenb example``.
+
+    lattenb fit Cu_train.xyz --valid Cu_test.xyz -o cu.npz
+    lattenb eval cu.npz Cu_test.xyz [--json]
+    lattenb example            # fit on the bundled Cu subset and evaluate it (a smoke run)
+
+Any file ASE can read works; extended XYZ is the default format.
+"""
+import argparse
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+
+DATA_DIR = Path(__file__).parent / "data"
+
+
+def _read(paths):
+    from ase.io import read
+    frames = []
+    for path in paths:
+        try:
+            frames += read(path, index=":")
+        except FileNotFoundError:
+            raise SystemExit(f"lattenb: no such file: {path}")
+        except Exception as exc:   # ASE raises many types for malformed files
+            raise SystemExit(f"lattenb: cannot read {path}: {exc}")
+    return frames
+
+
+def _floats(text, n, name):
+    try:
+        values = tuple(float(v) for v in text.split(","))
+    except ValueError:
+        raise SystemExit(f"lattenb: --{name} takes {n} comma-separated numbers, got {text!r}")
+    if len(values) != n:
+        raise SystemExit(f"lattenb: --{name} takes {n} comma-separated numbers, got {text!r}")
+    return values
+
+
+def evaluate_frames(model, frames, groups=True):
+    """MAE and RMSE of energy (meV/atom), forces (eV/Å), stress (GPa) overall and per config_type.
+
+    Energy errors are |dE|/N per structure averaged over structures (Zuo et al.'s metric);
+    force errors run over all Cartesian components. Returns {group: {metric: value}}."""
+    from .training import EV_A3_TO_GPA, predict, prepare_dataset
+    data = prepare_dataset(frames, model, require_energy=False)
+    E, F, S, _ = predict(model, data)
+    de = (E - data.energies) / data.n_atoms_per_frame * 1000.0
+    df = F - data.forces
+    ds = (S - data.stresses) * EV_A3_TO_GPA
+    labels = np.array(data.config_types)
+    out = {}
+    names = ["all"] + (sorted(set(labels)) if groups else [])
+    for name in names:
+        fm = np.ones(data.n_frames, bool) if name == "all" else labels == name
+        row = {"structures": int(fm.sum()), "atoms": int(data.n_atoms_per_frame[fm].sum())}
+        for key, err, mask in (("energy_meV_per_atom", de, fm & data.has_energy),
+                               ("stress_GPa", ds, fm & data.has_stress)):
+            e = err[mask]
+            row[key] = ({"mae": float(np.mean(np.abs(e))), "rmse": float(np.sqrt(np.mean(e ** 2)))}
+                        if e.size else None)
+        am = (fm & data.has_forces)[data.frame_of_atom]
+        e = df[am]
+        row["forces_eV_per_A"] = ({"mae": float(np.mean(np.abs(e))),
+                                   "rmse": float(np.sqrt(np.mean(e ** 2)))} if e.size else None)
+        out[name] = row
+    return out
+
+
+def _print_table(path, table):
+    print(f"{path}")
+    print(f"  {'group':<12} {'n':>4}  {'E MAE':>8} {'E RMSE':>8}  {'F MAE':>7} {'F RMSE':>7}"
+          f"  {'S MAE':>7} {'S RMSE':>7}")
+    print(f"  {'':<12} {'':>4}  {'meV/atom':>17}  {'eV/A':>15}  {'GPa':>15}")
+
+    def fmt(d, width):
+        return (f"{d['mae']:>{width}.3f} {d['rmse']:>{width}.3f}" if d
+                else f"{'-':>{width}} {'-':>{width}}")
+    for name, row in table.items():
+        print(f"  {name:<12} {row['structures']:>4}  {fmt(row['energy_meV_per_atom'], 8)}  "
+              f"{fmt(row['forces_eV_per_A'], 7)}  {fmt(row['stress_GPa'], 7)}")
+
+
+def cmd_fit(args):
+    import numba
+
+    from .training import fit
+    if args.threads:
+        numba.set_num_threads(args.threads)
+    frames = _read(args.train)
+    valid = _read([args.valid]) if args.valid else None
+    weights = _floats(args.weights, 3, "weights")
+    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
+    model = fit(frames, valid=valid, preset=args.preset, cutoff=args.cutoff, blocks=args.blocks,
+                hidden=hidden, activation=args.activation, weights=weights, l2=args.l2,
+                max_iter=args.max_iter, seed=args.seed, checkpoint=args.checkpoint,
+                checkpoint_every=args.checkpoint_every, resume=args.resume,
+                log=lambda line: print(line, flush=True), log_every=args.log_every)
+    model.save(args.output)
+    info = model.fit_info
+    print(f"wrote {args.output} ({info['iterations']} iterations, {info['wall_time_s']:.1f} s)")
+    if model.interrupted:
+        return 130
+    return 0
+
+
+def cmd_eval(args):
+    from .io import load_model
+    try:
+        model = load_model(args.model)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"lattenb: {exc}")
+    results = {}
+    for path in args.files:
+        results[path] = evaluate_frames(model, _read([path]))
+    if args.json:
+        json.dump(results, sys.stdout, indent=2)
+        print()
+    else:
+        for path, table in results.items():
+            _print_table(path, table)
+    return 0
+
+
+def cmd_example(args):
+    """Fit on the bundled Cu subset, evaluate on the bundled test subset: a quick smoke run."""
+    import tempfile
+    out = args.output or str(Path(tempfile.gettempdir()) / "lattenb-example.npz")
+    train, test = str(DATA_DIR / "Cu_train_subset.xyz"), str(DATA_DIR / "Cu_test_subset.xyz")
+    ns = argparse.Namespace(train=[train], valid=test, output=out, preset="fast", cutoff=None,
+                            blocks=None, hidden=None, activation="gaussian", weights="1,1,1",
+                            l2=1e-6, max_iter=args.max_iter, seed=0, threads=None, checkpoint=None,
+                            checkpoint_every=50, resume=None, log_every=10)
+    code = cmd_fit(ns)
+    cmd_eval(argparse.Namespace(model=out, files=[test], json=False))
+    return code
+
+
+def build_parser():
+    p = argparse.ArgumentParser(prog="lattenb", description="LATTE interatomic potentials")
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("fit", help="fit a model to structures with energies/forces/stress")
+    f.add_argument("train", nargs="+", help="training files (any ASE-readable format)")
+    f.add_argument("--valid", help="validation file: the parameters best on it are kept")
+    f.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
+    f.add_argument("--preset", default="fast", choices=["fast", "accurate"])
+    f.add_argument("--blocks", help="descriptor block string, e.g. '8,-:8,i,i:8,ij,ij'")
+    f.add_argument("--hidden", help="hidden layer sizes, e.g. 32,16")
+    f.add_argument("--cutoff", type=float, help="cutoff radius in Angstrom")
+    f.add_argument("--activation", default="gaussian", choices=["gaussian", "tanh", "silu"])
+    f.add_argument("--weights", default="1,1,1",
+                   help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
+    f.add_argument("--l2", type=float, default=1e-6, help="L2 penalty on MLP weights")
+    f.add_argument("--max-iter", type=int, default=500)
+    f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
+    f.add_argument("--checkpoint", help="checkpoint file, written every --checkpoint-every iterations")
+    f.add_argument("--checkpoint-every", type=int, default=50)
+    f.add_argument("--resume", help="continue from a checkpoint file")
+    f.add_argument("--log-every", type=int, default=10)
+    f.set_defaults(func=cmd_fit)
+    e = sub.add_parser("eval", help="MAE/RMSE of a model on files, overall and per config_type")
+    e.add_argument("model")
+    e.add_argument("files", nargs="+")
+    e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.set_defaults(func=cmd_eval)
+    x = sub.add_parser("example", help="fit and evaluate on the bundled Cu example data")
+    x.add_argument("-o", "--output", help="model file to write (default: a temporary file)")
+    x.add_argument("--max-iter", type=int, default=100)
+    x.set_defaults(func=cmd_example)
+    return p
+
+
+def main(argv=None):
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except ValueError as exc:
+        raise SystemExit(f"lattenb: {exc}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
