@@ -24,7 +24,7 @@ RANK_SIZE = (1, 3, 9, 27)
 POWER_SIZE = 40
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def pair_vector(positions, cell, shifts, i, j, q):
     """v_ij = r_j + S_q . cell - r_i as three scalars (Å)."""
     s0 = shifts[q, 0]
@@ -36,7 +36,7 @@ def pair_vector(positions, cell, shifts, i, j, q):
     return vx, vy, vz
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def unit_powers(ux, uy, uz, max_rank, R):
     """Pack 1, rhat, rhat(x)rhat, rhat(x)rhat(x)rhat into R (40,) up to max_rank."""
     R[0] = 1.0
@@ -56,7 +56,45 @@ def unit_powers(ux, uy, uz, max_rank, R):
                 R[13 + 9 * a + bc] = ra * R[4 + bc]
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy", inline="always")
+def add_scaled(A, off, R, p, coef):
+    """A[off:off + 3^p] += coef * (rank-p block of R), with the trip count fixed per rank so the
+    compiler unrolls it (a variable-length loop here costs more than the arithmetic)."""
+    if p == 0:
+        A[off] += coef
+    elif p == 1:
+        A[off] += coef * R[1]
+        A[off + 1] += coef * R[2]
+        A[off + 2] += coef * R[3]
+    elif p == 2:
+        for e in range(9):
+            A[off + e] += coef * R[4 + e]
+    else:
+        for e in range(27):
+            A[off + e] += coef * R[13 + e]
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def add_scaled_pair(W, Wd, Abar, off, p, a, ad):
+    """W[rank-p block] += a * Abar[off:off + 3^p] and Wd[...] += ad * Abar[...]."""
+    if p == 0:
+        W[0] += a * Abar[off]
+        Wd[0] += ad * Abar[off]
+    elif p == 1:
+        for e in range(3):
+            W[1 + e] += a * Abar[off + e]
+            Wd[1 + e] += ad * Abar[off + e]
+    elif p == 2:
+        for e in range(9):
+            W[4 + e] += a * Abar[off + e]
+            Wd[4 + e] += ad * Abar[off + e]
+    else:
+        for e in range(27):
+            W[13 + e] += a * Abar[off + e]
+            Wd[13 + e] += ad * Abar[off + e]
+
+
+@njit(cache=True, error_model="numpy")
 def atom_moments(i, positions, cell, offsets, second, shifts, species, cutoff,
                  body_rank, body_offset, max_rank, sigma, centres, inv_w, inv_c2,
                  bin_ptr, bin_bodies, inv_bin, A, R):
@@ -84,16 +122,11 @@ def atom_moments(i, positions, cell, offsets, second, shifts, species, cutoff,
             f = radial_value(r, centres[si, b], inv_w[si, b], inv_c2[si, b])
             if f == 0.0:
                 continue
-            coef = sigma[si, sj, b] * f
-            off = body_offset[b]
-            p = body_rank[b]
-            ro = RANK_OFFSET[p]
-            for e in range(RANK_SIZE[p]):
-                A[off + e] += coef * R[ro + e]
+            add_scaled(A, body_offset[b], R, body_rank[b], sigma[si, sj, b] * f)
     return np.sqrt(closest2)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def contract(A, body_offset, term_body_start, term_pattern, pattern_rows, pattern_table_start,
              tables, G):
     """G_t = sum_rows prod_k A[body_offset[b_k] + table[row, k]] for every term t."""
@@ -112,7 +145,7 @@ def contract(A, body_offset, term_body_start, term_pattern, pattern_rows, patter
         G[t] = total
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def contract_adjoint(A, Gbar, body_offset, term_body_start, term_pattern, pattern_rows,
                      pattern_table_start, tables, Abar):
     """Abar = dG/dA^T Gbar: Abar[idx_k] += Gbar_t prod_{l != k} A[idx_l] over every row."""
@@ -135,7 +168,7 @@ def contract_adjoint(A, Gbar, body_offset, term_body_start, term_pattern, patter
                 Abar[body_offset[b0 + k] + tables[base + k]] += prod
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def contract_tangent(A, Adot, body_offset, term_body_start, term_pattern, pattern_rows,
                      pattern_table_start, tables, G, Gdot):
     """G = C(A) and its tangent Gdot = sum_rows sum_k Adot_k prod_{l != k} A_l."""
@@ -162,7 +195,7 @@ def contract_tangent(A, Adot, body_offset, term_body_start, term_pattern, patter
         Gdot[t] = total_dot
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, body_offset, term_body_start, term_pattern,
                              pattern_rows, pattern_table_start, tables, Abar, Adotbar):
     """Reverse of `contract_tangent` for J = Gbar . G + Gdotbar . Gdot.
@@ -200,7 +233,7 @@ def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, body_offset, term_body_star
                 Adotbar[idx] += gdb * rest
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def unit_power_tangents(ux, uy, uz, dx, dy, dz, max_rank, R, Rdot):
     """Tangents of the packed r-hat powers along d(rhat) = (dx, dy, dz); R from `unit_powers`."""
     Rdot[0] = 0.0
@@ -217,7 +250,7 @@ def unit_power_tangents(ux, uy, uz, dx, dy, dz, max_rank, R, Rdot):
                 Rdot[13 + 9 * a + bc] = Rdot[1 + a] * R[4 + bc] + R[1 + a] * Rdot[4 + bc]
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def _h_component(W, R, max_rank, g):
     """h_g = sum_p sum_e sum_{beta: beta_e = g} W_p[beta] prod_{e' != e} rhat[beta_e']."""
     h = W[1 + g]
@@ -232,7 +265,7 @@ def _h_component(W, R, max_rank, g):
     return h
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def weighted_unit_gradient(W, Wd, R, max_rank, ux, uy, uz, inv_r):
     """dE/dv for one pair from the rank-summed weights of its bodies.
 
@@ -255,7 +288,7 @@ def weighted_unit_gradient(W, Wd, R, max_rank, ux, uy, uz, inv_r):
             dd * uz + (hz - hr * uz) * inv_r)
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def atom_pair_gradients(i, positions, cell, offsets, second, shifts, species, cutoff,
                         body_rank, body_offset, max_rank, sigma, centres, inv_w, inv_c2,
                         bin_ptr, bin_bodies, inv_bin, Abar, R, W, Wd, pair_grad):
@@ -292,15 +325,7 @@ def atom_pair_gradients(i, positions, cell, offsets, second, shifts, species, cu
             if f == 0.0 and fr == 0.0:
                 continue
             sg = sigma[si, sj, b]
-            a = sg * f
-            ad = sg * fr
-            off = body_offset[b]
-            p = body_rank[b]
-            ro = RANK_OFFSET[p]
-            for e in range(RANK_SIZE[p]):
-                ab = Abar[off + e]
-                W[ro + e] += a * ab
-                Wd[ro + e] += ad * ab
+            add_scaled_pair(W, Wd, Abar, body_offset[b], body_rank[b], sg * f, sg * fr)
         gx, gy, gz = weighted_unit_gradient(W, Wd, R, max_rank, ux, uy, uz, inv_r)
         pair_grad[q, 0] = gx
         pair_grad[q, 1] = gy
@@ -317,10 +342,11 @@ def atom_pair_gradients(i, positions, cell, offsets, second, shifts, species, cu
     return s00, s01, s02, s10, s11, s12, s20, s21, s22
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def descriptors_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species, cutoff,
                        layout, sigma, centres, inv_w, inv_c2, bin_ptr, bin_bodies, inv_bin):
-    """G (N, T) for every atom (no gradients); atom i's pairs use cells[frame_of_atom[i]]."""
+    """G (N, T) for every atom (no gradients) and each atom's closest-neighbour distance (N,);
+    atom i's pairs use cells[frame_of_atom[i]]."""
     body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = layout
     n_atoms = positions.shape[0]
     n_terms = term_pattern.shape[0]
@@ -329,11 +355,12 @@ def descriptors_kernel(positions, cells, frame_of_atom, offsets, second, shifts,
     for b in range(body_rank.shape[0]):
         max_rank = max(max_rank, body_rank[b])
     G = np.empty((n_atoms, n_terms))
+    closest = np.empty(n_atoms)
     for i in prange(n_atoms):
         A = np.empty(m)
         R = np.empty(POWER_SIZE)
-        atom_moments(i, positions, cells[frame_of_atom[i]], offsets, second, shifts, species,
+        closest[i] = atom_moments(i, positions, cells[frame_of_atom[i]], offsets, second, shifts, species,
                      cutoff, body_rank, body_offset, max_rank, sigma, centres, inv_w, inv_c2,
                      bin_ptr, bin_bodies, inv_bin, A, R)
         contract(A, body_offset, term_body_start, term_pattern, p_rows, p_start, tables, G[i])
-    return G
+    return G, closest

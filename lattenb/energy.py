@@ -24,7 +24,7 @@ KernelArrays = namedtuple("KernelArrays", [
     "g_mean", "g_inv_std", "mlp_params", "layer_sizes", "activation", "e0"])
 
 
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species,
                          cutoff, layout,
                          sigma, centres, inv_w, inv_c2, bin_ptr, bin_bodies, inv_bin,
@@ -93,7 +93,7 @@ def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shift
     return energies, pair_grad, strain, closest
 
 
-@njit(cache=True)
+@njit(cache=True, error_model="numpy")
 def gather_forces(offsets, second, pair_grad, n_atoms):
     """F_i = sum_{q in row i} g_q - sum_{q: second[q] = i} g_q, (N, 3) eV/Å."""
     forces = np.zeros((n_atoms, 3))
@@ -105,6 +105,16 @@ def gather_forces(offsets, second, pair_grad, n_atoms):
                 forces[i, c] += g
                 forces[j, c] -= g
     return forces
+
+
+def check_overlap(closest, first_atom=0):
+    """ValueError if any atom's closest neighbour (closest (N,), Å) is nearer than MIN_DISTANCE."""
+    if len(closest) == 0:
+        return
+    i = int(np.argmin(closest))
+    if not closest[i] >= MIN_DISTANCE:
+        raise ValueError(f"overlapping atoms: atom {i + first_atom} has a neighbour "
+                         f"{closest[i]:.3g} Å away (closer than {MIN_DISTANCE} Å)")
 
 
 def default_chunks(n_atoms):
@@ -139,10 +149,7 @@ def evaluate(arrays, positions, cell, species, offsets, second, shifts, volume=N
         arrays.sigma, arrays.centres, arrays.inv_w, arrays.inv_c2, arrays.bin_ptr,
         arrays.bin_bodies, arrays.inv_bin, arrays.g_mean, arrays.g_inv_std, arrays.mlp_params,
         arrays.layer_sizes, arrays.activation, arrays.e0, n_centres, default_chunks(n_centres))
-    i = int(np.argmin(closest))
-    if closest[i] < MIN_DISTANCE:
-        raise ValueError(f"overlapping atoms: atom {i} has a neighbour {closest[i]:.3g} Å away "
-                         f"(closer than {MIN_DISTANCE} Å)")
+    check_overlap(closest)
     forces = gather_forces(offsets, second, pair_grad, n_atoms)
     dE_dstrain = strain.sum(axis=0).reshape(3, 3)
     dE_dstrain = 0.5 * (dE_dstrain + dE_dstrain.T)

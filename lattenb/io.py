@@ -40,7 +40,10 @@ def read_model_file(path):
     """(model, header dict, extra arrays dict) from a model or checkpoint file."""
     from .model import PARAMETER_NAMES, LatteModel
     try:
-        with np.load(path, allow_pickle=False) as data:
+        data = np.load(path, allow_pickle=False)
+        if not hasattr(data, "files"):
+            raise ValueError(f"{path}: not a lattenb model file (a single array, not an .npz archive)")
+        with data:
             names = set(data.files)
             if "header" not in names:
                 raise ValueError(f"{path}: not a lattenb model file (no 'header' array)")
@@ -58,6 +61,8 @@ def read_model_file(path):
         header = json.loads(arrays.pop("header").tobytes().decode("utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise ValueError(f"{path}: the model header is not valid JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise ValueError(f"{path}: the model header is not a JSON object")
     if header.get("format") != "lattenb":
         raise ValueError(f"{path}: not a lattenb model file (format {header.get('format')!r})")
     version = header.get("format_version")

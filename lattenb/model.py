@@ -18,7 +18,7 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from .blocks import descriptor_layout, format_blocks, parse_blocks
 from .descriptor import descriptors_kernel
-from .energy import KernelArrays, evaluate
+from .energy import KernelArrays, check_overlap, evaluate
 from .mlp import activation_code, init_parameters, n_parameters
 from .neighbors import neighbor_list
 from .radial import radial_reciprocals, support_bins
@@ -71,9 +71,11 @@ class LatteModel:
         self.cutoff = cutoff
         self.blocks = format_blocks(parse_blocks(blocks))
         self.layout = descriptor_layout(self.blocks)
+        if isinstance(hidden, (int, np.integer)):
+            hidden = (hidden,)
+        if any(isinstance(h, bool) or not float(h).is_integer() or h <= 0 for h in hidden):
+            raise ValueError(f"hidden layer sizes must be positive integers, got {tuple(hidden)}")
         hidden = tuple(int(h) for h in hidden)
-        if any(h <= 0 for h in hidden):
-            raise ValueError(f"hidden layer sizes must be positive, got {hidden}")
         self.hidden = hidden
         activation_code(activation)
         self.activation = activation
@@ -221,10 +223,12 @@ class LatteModel:
         positions, cell, pbc, species, offsets, second, shifts = self._prepare(
             positions, cell, pbc, numbers, neighbors)
         k = self.kernel_arrays()
-        return descriptors_kernel(positions, cell[None], np.zeros(len(positions), np.int64),
-                                  offsets, second, shifts, species, k.cutoff,
-                                  k.layout, k.sigma, k.centres, k.inv_w, k.inv_c2, k.bin_ptr,
-                                  k.bin_bodies, k.inv_bin)
+        G, closest = descriptors_kernel(positions, cell[None], np.zeros(len(positions), np.int64),
+                                        offsets, second, shifts, species, k.cutoff, k.layout,
+                                        k.sigma, k.centres, k.inv_w, k.inv_c2, k.bin_ptr,
+                                        k.bin_bodies, k.inv_bin)
+        check_overlap(closest)
+        return G
 
     def calculator(self, **kwargs):
         """An ASE calculator for this model (see `lattenb.calculator.LatteCalculator`)."""

