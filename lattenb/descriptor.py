@@ -15,6 +15,7 @@ inv_c2 (S, B) [central, body].
 """
 import numpy as np
 from numba import njit, prange
+from ._numba import FASTMATH
 
 from .radial import radial_value, radial_value_deriv
 
@@ -24,7 +25,7 @@ RANK_SIZE = (1, 3, 9, 27)
 POWER_SIZE = 40
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def pair_vector(positions, cell, shifts, i, j, q):
     """v_ij = r_j + S_q . cell - r_i as three scalars (Å)."""
     s0 = shifts[q, 0]
@@ -36,7 +37,7 @@ def pair_vector(positions, cell, shifts, i, j, q):
     return vx, vy, vz
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def unit_powers(ux, uy, uz, max_rank, R):
     """Pack 1, rhat, rhat(x)rhat, rhat(x)rhat(x)rhat into R (40,) up to max_rank."""
     R[0] = 1.0
@@ -56,7 +57,7 @@ def unit_powers(ux, uy, uz, max_rank, R):
                 R[13 + 9 * a + bc] = ra * R[4 + bc]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def add_scaled(A, off, R, p, coef):
     """A[off:off + 3^p] += coef * (rank-p block of R), with the trip count fixed per rank so the
     compiler unrolls it (a variable-length loop here costs more than the arithmetic)."""
@@ -74,7 +75,7 @@ def add_scaled(A, off, R, p, coef):
             A[off + e] += coef * R[13 + e]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def add_scaled_pair(W, Wd, Abar, off, p, a, ad):
     """W[rank-p block] += a * Abar[off:off + 3^p] and Wd[...] += ad * Abar[...]."""
     if p == 0:
@@ -94,7 +95,7 @@ def add_scaled_pair(W, Wd, Abar, off, p, a, ad):
             Wd[13 + e] += ad * Abar[off + e]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def atom_moments(i, positions, cell, offsets, second, shifts, species, cutoff,
                  body_rank, body_offset, max_rank, sigma, centres, inv_w, inv_c2,
                  bin_ptr, bin_bodies, inv_bin, A, R):
@@ -126,7 +127,7 @@ def atom_moments(i, positions, cell, offsets, second, shifts, species, cutoff,
     return np.sqrt(closest2)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def contract(A, body_offset, term_body_start, term_pattern, pattern_rows, pattern_table_start,
              tables, G):
     """G_t = sum_rows prod_k A[body_offset[b_k] + table[row, k]] for every term t."""
@@ -145,7 +146,7 @@ def contract(A, body_offset, term_body_start, term_pattern, pattern_rows, patter
         G[t] = total
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def contract_adjoint(A, Gbar, body_offset, term_body_start, term_pattern, pattern_rows,
                      pattern_table_start, tables, Abar):
     """Abar = dG/dA^T Gbar: Abar[idx_k] += Gbar_t prod_{l != k} A[idx_l] over every row."""
@@ -168,7 +169,7 @@ def contract_adjoint(A, Gbar, body_offset, term_body_start, term_pattern, patter
                 Abar[body_offset[b0 + k] + tables[base + k]] += prod
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def contract_tangent(A, Adot, body_offset, term_body_start, term_pattern, pattern_rows,
                      pattern_table_start, tables, G, Gdot):
     """G = C(A) and its tangent Gdot = sum_rows sum_k Adot_k prod_{l != k} A_l."""
@@ -195,7 +196,7 @@ def contract_tangent(A, Adot, body_offset, term_body_start, term_pattern, patter
         Gdot[t] = total_dot
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, body_offset, term_body_start, term_pattern,
                              pattern_rows, pattern_table_start, tables, Abar, Adotbar):
     """Reverse of `contract_tangent` for J = Gbar . G + Gdotbar . Gdot.
@@ -233,7 +234,7 @@ def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, body_offset, term_body_star
                 Adotbar[idx] += gdb * rest
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def unit_power_tangents(ux, uy, uz, dx, dy, dz, max_rank, R, Rdot):
     """Tangents of the packed r-hat powers along d(rhat) = (dx, dy, dz); R from `unit_powers`."""
     Rdot[0] = 0.0
@@ -250,7 +251,7 @@ def unit_power_tangents(ux, uy, uz, dx, dy, dz, max_rank, R, Rdot):
                 Rdot[13 + 9 * a + bc] = Rdot[1 + a] * R[4 + bc] + R[1 + a] * Rdot[4 + bc]
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def _h_component(W, R, max_rank, g):
     """h_g = sum_p sum_e sum_{beta: beta_e = g} W_p[beta] prod_{e' != e} rhat[beta_e']."""
     h = W[1 + g]
@@ -265,7 +266,7 @@ def _h_component(W, R, max_rank, g):
     return h
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def weighted_unit_gradient(W, Wd, R, max_rank, ux, uy, uz, inv_r):
     """dE/dv for one pair from the rank-summed weights of its bodies.
 
@@ -288,7 +289,7 @@ def weighted_unit_gradient(W, Wd, R, max_rank, ux, uy, uz, inv_r):
             dd * uz + (hz - hr * uz) * inv_r)
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def atom_pair_gradients(i, positions, cell, offsets, second, shifts, species, cutoff,
                         body_rank, body_offset, max_rank, sigma, centres, inv_w, inv_c2,
                         bin_ptr, bin_bodies, inv_bin, Abar, R, W, Wd, pair_grad):
@@ -342,7 +343,7 @@ def atom_pair_gradients(i, positions, cell, offsets, second, shifts, species, cu
     return s00, s01, s02, s10, s11, s12, s20, s21, s22
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
 def descriptors_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species, cutoff,
                        layout, sigma, centres, inv_w, inv_c2, bin_ptr, bin_bodies, inv_bin):
     """G (N, T) for every atom (no gradients) and each atom's closest-neighbour distance (N,);

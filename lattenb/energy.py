@@ -11,6 +11,7 @@ from collections import namedtuple
 
 import numpy as np
 from numba import get_num_threads, njit, prange
+from ._numba import FASTMATH
 
 from .descriptor import (POWER_SIZE, RANK_SIZE, atom_moments, atom_pair_gradients, contract,
                          contract_adjoint)
@@ -24,7 +25,7 @@ KernelArrays = namedtuple("KernelArrays", [
     "g_mean", "g_inv_std", "mlp_params", "layer_sizes", "activation", "e0"])
 
 
-@njit(cache=True, error_model="numpy", parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
 def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species,
                          cutoff, layout,
                          sigma, centres, inv_w, inv_c2, bin_ptr, bin_bodies, inv_bin,
@@ -93,7 +94,7 @@ def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shift
     return energies, pair_grad, strain, closest
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def gather_forces(offsets, second, pair_grad, n_atoms):
     """F_i = sum_{q in row i} g_q - sum_{q: second[q] = i} g_q, (N, 3) eV/Å."""
     forces = np.zeros((n_atoms, 3))

@@ -8,6 +8,7 @@ leaving compiled code; `layer_sizes` is (T, h1, ..., 1).
 """
 import numpy as np
 from numba import njit
+from ._numba import FASTMATH
 
 ACTIVATIONS = {"gaussian": 0, "tanh": 1, "silu": 2}
 
@@ -32,7 +33,7 @@ def init_parameters(layer_sizes, rng):
     return np.concatenate(parts)
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def activate(z, act):
     """(phi, phi', phi'') at z."""
     if act == 0:
@@ -48,7 +49,7 @@ def activate(z, act):
         return z * s, s + z * ds, ds * (2.0 + z * (1.0 - 2.0 * s))
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def mlp_forward(params, sizes, act, x, a, z):
     """Forward pass for one atom.
 
@@ -86,7 +87,7 @@ def mlp_forward(params, sizes, act, x, a, z):
     return a[a_in]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def mlp_input_gradient(params, sizes, act, a, z, buf_out, buf_in, xbar):
     """d(output)/d(input) for one atom after `mlp_forward`; written to xbar (sizes[0],).
 
@@ -138,7 +139,7 @@ def mlp_reference(params, sizes, act_name, x):
     return h[:, 0]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def mlp_tangent_forward(params, sizes, act, x, xdot, a, adot, z, zdot):
     """Forward pass with a tangent (dual numbers): returns (y, ydot) with ydot = grad y . xdot.
 
@@ -181,7 +182,7 @@ def mlp_tangent_forward(params, sizes, act, x, xdot, a, adot, z, zdot):
     return a[a_in], adot[a_in]
 
 
-@njit(cache=True, error_model="numpy")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def mlp_tangent_reverse(params, sizes, act, a, adot, z, zdot, ybar, ydotbar, grad,
                         zbar, zdotbar, buf, bufdot, xbar, xdotbar):
     """Reverse pass of J = ybar * y + ydotbar * ydot after `mlp_tangent_forward`.

@@ -146,7 +146,8 @@ class LatteModel:
         if self._kernel_arrays is None:
             p = self.params
             inv_w, inv_c2 = radial_reciprocals(p["centres"], p["widths"])
-            bin_ptr, bin_bodies, inv_bin = support_bins(p["centres"], p["widths"], self.cutoff)
+            bin_ptr, bin_bodies, inv_bin = support_bins(p["centres"], p["widths"], self.cutoff,
+                                                        body_rank=self.layout.body_rank)
             self._kernel_arrays = KernelArrays(
                 cutoff=self.cutoff, layout=self.layout.kernel_tuple(),
                 sigma=np.ascontiguousarray(p["sigma"]), centres=np.ascontiguousarray(p["centres"]),

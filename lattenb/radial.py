@@ -9,9 +9,10 @@ Units: r, c, w in Å; f in 1/Å^2.
 """
 import numpy as np
 from numba import njit
+from ._numba import FASTMATH
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def radial_value(r, c, inv_w, inv_c2):
     """f(r) (zero outside the support |r - c| < w)."""
     y = (r - c) * inv_w
@@ -21,7 +22,7 @@ def radial_value(r, c, inv_w, inv_c2):
     return t * t * t * inv_c2
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def radial_value_deriv(r, c, inv_w, inv_c2):
     """(f, df/dr); both zero outside the support."""
     y = (r - c) * inv_w
@@ -32,7 +33,7 @@ def radial_value_deriv(r, c, inv_w, inv_c2):
     return t2 * t * inv_c2, -6.0 * y * t2 * inv_w * inv_c2
 
 
-@njit(cache=True, error_model="numpy", inline="always")
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def radial_param_derivs(r, c, w):
     """Derivatives with respect to the trainable centre c and width w.
 
@@ -71,13 +72,15 @@ def radial_reciprocals(centres, widths):
     return 1.0 / np.asarray(widths, dtype=np.float64), 1.0 / np.asarray(centres, dtype=np.float64) ** 2
 
 
-def support_bins(centres, widths, cutoff, bin_width=0.1):
+def support_bins(centres, widths, cutoff, bin_width=0.1, body_rank=None):
     """Which radial functions can be non-zero in each radial bin, per central species.
 
     Lets a pair loop visit only the bodies whose support [c - w, c + w] overlaps the pair's
     distance bin, so a radial function that is zero for a pair costs nothing for that pair.
 
     centres, widths: (S, B) arrays (central species, body), Å.
+    body_rank (B,): if given, the candidates of each bin are listed by increasing rank, so the
+    kernels' per-rank branch is predictable.
     Returns (bin_ptr (S, nbins + 1) int64, bin_bodies (K,) int64, inv_bin_width float): the
     candidate bodies for species s and distance r are
     bin_bodies[bin_ptr[s, k]:bin_ptr[s, k + 1]] with k = int(r * inv_bin_width).
@@ -85,6 +88,8 @@ def support_bins(centres, widths, cutoff, bin_width=0.1):
     centres = np.asarray(centres, dtype=np.float64)
     widths = np.asarray(widths, dtype=np.float64)
     n_species, n_bodies = centres.shape
+    order = (np.arange(n_bodies) if body_rank is None
+             else np.argsort(np.asarray(body_rank), kind="stable"))
     nbins = max(1, int(np.ceil(cutoff / bin_width)))
     lo = np.arange(nbins) * bin_width
     hi = lo + bin_width
@@ -94,11 +99,11 @@ def support_bins(centres, widths, cutoff, bin_width=0.1):
     for s in range(n_species):
         lo_b = (centres[s] - widths[s])[None, :]
         hi_b = (centres[s] + widths[s])[None, :]
-        overlap = (lo_b < hi[:, None]) & (hi_b > lo[:, None])  # (nbins, B)
+        overlap = ((lo_b < hi[:, None]) & (hi_b > lo[:, None]))[:, order]  # (nbins, B)
         counts = overlap.sum(axis=1)
         ptr[s, 0] = total
         ptr[s, 1:] = total + np.cumsum(counts)
         total = ptr[s, -1]
-        chunks.append(np.nonzero(overlap)[1].astype(np.int64))  # row-major: bins in order
+        chunks.append(order[np.nonzero(overlap)[1]].astype(np.int64))  # row-major: bins in order
     bodies = np.concatenate(chunks) if chunks else np.zeros(0, dtype=np.int64)
     return ptr, bodies, 1.0 / bin_width

@@ -16,6 +16,7 @@ from dataclasses import dataclass
 
 import numpy as np
 from numba import njit, prange
+from ._numba import FASTMATH
 
 from .descriptor import (POWER_SIZE, RANK_OFFSET, RANK_SIZE, contract_tangent,
                          contract_tangent_adjoint, descriptors_kernel, pair_vector, unit_power_tangents,
@@ -182,7 +183,7 @@ def predict(model, data):
 
 
 # --------------------------------------------------------------------------- kernel
-@njit(cache=True, error_model="numpy", parallel=True)
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
 def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species,
                            cutoff, layout, sigma, centres, widths, inv_w, inv_c2, bin_ptr,
                            bin_bodies, inv_bin, g_mean, g_inv_std, mlp_params, layer_sizes, act,

@@ -1,0 +1,269 @@
+"""Training: the exact loss gradient (finite differences per parameter group), the loss bookkeeping,
+the L-BFGS fit (determinism, validation, checkpoints, exact resume, Ctrl-C) and the CLI."""
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import read, write
+
+import lattenb
+from lattenb import cli
+from lattenb.model import LatteModel
+from lattenb.training import (EV_A3_TO_GPA, LossWeights, loss_and_gradient, predict,
+                              prepare_dataset)
+
+DATA = Path(lattenb.__file__).parent / "data"
+BLOCKS = "2,-:2,i,i:1,ij,ij:1,ijk,ijk:1,i,j,ij:1,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
+
+
+def random_frame(rng, n, size, pbc=True, forces=True, stress=True, min_dist=1.6):
+    for _ in range(1000):
+        cell = np.diag([size] * 3) + rng.normal(0.0, 0.3, (3, 3))
+        pos = rng.uniform(0, 1, (n, 3)) @ cell
+        atoms = Atoms(numbers=rng.choice([28, 42], n), positions=pos, cell=cell, pbc=pbc)
+        if n == 1 or min(atoms.get_all_distances(mic=pbc)[np.triu_indices(n, 1)]) > min_dist:
+            break
+    results = {"energy": float(rng.normal() * n)}
+    if forces:
+        results["forces"] = rng.normal(size=(n, 3))
+    if stress:
+        results["stress"] = rng.normal(size=6) * 0.01
+    atoms.calc = SinglePointCalculator(atoms, **results)
+    return atoms
+
+
+def small_model(seed=1, activation="gaussian"):
+    rng = np.random.default_rng(seed)
+    m = LatteModel(["Ni", "Mo"], cutoff=3.8, blocks=BLOCKS, hidden=(6, 4), activation=activation,
+                   seed=seed)
+    m.set_parameters(g_std=rng.uniform(1.0, 3.0, m.params["g_std"].shape),
+                     g_mean=rng.normal(size=m.params["g_mean"].shape) * 0.1,
+                     e0=rng.normal(size=2))
+    return m
+
+
+def fd_check(model, data, weights, rng, per_group=10, h=1e-5, zero_groups=()):
+    """Largest relative error (per group: max |fd - analytic| / max |analytic|) of dL/dparams.
+
+    zero_groups: groups whose gradient must vanish (e.g. e0 when the energy weight is 0)."""
+    _, _, grad = loss_and_gradient(model, data, weights)
+    worst = {}
+    for name in ("mlp", "e0", "sigma", "centres", "widths"):
+        p0 = model.params[name].copy()
+        flat = p0.ravel()
+        picks = rng.choice(flat.size, min(per_group, flat.size), replace=False)
+        errors, scale = [], np.max(np.abs(grad[name]))
+        for k in picks:
+            def loss_at(value):
+                p = flat.copy()
+                p[k] = value
+                model.set_parameters(**{name: p.reshape(p0.shape)})
+                return loss_and_gradient(model, data, weights, with_gradient=False)[0]
+            x = flat[k]
+            # fourth-order central difference: truncation error far below the 1e-6 tolerance
+            fd = (8 * (loss_at(x + h) - loss_at(x - h)) - (loss_at(x + 2 * h) - loss_at(x - 2 * h))) / (12 * h)
+            errors.append(abs(fd - grad[name].ravel()[k]))
+        model.set_parameters(**{name: p0})
+        if name in zero_groups:
+            assert scale == 0 and max(errors) < 1e-9, (name, scale, max(errors))
+            continue
+        assert scale > 0, f"gradient of {name} is identically zero: the check would be vacuous"
+        worst[name] = max(errors) / scale
+    return worst
+
+
+@pytest.mark.parametrize("activation", ["gaussian", "tanh", "silu"])
+def test_gradient_matches_finite_differences(activation):
+    rng = np.random.default_rng(0)
+    # periodic two-species frames of different sizes, with and without stress and forces
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 8, 5.0, stress=False),
+              random_frame(rng, 3, 3.2), random_frame(rng, 4, 4.5, forces=False)]
+    model = small_model(activation=activation)
+    data = prepare_dataset(frames, model)
+    worst = fd_check(model, data, LossWeights(1.0, 2.0, 0.5, l2=1e-3), rng)
+    print(f"\nlargest relative gradient error ({activation}):", worst)
+    assert max(worst.values()) < 1e-6, worst
+
+
+def test_gradient_force_only_and_stress_only():
+    rng = np.random.default_rng(3)
+    frames = [random_frame(rng, 6, 4.2), random_frame(rng, 2, 3.0)]
+    model = small_model(seed=4)
+    data = prepare_dataset(frames, model)
+    for weights in (LossWeights(0.0, 1.0, 0.0), LossWeights(0.0, 0.0, 1.0)):
+        worst = fd_check(model, data, weights, rng, per_group=6, zero_groups=("e0",))
+        assert max(worst.values()) < 1e-6, (weights, worst)
+
+
+def test_gradient_non_periodic_cluster():
+    rng = np.random.default_rng(5)
+    frames = [random_frame(rng, 7, 4.5, pbc=False, stress=False)]
+    model = small_model(seed=6)
+    data = prepare_dataset(frames, model)
+    worst = fd_check(model, data, LossWeights(1.0, 1.0, 0.0), rng, per_group=6)
+    assert max(worst.values()) < 1e-6, worst
+
+
+def test_loss_parts_equal_direct_definition():
+    """The loss equals the design page's formula computed from ASE calculator results."""
+    rng = np.random.default_rng(7)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 6, 4.4, stress=False),
+              random_frame(rng, 4, 4.0, forces=False)]
+    model = small_model(seed=8)
+    w = LossWeights(0.7, 1.3, 0.4, l2=1e-3)
+    loss, parts, _ = loss_and_gradient(model, prepare_dataset(frames, model), w,
+                                       with_gradient=False)
+    e_terms, f_terms, s_terms = [], [], []
+    calc = model.calculator()
+    for atoms in frames:
+        ref = atoms.calc.results
+        a = atoms.copy()
+        a.calc = calc
+        e_terms.append(((a.get_potential_energy() - ref["energy"]) / len(a)) ** 2)
+        if "forces" in ref:
+            f_terms.append((a.get_forces() - ref["forces"]) ** 2)
+        if "stress" in ref:
+            s_terms.append(((a.get_stress() - ref["stress"]) * EV_A3_TO_GPA) ** 2)
+    assert parts["energy"] == pytest.approx(w.energy * np.mean(e_terms), rel=1e-10)
+    assert parts["forces"] == pytest.approx(w.forces * np.mean(np.concatenate(f_terms)), rel=1e-10)
+    assert parts["stress"] == pytest.approx(w.stress * np.mean(s_terms), rel=1e-10)
+    assert loss == pytest.approx(sum(parts.values()), rel=1e-12)
+
+
+def test_dataset_errors():
+    rng = np.random.default_rng(9)
+    model = small_model()
+    bare = random_frame(rng, 3, 4.0)
+    bare.calc = None
+    with pytest.raises(ValueError, match="energ"):
+        prepare_dataset([bare], model)
+    cu = random_frame(rng, 3, 4.0)
+    cu.numbers[:] = 29
+    with pytest.raises(ValueError, match="Cu"):
+        prepare_dataset([cu], model)
+    with pytest.raises(ValueError, match="no structures"):
+        prepare_dataset([], model)
+
+
+def test_cu_train_subset_has_no_stress_and_still_trains():
+    frames = read(DATA / "Cu_train_subset.xyz", ":")
+    model = LatteModel(["Cu"], cutoff=4.0, blocks="3,-:2,i,i", hidden=(4,), seed=0)
+    data = prepare_dataset(frames, model)
+    assert not data.has_stress.any() and data.has_forces.all() and data.has_energy.all()
+    loss, parts, grad = loss_and_gradient(model, data, LossWeights(1, 1, 1))
+    assert parts["stress"] == 0.0 and np.isfinite(loss)
+
+
+def tiny_fit(tmp_path, **kw):
+    frames = read(DATA / "Cu_train_subset.xyz", "::6")
+    valid = read(DATA / "Cu_test_subset.xyz", "::3")
+    args = dict(valid=valid, cutoff=4.0, blocks="3,-:3,i,i:2,ij,ij", hidden=(6,), max_iter=12,
+                log=None, seed=3)
+    args.update(kw)
+    return lattenb.fit(frames, **args)
+
+
+def test_fit_improves_is_deterministic_and_keeps_best_on_validation(tmp_path):
+    frames = read(DATA / "Cu_train_subset.xyz", "::6")
+    m1 = tiny_fit(tmp_path)
+    m2 = tiny_fit(tmp_path)
+    for name in m1.params:
+        assert np.array_equal(m1.params[name], m2.params[name]), name
+    # the fit lowers the training loss relative to its initial model (0 iterations)
+    m0 = tiny_fit(tmp_path, max_iter=0)
+    d = prepare_dataset(frames, m1)
+    w = LossWeights(1, 1, 1)
+    assert loss_and_gradient(m1, d, w, False)[0] < 0.8 * loss_and_gradient(m0, d, w, False)[0]
+    # radial functions stay valid
+    c, wd = m1.params["centres"], m1.params["widths"]
+    assert np.all(c - wd >= -1e-9) and np.all(c + wd <= m1.cutoff + 1e-9) and np.all(wd >= 0.3 - 1e-12)
+    assert m1.fit_info["iterations"] >= 1
+
+
+def test_checkpoint_resume_reaches_the_same_model(tmp_path):
+    full = tiny_fit(tmp_path, max_iter=12)
+    ck = tmp_path / "ck.npz"
+    tiny_fit(tmp_path, max_iter=6, checkpoint=str(ck), checkpoint_every=3)
+    assert lattenb.load(ck).species == ("Cu",)          # a checkpoint is a loadable model
+    frames = read(DATA / "Cu_train_subset.xyz", "::6")
+    valid = read(DATA / "Cu_test_subset.xyz", "::3")
+    resumed = lattenb.fit(frames, valid=valid, resume=str(ck), max_iter=12, log=None)
+    for name in full.params:
+        assert np.array_equal(full.params[name], resumed.params[name]), name
+
+
+def test_ctrl_c_keeps_best_model(tmp_path, monkeypatch):
+    import lattenb.training as training
+    real = training.loss_and_gradient
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 8:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    monkeypatch.setattr(training, "loss_and_gradient", interrupting)
+    model = tiny_fit(tmp_path, max_iter=50)
+    assert model.interrupted
+    assert np.all(np.isfinite(model.params["mlp"]))
+
+
+def test_cli_fit_and_eval(tmp_path, capsys):
+    train = tmp_path / "train.xyz"
+    write(train, read(DATA / "Cu_train_subset.xyz", "::6"))
+    test = DATA / "Cu_test_subset.xyz"
+    out = tmp_path / "m.npz"
+    code = cli.main(["fit", str(train), "--valid", str(test), "-o", str(out), "--cutoff", "4.0",
+                     "--blocks", "3,-:3,i,i", "--hidden", "4", "--max-iter", "3", "--log-every", "1"])
+    assert code == 0 and out.exists()
+    printed = capsys.readouterr().out
+    assert "iter     1" in printed and "valid E" in printed
+    cli.main(["eval", str(out), str(test), "--json"])
+    table = json.loads(capsys.readouterr().out)[str(test)]
+    # the JSON numbers equal a direct evaluation with the ASE calculator
+    model = lattenb.load(out)
+    frames = read(test, ":")
+    e_err = [abs(a.get_potential_energy() - model.compute(a.positions, a.cell.array, a.pbc,
+                                                          a.numbers)["energy"]) / len(a) * 1000
+             for a in frames]
+    assert table["all"]["energy_meV_per_atom"]["mae"] == pytest.approx(np.mean(e_err), rel=1e-9)
+    assert set(table) >= {"all", "Elastic", "AIMD-NVT"}
+    assert table["all"]["stress_GPa"] is not None
+
+
+def test_cli_errors(tmp_path):
+    with pytest.raises(SystemExit, match="no such file"):
+        cli.main(["fit", str(tmp_path / "missing.xyz"), "-o", str(tmp_path / "m.npz")])
+    with pytest.raises(SystemExit, match="No such file"):
+        cli.main(["eval", str(tmp_path / "missing.npz"), str(DATA / "Cu_test_subset.xyz")])
+    model_path = tmp_path / "m.npz"
+    LatteModel(["Cu"], cutoff=4.0, blocks="2,-", hidden=(2,)).save(model_path)
+    bad = tmp_path / "bad.xyz"
+    bad.write_text("3\nnot an extxyz comment\nCu 0 0\n")
+    with pytest.raises(SystemExit, match="cannot read"):
+        cli.main(["eval", str(model_path), str(bad)])
+    with pytest.raises(SystemExit, match="weights"):
+        cli.main(["fit", str(DATA / "Cu_test_subset.xyz"), "-o", str(tmp_path / "m.npz"),
+                  "--weights", "1,2"])
+    nolabels = tmp_path / "nolabels.xyz"
+    a = read(DATA / "Cu_test_subset.xyz", "0")
+    a.calc = None
+    write(nolabels, a)
+    with pytest.raises(SystemExit, match="energ"):
+        cli.main(["fit", str(nolabels), "-o", str(tmp_path / "m.npz")])
+
+
+def test_predict_matches_calculator_on_dataset():
+    frames = read(DATA / "Cu_test_subset.xyz", "::4")
+    model = LatteModel(["Cu"], cutoff=4.0, blocks="3,-:2,i,i:2,i,j,ij", hidden=(5,), seed=2)
+    data = prepare_dataset(frames, model)
+    E, F, S, _ = predict(model, data)
+    for f, atoms in enumerate(frames):
+        out = model.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+        lo, hi = data.atom_start[f], data.atom_start[f + 1]
+        assert E[f] == pytest.approx(out["energy"], rel=1e-12)
+        assert np.allclose(F[lo:hi], out["forces"], rtol=0, atol=1e-12)
+        assert np.allclose(S[f], out["stress"], rtol=0, atol=1e-14)
