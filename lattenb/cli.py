@@ -96,7 +96,7 @@ def cmd_fit(args):
     model = fit(frames, valid=valid, preset=args.preset, cutoff=args.cutoff, blocks=args.blocks,
                 hidden=hidden, activation=args.activation, weights=weights, l2=args.l2,
                 max_iter=args.max_iter, seed=args.seed, checkpoint=args.checkpoint,
-                checkpoint_every=args.checkpoint_every, resume=args.resume,
+                checkpoint_every=args.checkpoint_every, resume=args.resume, max_time=args.max_time,
                 log=lambda line: print(line, flush=True), log_every=args.log_every)
     model.save(args.output)
     info = model.fit_info
@@ -132,7 +132,7 @@ def cmd_example(args):
     ns = argparse.Namespace(train=[train], valid=test, output=out, preset="fast", cutoff=None,
                             blocks=None, hidden=None, activation="gaussian", weights="1,1,1",
                             l2=1e-6, max_iter=args.max_iter, seed=0, threads=None, checkpoint=None,
-                            checkpoint_every=50, resume=None, log_every=10)
+                            checkpoint_every=50, resume=None, log_every=10, max_time=None)
     code = cmd_fit(ns)
     cmd_eval(argparse.Namespace(model=out, files=[test], json=False))
     return code
@@ -160,6 +160,7 @@ def build_parser():
     f.add_argument("--checkpoint-every", type=int, default=50)
     f.add_argument("--resume", help="continue from a checkpoint file")
     f.add_argument("--log-every", type=int, default=10)
+    f.add_argument("--max-time", type=float, help="stop after this many seconds (best model kept)")
     f.set_defaults(func=cmd_fit)
     e = sub.add_parser("eval", help="MAE/RMSE of a model on files, overall and per config_type")
     e.add_argument("model")

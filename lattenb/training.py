@@ -572,7 +572,7 @@ def _save_checkpoint(path, model, best_params, x0, objective, val_hist, iteratio
 def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=None, blocks=None,
         hidden=None, activation="gaussian", weights=(1.0, 1.0, 1.0), l2=1e-6, max_iter=500,
         seed=0, train_radial=True, checkpoint=None, checkpoint_every=50, resume=None,
-        log=print, log_every=10):
+        max_time=None, log=print, log_every=10):
     """Fit a LATTE model to structures with energies (and forces/stress where present).
 
     frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
@@ -582,6 +582,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     max_iter: L-BFGS-B iterations. checkpoint: path written every `checkpoint_every` iterations
     (a loadable model file holding the best parameters so far plus the optimiser history);
     resume: a checkpoint path to continue from (reaches the same model as an uninterrupted run).
+    max_time: stop after this many seconds of wall time (the best parameters so far are kept).
     Returns the model with the parameters best on `valid` (the last ones without `valid`).
     Ctrl-C stops the fit cleanly and returns the best model so far (attribute `interrupted`).
     """
@@ -665,6 +666,10 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         if checkpoint and it > replay and it % checkpoint_every == 0:
             _save_checkpoint(checkpoint, model, state["best"], x0, objective, state["val_hist"],
                              it, settings)
+        if max_time is not None and time.perf_counter() - t_start > max_time:
+            if log is not None:
+                log(f"stopping at iteration {it}: time limit of {max_time:.0f} s reached")
+            raise StopIteration
 
     if replay and log is not None:
         log(f"resuming from {resume}: replaying {replay} recorded iterations")

@@ -1,0 +1,95 @@
+"""Accuracy on the Zuo et al. (2020) mlearn benchmark: Ni, Cu, Li, Mo.
+
+    python benchmarks/mlearn.py                          # all four elements, the documented setting
+    python benchmarks/mlearn.py --elements Cu --max-time 300
+
+For each element: fit on ../shared/data/mlearn/<El>_train.xyz with one setting for all elements
+(below), keeping the parameters best on a validation split of the *training* file (every 10th
+structure, never the test set), then evaluate on <El>_test.xyz with Zuo et al.'s metrics: energy MAE
+as |dE|/N per structure averaged over structures (meV/atom), force MAE over all Cartesian
+components (eV/Å). Prints a table next to the published GAP, MTP, SNAP and qSNAP numbers (from the
+data README) and the training wall time, and writes benchmarks/results/mlearn.{json,md}.
+"""
+import argparse
+import json
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+DATA = ROOT.parent / "shared" / "data" / "mlearn"
+RESULTS = ROOT / "benchmarks" / "results"
+
+# test-set MAEs (meV/atom, eV/Å) from ../shared/data/mlearn/README.md
+PUBLISHED = {
+    "Ni": {"GAP": (0.42, 0.02), "MTP": (0.48, 0.01), "SNAP": (0.78, 0.038), "qSNAP": (0.78, 0.031)},
+    "Cu": {"GAP": (0.46, 0.01), "MTP": (0.41, 0.01), "SNAP": (0.53, 0.037), "qSNAP": (0.56, 0.024)},
+    "Li": {"GAP": (0.49, 0.01), "MTP": (0.49, 0.01), "SNAP": (1.03, 0.028), "qSNAP": (0.73, 0.033)},
+    "Mo": {"GAP": (2.24, 0.09), "MTP": (2.83, 0.09), "SNAP": (5.48, 0.207), "qSNAP": (2.77, 0.184)},
+}
+
+#: the one documented setting used for every element
+SETTING = {"preset": "fast", "weights": (1.0, 1.0, 0.1), "l2": 1e-6, "seed": 0}
+
+
+def run(element, max_iter, max_time, setting):
+    from ase.io import read
+
+    import lattenb
+    from lattenb.cli import evaluate_frames
+    frames = read(DATA / f"{element}_train.xyz", ":")
+    test = read(DATA / f"{element}_test.xyz", ":")
+    valid = frames[::10]
+    train = [a for k, a in enumerate(frames) if k % 10]
+    t0 = time.perf_counter()
+    model = lattenb.fit(train, valid=valid, preset=setting["preset"], weights=setting["weights"],
+                        l2=setting["l2"], seed=setting["seed"], max_iter=max_iter,
+                        max_time=max_time, log=lambda line: print(f"  [{element}] {line}", flush=True),
+                        log_every=25)
+    wall = time.perf_counter() - t0
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    model.save(RESULTS / f"{element}.npz")
+    table = evaluate_frames(model, test)["all"]
+    return {"element": element, "energy_mae": table["energy_meV_per_atom"]["mae"],
+            "force_mae": table["forces_eV_per_A"]["mae"],
+            "stress_mae_GPa": table["stress_GPa"]["mae"] if table["stress_GPa"] else None,
+            "train_wall_s": wall, "iterations": model.fit_info["iterations"],
+            "train_atoms": int(sum(len(a) for a in train))}
+
+
+def markdown(rows, setting):
+    lines = ["| El | lattenb E | GAP E | MTP E | SNAP E | qSNAP E | lattenb F | GAP F | MTP F | SNAP F | "
+             "qSNAP F | train time | iterations |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        p = PUBLISHED[r["element"]]
+        lines.append(
+            f"| {r['element']} | **{r['energy_mae']:.2f}** | {p['GAP'][0]} | {p['MTP'][0]} | "
+            f"{p['SNAP'][0]} | {p['qSNAP'][0]} | **{r['force_mae']:.3f}** | {p['GAP'][1]} | "
+            f"{p['MTP'][1]} | {p['SNAP'][1]} | {p['qSNAP'][1]} | {r['train_wall_s'] / 60:.1f} min | "
+            f"{r['iterations']} |")
+    lines.append("")
+    lines.append(f"Energy MAE in meV/atom, force MAE in eV/Å, on the test sets. Setting: {setting}.")
+    return "\n".join(lines)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--elements", default="Ni,Cu,Li,Mo")
+    ap.add_argument("--max-iter", type=int, default=2000)
+    ap.add_argument("--max-time", type=float, default=14 * 60, help="seconds per element")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"mlearn data not found at {DATA}")
+    rows = []
+    for element in args.elements.split(","):
+        rows.append(run(element, args.max_iter, args.max_time, SETTING))
+        print(markdown(rows, SETTING), flush=True)
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    (RESULTS / "mlearn.json").write_text(json.dumps({"setting": SETTING, "rows": rows}, indent=2))
+    (RESULTS / "mlearn.md").write_text(markdown(rows, SETTING) + "\n")
+
+
+if __name__ == "__main__":
+    main()
