@@ -31,9 +31,12 @@ def save_model(model, path, params=None, extra_arrays=None, extra_header=None):
                  **(extra_arrays or {}))
 
 
-def load_model(path):
-    """Read a model written by `save_model`; ValueError naming the problem if the file is bad."""
-    return read_model_file(path)[0]
+def load_model(path, device="cpu", dtype=None):
+    """Read a model written by `save_model`; ValueError naming the problem if the file is bad.
+
+    device "cpu" or "cuda", dtype "float64" or "float32" (CUDA only): the model's defaults for
+    `compute` and `calculator` (see `LatteModel.to`)."""
+    return read_model_file(path)[0].to(device, dtype)
 
 
 def read_model_file(path):

@@ -85,6 +85,7 @@ class LatteModel:
             raise ValueError(f"width must lie in [{MIN_WIDTH}, cutoff/2 = {cutoff / 2}] Å, got {width}")
         self.params = self._initial_parameters(width, np.random.default_rng(self.seed))
         self._kernel_arrays = None
+        self.device, self.dtype = "cpu", "float64"
 
     @classmethod
     def preset(cls, name, species, **overrides):
@@ -158,6 +159,29 @@ class LatteModel:
                 e0=np.ascontiguousarray(p["e0"]))
         return self._kernel_arrays
 
+    # ----------------------------------------------------------------- device
+    def to(self, device="cpu", dtype=None):
+        """Where `compute` and `calculator` run by default: "cpu" or "cuda" (an NVIDIA GPU,
+        needs the extra lattenb[cuda]); dtype "float64" (default) or "float32" (CUDA only).
+        Returns self. RuntimeError naming what is missing when CUDA is not usable."""
+        self.device, self.dtype = self._device(device, dtype)
+        return self
+
+    def _device(self, device=None, dtype=None):
+        """Validated (device, dtype), defaults from `to`; imports the CUDA code only for "cuda"."""
+        if device is None:
+            device = self.device
+            dtype = self.dtype if dtype is None else dtype
+        if device == "cuda":
+            from .gpu import check_cuda, dtype_name
+            check_cuda()
+            return "cuda", dtype_name(dtype)
+        if device != "cpu":
+            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
+        if dtype not in (None, "float64", np.float64):
+            raise ValueError(f"dtype {dtype!r} needs device='cuda'; the CPU kernels are float64")
+        return "cpu", "float64"
+
     # ----------------------------------------------------------------- evaluation
     def species_indices(self, numbers):
         """Map atomic numbers (N,) to indices into `self.species`; ValueError for unknown ones."""
@@ -199,7 +223,7 @@ class LatteModel:
         return positions, cell, pbc, species, offsets, second, shifts
 
     def compute(self, positions, cell=None, pbc=False, numbers=None, neighbors=None,
-                n_centres=None):
+                n_centres=None, device=None, dtype=None):
         """Energy, per-atom energies, forces, virial and stress from plain arrays.
 
         positions (N, 3) Å; cell (3, 3) Å (rows are lattice vectors; None for a cluster);
@@ -210,9 +234,19 @@ class LatteModel:
         Returns a dict: energy (eV), energies (N,) eV, forces (N, 3) eV/Å, virial (3, 3) eV
         (W = -dE/d(strain)), stress (6,) eV/Å^3 in ASE Voigt order, or None when the cell has
         no volume, atom_virial (N, 3, 3) eV (each atom's share of W).
+        device: "cpu" or "cuda" (default: the model's, see `to`); dtype "float64" or "float32"
+        (CUDA only). On "cuda" the GPU builds its own neighbour list (neighbors and n_centres
+        are not supported); see `lattenb.gpu.CudaEvaluator.compute_device` for device arrays.
         """
         if numbers is None:
             raise ValueError("numbers (atomic numbers of the atoms) are required")
+        device, dtype = self._device(device, dtype)
+        if device == "cuda":
+            if neighbors is not None or n_centres is not None:
+                raise ValueError("neighbors and n_centres are not supported with device='cuda' "
+                                 "(the GPU builds and keeps its own neighbour list)")
+            from .gpu import get_evaluator
+            return get_evaluator(self, dtype).compute(positions, cell, pbc, numbers)
         positions, cell, pbc, species, offsets, second, shifts = self._prepare(
             positions, cell, pbc, numbers, neighbors)
         volume = abs(np.linalg.det(cell))
@@ -231,10 +265,11 @@ class LatteModel:
         check_overlap(closest)
         return G
 
-    def calculator(self, **kwargs):
-        """An ASE calculator for this model (see `lattenb.calculator.LatteCalculator`)."""
+    def calculator(self, device=None, dtype=None, **kwargs):
+        """An ASE calculator for this model (see `lattenb.calculator.LatteCalculator`);
+        device "cpu" or "cuda" (default: the model's, see `to`), dtype as for `compute`."""
         from .calculator import LatteCalculator
-        return LatteCalculator(self, **kwargs)
+        return LatteCalculator(self, device=device, dtype=dtype, **kwargs)
 
     def save(self, path):
         """Write one .npz file (no pickle) with a JSON header; see `lattenb.io`."""

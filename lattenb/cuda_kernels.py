@@ -1,0 +1,815 @@
+"""CUDA kernels (Numba CUDA) for the LATTE energy, forces and virial, and a GPU cell list.
+
+Imported only by `lattenb.gpu`, after `lattenb.gpu.check_cuda` has found a usable CUDA target (or
+the simulator, NUMBA_ENABLE_CUDASIM=1): importing this module imports ``numba.cuda``.
+
+Neighbour list (ELL layout, built on the GPU)
+---------------------------------------------
+The list is full (i->j and j->i) with integer image shifts S, exactly as `lattenb.neighbors`:
+v_ij = r_j + S.cell - r_i, shifts relative to the positions as passed. It is stored padded, one
+row of ``cap`` slots per atom: ``nbr (N, cap)`` int32 neighbour index, ``shifts (N, cap, 3)``
+int32, ``count (N,)`` int32 pairs in use. The build is the same cell-list algorithm as the CPU
+code (fractional coordinates of an effective cell, bins of plane spacing >= cutoff, periodic in
+any subset of directions, triclinic, and as many periodic images as the cutoff needs when it is
+larger than half the cell or than the cell), in kernels:
+
+  nl_wrap       fractional coordinates, wrap along periodic directions, bounding box along
+                the others
+  nl_bin        bin index per atom, bins filled with atomic slot counters (fixed capacity per bin)
+  nl_sort_bins  each bin's atoms sorted by index, so that everything after is deterministic
+  nl_pairs      one thread per atom scans the neighbouring bins and writes its row
+  nl_reverse    rev[i, k] = flat slot (j * cap + m) of the reverse pair j -> i (shift -S), or -1
+
+Capacity overflows (bin or row) are reported through a flag; the host grows the capacity and runs
+the kernel again. No CPU fallback is needed for large cutoffs: the GPU build handles any cutoff.
+
+Energy, forces and virial
+-------------------------
+`energy_kernel` returns a kernel specialised (closure constants, cached per model shape) to the
+descriptor's moment size M, term count T, the MLP's sizes, the activation, the team size and the
+floating-point type. One block of TS threads (a "team", one warp by default) handles one atom,
+with the atom's moments in shared memory:
+
+  1. pair geometry of up to TS pairs at a time is staged in shared memory; lane l accumulates the
+     moments of bodies l, l + TS, ... over the staged pairs (compact support: a body whose radial
+     function vanishes at r costs one comparison), so every moment has one owner, no atomics;
+  2. contraction G_t (lanes over terms), standardisation;
+  3. MLP forward and input gradient (lanes over the units of each layer);
+  4. contraction adjoint dE/dA (lanes over terms: a body belongs to exactly one term);
+  5. per-pair dE/dv (lanes over pairs): written to pair_grad[i, k], with the atom's strain
+     derivative sum_k g_k (x) v_k reduced over the team in a fixed order.
+
+`gather_forces_kernel` then forms F_i = sum_k (g[i, k] - g[rev[i, k]]) per atom, in float64, in a
+fixed order: no atomics, results are bitwise reproducible run to run.
+
+float32: parameters, moments, MLP and per-pair gradients in float32; pair vectors are formed in the
+positions' precision (float64) before rounding, and energies, forces and the virial are
+accumulated in float64.
+"""
+import math
+import warnings
+from functools import lru_cache
+
+import numpy as np
+from numba import cuda, float32, float64, int32
+
+# small systems launch small grids on purpose
+warnings.filterwarnings("ignore", message=r"Grid size \d+ will likely result in GPU under-utili")
+
+#: threads per block for the one-thread-per-item kernels
+BLOCK = 128
+#: threads per block of the deterministic reductions (a power of two)
+RED_BLOCK = 128
+#: static shared memory available to one block (bytes)
+SHARED_LIMIT = 48 * 1024
+
+
+def blocks_for(n, block=BLOCK):
+    return max(1, (int(n) + block - 1) // block)
+
+
+# ============================================================================ small utilities
+@cuda.jit
+def fill_i32_kernel(a, value):
+    i = cuda.grid(1)
+    if i < a.shape[0]:
+        a[i] = value
+
+
+@cuda.jit
+def max_displacement_kernel(pos, ref, out):
+    """out[0] = max(out[0], max_i |pos_i - ref_i|^2): block-level tree, one atomic per block."""
+    sh = cuda.shared.array(RED_BLOCK, float64)
+    tid = cuda.threadIdx.x
+    i = cuda.blockIdx.x * RED_BLOCK + tid
+    d2 = 0.0
+    if i < pos.shape[0]:
+        dx = float64(pos[i, 0]) - ref[i, 0]
+        dy = float64(pos[i, 1]) - ref[i, 1]
+        dz = float64(pos[i, 2]) - ref[i, 2]
+        d2 = dx * dx + dy * dy + dz * dz
+    sh[tid] = d2
+    cuda.syncthreads()
+    s = RED_BLOCK // 2
+    while s > 0:
+        if tid < s:
+            sh[tid] = max(sh[tid], sh[tid + s])
+        cuda.syncthreads()
+        s //= 2
+    if tid == 0:
+        cuda.atomic.max(out, 0, sh[0])
+
+
+@cuda.jit
+def copy_positions_kernel(src, dst):
+    i = cuda.grid(1)
+    if i < src.shape[0]:
+        dst[i, 0] = src[i, 0]
+        dst[i, 1] = src[i, 1]
+        dst[i, 2] = src[i, 2]
+
+
+# ============================================================================ neighbour list
+@cuda.jit
+def nl_wrap_kernel(pos, inv, eff, pbc, frac, osh, rw, bbox):
+    """Fractional coordinates; wrap into [0, 1) along periodic directions (osh = integer wrap),
+    rw = pos - osh.eff; bbox[0:3] / bbox[3:6] = min / max fractional coordinate along the
+    non-periodic directions (block tree, then one atomic per block)."""
+    sh = cuda.shared.array((RED_BLOCK, 6), float64)
+    tid = cuda.threadIdx.x
+    i = cuda.blockIdx.x * RED_BLOCK + tid
+    for d in range(3):
+        sh[tid, d] = math.inf
+        sh[tid, 3 + d] = -math.inf
+    if i < pos.shape[0]:
+        x = float64(pos[i, 0])
+        y = float64(pos[i, 1])
+        z = float64(pos[i, 2])
+        for d in range(3):
+            f = x * inv[0, d] + y * inv[1, d] + z * inv[2, d]
+            if pbc[d] != 0:
+                o = math.floor(f)
+                f -= o
+                osh[i, d] = o
+            else:
+                osh[i, d] = 0
+                sh[tid, d] = f
+                sh[tid, 3 + d] = f
+            frac[i, d] = f
+        o0 = osh[i, 0]
+        o1 = osh[i, 1]
+        o2 = osh[i, 2]
+        for d in range(3):
+            rw[i, d] = float64(pos[i, d]) - (o0 * eff[0, d] + o1 * eff[1, d] + o2 * eff[2, d])
+    cuda.syncthreads()
+    s = RED_BLOCK // 2
+    while s > 0:
+        if tid < s:
+            for d in range(3):
+                sh[tid, d] = min(sh[tid, d], sh[tid + s, d])
+                sh[tid, 3 + d] = max(sh[tid, 3 + d], sh[tid + s, 3 + d])
+        cuda.syncthreads()
+        s //= 2
+    if tid == 0:
+        for d in range(3):
+            if pbc[d] == 0:
+                cuda.atomic.min(bbox, d, sh[0, d])
+                cuda.atomic.max(bbox, 3 + d, sh[0, 3 + d])
+
+
+@cuda.jit
+def nl_bin_kernel(frac, pbc, nb, lo, scale, bins3, bin_count, bin_atoms, flags):
+    """Bin of every atom; bin_atoms[b, slot] = atom for slot < capacity. On overflow,
+    flags[0] = max(flags[0], atoms in the fullest bin seen)."""
+    i = cuda.grid(1)
+    if i >= frac.shape[0]:
+        return
+    for d in range(3):
+        if pbc[d] != 0:
+            x = frac[i, d] * nb[d]
+        else:
+            x = (frac[i, d] - lo[d]) * scale[d]
+        k = int(math.floor(x))
+        if k < 0:
+            k = 0
+        if k > nb[d] - 1:
+            k = nb[d] - 1
+        bins3[i, d] = k
+    lin = (bins3[i, 0] * nb[1] + bins3[i, 1]) * nb[2] + bins3[i, 2]
+    slot = cuda.atomic.add(bin_count, lin, 1)
+    if slot < bin_atoms.shape[1]:
+        bin_atoms[lin, slot] = i
+    else:
+        cuda.atomic.max(flags, 0, slot + 1)
+
+
+@cuda.jit
+def nl_sort_bins_kernel(bin_count, bin_atoms):
+    """Insertion sort of each bin's atoms by index (the atomic fill order is arbitrary)."""
+    b = cuda.grid(1)
+    if b >= bin_count.shape[0]:
+        return
+    n = min(bin_count[b], bin_atoms.shape[1])
+    for a in range(1, n):
+        v = bin_atoms[b, a]
+        k = a - 1
+        while k >= 0 and bin_atoms[b, k] > v:
+            bin_atoms[b, k + 1] = bin_atoms[b, k]
+            k -= 1
+        bin_atoms[b, k + 1] = v
+
+
+@cuda.jit
+def nl_pairs_kernel(rw, osh, bins3, eff, pbc, nb, nsearch, rc2, bin_count, bin_atoms,
+                    nbr, shifts, count, flags):
+    """Row i of the list: every (j, S) with |rw_j - (rw_i - S'.eff)|^2 < rc2 except j == i at
+    S' = 0, scanning bins in a fixed order. Shifts are relative to the unwrapped positions:
+    S = S' + osh_i - osh_j. On overflow flags[1] = max(flags[1], pairs of the longest row)."""
+    i = cuda.grid(1)
+    if i >= rw.shape[0]:
+        return
+    cap = nbr.shape[1]
+    bcap = bin_atoms.shape[1]
+    nbx = nb[0]
+    nby = nb[1]
+    nbz = nb[2]
+    xi = rw[i, 0]
+    yi = rw[i, 1]
+    zi = rw[i, 2]
+    oix = osh[i, 0]
+    oiy = osh[i, 1]
+    oiz = osh[i, 2]
+    n = 0
+    for kx in range(-nsearch[0], nsearch[0] + 1):
+        gx = bins3[i, 0] + kx
+        if pbc[0] != 0:
+            sx = gx // nbx
+            lx = gx - sx * nbx
+        else:
+            if gx < 0 or gx >= nbx:
+                continue
+            sx = 0
+            lx = gx
+        for ky in range(-nsearch[1], nsearch[1] + 1):
+            gy = bins3[i, 1] + ky
+            if pbc[1] != 0:
+                sy = gy // nby
+                ly = gy - sy * nby
+            else:
+                if gy < 0 or gy >= nby:
+                    continue
+                sy = 0
+                ly = gy
+            for kz in range(-nsearch[2], nsearch[2] + 1):
+                gz = bins3[i, 2] + kz
+                if pbc[2] != 0:
+                    sz = gz // nbz
+                    lz = gz - sz * nbz
+                else:
+                    if gz < 0 or gz >= nbz:
+                        continue
+                    sz = 0
+                    lz = gz
+                b = (lx * nby + ly) * nbz + lz
+                m_end = min(bin_count[b], bcap)
+                if m_end == 0:
+                    continue
+                cx = xi - (sx * eff[0, 0] + sy * eff[1, 0] + sz * eff[2, 0])
+                cy = yi - (sx * eff[0, 1] + sy * eff[1, 1] + sz * eff[2, 1])
+                cz = zi - (sx * eff[0, 2] + sy * eff[1, 2] + sz * eff[2, 2])
+                home = sx == 0 and sy == 0 and sz == 0
+                for m in range(m_end):
+                    j = bin_atoms[b, m]
+                    dx = rw[j, 0] - cx
+                    dy = rw[j, 1] - cy
+                    dz = rw[j, 2] - cz
+                    if dx * dx + dy * dy + dz * dz < rc2:
+                        if home and j == i:
+                            continue
+                        if n < cap:
+                            nbr[i, n] = j
+                            shifts[i, n, 0] = sx + oix - osh[j, 0]
+                            shifts[i, n, 1] = sy + oiy - osh[j, 1]
+                            shifts[i, n, 2] = sz + oiz - osh[j, 2]
+                        n += 1
+    count[i] = n
+    if n > cap:
+        cuda.atomic.max(flags, 1, n)
+
+
+@cuda.jit
+def nl_reverse_kernel(nbr, shifts, count, rev):
+    """rev[i, k] = j * cap + m with (nbr[j, m], shifts[j, m]) == (i, -shifts[i, k]), else -1.
+
+    A pair is missing its reverse only if rounding put |v| on different sides of the list
+    radius for the two directions; the list radius exceeds the model cutoff, so such a pair
+    has zero gradient and -1 (skip) is exact."""
+    i = cuda.grid(1)
+    if i >= count.shape[0]:
+        return
+    cap = nbr.shape[1]
+    for k in range(count[i]):
+        j = nbr[i, k]
+        s0 = shifts[i, k, 0]
+        s1 = shifts[i, k, 1]
+        s2 = shifts[i, k, 2]
+        found = -1
+        for m in range(count[j]):
+            if (nbr[j, m] == i and shifts[j, m, 0] == -s0 and shifts[j, m, 1] == -s1
+                    and shifts[j, m, 2] == -s2):
+                found = j * cap + m
+                break
+        rev[i, k] = found
+
+
+# ============================================================================ forces, reductions
+@cuda.jit
+def gather_forces_kernel(count, pair_grad, rev, forces):
+    """F_i = sum_k g[i, k] - sum_k g[rev[i, k]] in float64, fixed order (eV/Å)."""
+    i = cuda.grid(1)
+    if i >= count.shape[0]:
+        return
+    cap = pair_grad.shape[1]
+    fx = 0.0
+    fy = 0.0
+    fz = 0.0
+    for k in range(count[i]):
+        fx += pair_grad[i, k, 0]
+        fy += pair_grad[i, k, 1]
+        fz += pair_grad[i, k, 2]
+        q = rev[i, k]
+        if q >= 0:
+            j = q // cap
+            m = q - j * cap
+            fx -= pair_grad[j, m, 0]
+            fy -= pair_grad[j, m, 1]
+            fz -= pair_grad[j, m, 2]
+    forces[i, 0] = fx
+    forces[i, 1] = fy
+    forces[i, 2] = fz
+
+
+@cuda.jit
+def reduce_atoms_kernel(energies, atom_virial, closest, partial):
+    """partial[block] = (sum e, sum W (9), min closest) over a grid-stride set of atoms, fixed
+    order (grid-stride loop, then a tree in shared memory)."""
+    sh = cuda.shared.array((RED_BLOCK, 11), float64)
+    tid = cuda.threadIdx.x
+    n = energies.shape[0]
+    for c in range(10):
+        sh[tid, c] = 0.0
+    sh[tid, 10] = math.inf
+    stride = cuda.gridDim.x * RED_BLOCK
+    for i in range(cuda.blockIdx.x * RED_BLOCK + tid, n, stride):
+        sh[tid, 0] += energies[i]
+        for c in range(9):
+            sh[tid, 1 + c] += atom_virial[i, c]
+        sh[tid, 10] = min(sh[tid, 10], closest[i])
+    cuda.syncthreads()
+    s = RED_BLOCK // 2
+    while s > 0:
+        if tid < s:
+            for c in range(10):
+                sh[tid, c] += sh[tid + s, c]
+            sh[tid, 10] = min(sh[tid, 10], sh[tid + s, 10])
+        cuda.syncthreads()
+        s //= 2
+    if tid == 0:
+        for c in range(11):
+            partial[cuda.blockIdx.x, c] = sh[0, c]
+
+
+@cuda.jit
+def reduce_final_kernel(partial, inv_volume, energy, virial, stress, min_distance):
+    """One block: sums the partials in a fixed order; virial = sym(sum W) (eV),
+    stress = -virial / V in ASE Voigt order (eV/Å^3; zeros if inv_volume == 0),
+    min_distance = closest pair distance (Å)."""
+    sh = cuda.shared.array((RED_BLOCK, 11), float64)
+    tid = cuda.threadIdx.x
+    for c in range(10):
+        sh[tid, c] = 0.0
+    sh[tid, 10] = math.inf
+    for b in range(tid, partial.shape[0], RED_BLOCK):
+        for c in range(10):
+            sh[tid, c] += partial[b, c]
+        sh[tid, 10] = min(sh[tid, 10], partial[b, 10])
+    cuda.syncthreads()
+    s = RED_BLOCK // 2
+    while s > 0:
+        if tid < s:
+            for c in range(10):
+                sh[tid, c] += sh[tid + s, c]
+            sh[tid, 10] = min(sh[tid, 10], sh[tid + s, 10])
+        cuda.syncthreads()
+        s //= 2
+    if tid == 0:
+        energy[0] = sh[0, 0]
+        for a in range(3):
+            for b in range(3):
+                virial[a, b] = 0.5 * (sh[0, 1 + 3 * a + b] + sh[0, 1 + 3 * b + a])
+        stress[0] = -virial[0, 0] * inv_volume
+        stress[1] = -virial[1, 1] * inv_volume
+        stress[2] = -virial[2, 2] * inv_volume
+        stress[3] = -virial[1, 2] * inv_volume
+        stress[4] = -virial[0, 2] * inv_volume
+        stress[5] = -virial[0, 1] * inv_volume
+        min_distance[0] = sh[0, 10]
+
+
+# ============================================================================ energy kernel
+def shared_bytes(M, T, n_act, widest, team_size, itemsize):
+    """Static shared memory of one block of `energy_kernel` (bytes)."""
+    return (itemsize * (2 * M + 4 * team_size + 2 * n_act + 2 * widest)
+            + 4 * team_size + 8 * 10 * team_size)
+
+
+@lru_cache(maxsize=None)
+def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name):
+    """The fused energy/gradient kernel for one model shape, launched as
+    ``kernel[n_atoms, team_size](...)`` (one block per atom).
+
+    M: moment size, T: descriptor length, n_act: sum of the MLP layer sizes, widest: largest
+    layer size, activation: 0 gaussian, 1 tanh, 2 silu, dtype_name: "float64" or "float32".
+    """
+    F = float32 if dtype_name == "float32" else float64
+    NF = np.float32 if dtype_name == "float32" else np.float64
+    ZERO = NF(0.0)
+    ONE = NF(1.0)
+    TWO = NF(2.0)
+    SIX = NF(6.0)
+    TS = int(team_size)
+    M = int(M)
+    T = int(T)
+    NACT = int(n_act)
+    WIDEST = int(widest)
+    ACT = int(activation)
+
+    @cuda.jit
+    def kernel(pos, cell, nbr, shifts, count, species, cutoff2, body_order,
+               body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables,
+               sigma, centres, inv_w, inv_c2, g_mean, g_inv_std, mlp, layer_sizes, e0,
+               energies, atom_virial, closest, pair_grad):
+        """One block per atom i. Outputs: energies[i] (eV, float64), atom_virial[i] (9,) =
+        -sum_k g_k (x) v_k (row-major, eV), closest[i] (Å), pair_grad[i, k] = dE/dv_ik.
+
+        body_order: the bodies sorted by rank; lane l owns bodies body_order[l + TS m] in the
+        moment pass, so the lanes of one round mostly share a rank (less branch divergence)."""
+        sA = cuda.shared.array(M, F)              # moments A_i
+        sAb = cuda.shared.array(M, F)             # dE/dA_i
+        sr = cuda.shared.array(TS, F)             # staged pairs: r (or -1 beyond the cutoff)
+        su = cuda.shared.array((TS, 3), F)        # staged pairs: unit vector
+        ssj = cuda.shared.array(TS, int32)        # staged pairs: neighbour species
+        sx = cuda.shared.array(NACT, F)           # MLP activations (inputs first)
+        sz = cuda.shared.array(NACT, F)           # MLP pre-activations
+        sbo = cuda.shared.array(WIDEST, F)        # MLP backward buffers
+        sbi = cuda.shared.array(WIDEST, F)
+        sred = cuda.shared.array((TS, 10), float64)   # team reductions
+
+        i = cuda.blockIdx.x
+        ln = cuda.threadIdx.x
+        if i >= count.shape[0]:
+            return                                 # the whole block leaves together
+        si = species[i]
+        nn = count[i]
+        n_bodies = body_rank.shape[0]
+        pix = pos[i, 0]
+        piy = pos[i, 1]
+        piz = pos[i, 2]
+
+        # ---- 1. moments: lanes own bodies, pairs staged TS at a time
+        for e in range(ln, M, TS):
+            sA[e] = ZERO
+        closest2 = math.inf
+        cuda.syncthreads()
+        for c0 in range(0, nn, TS):
+            k = c0 + ln
+            if k < nn:
+                j = nbr[i, k]
+                s0 = shifts[i, k, 0]
+                s1 = shifts[i, k, 1]
+                s2 = shifts[i, k, 2]
+                vx = pos[j, 0] - pix + (s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0])
+                vy = pos[j, 1] - piy + (s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1])
+                vz = pos[j, 2] - piz + (s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2])
+                r2 = vx * vx + vy * vy + vz * vz
+                if r2 < cutoff2:
+                    closest2 = min(closest2, r2)
+                    r = math.sqrt(r2)
+                    inv_r = 1.0 / r
+                    sr[ln] = F(r)
+                    su[ln, 0] = F(vx * inv_r)
+                    su[ln, 1] = F(vy * inv_r)
+                    su[ln, 2] = F(vz * inv_r)
+                    ssj[ln] = species[j]
+                else:
+                    sr[ln] = -ONE
+            cuda.syncthreads()
+            n_staged = min(TS, nn - c0)
+            for bi in range(ln, n_bodies, TS):
+                b = body_order[bi]
+                c = centres[si, b]
+                iw = inv_w[si, b]
+                ic2 = inv_c2[si, b]
+                p = body_rank[b]
+                off = body_offset[b]
+                a0 = ZERO
+                a1 = ZERO
+                a2 = ZERO
+                a3 = ZERO
+                a4 = ZERO
+                a5 = ZERO
+                a6 = ZERO
+                a7 = ZERO
+                a8 = ZERO
+                for q in range(n_staged):
+                    r = sr[q]
+                    if r < ZERO:
+                        continue
+                    y = (r - c) * iw
+                    if y <= -ONE or y >= ONE:
+                        continue
+                    t = ONE - y * y
+                    coef = sigma[si, ssj[q], b] * (t * t * t * ic2)
+                    if p == 0:
+                        a0 += coef
+                    else:
+                        ux = su[q, 0]
+                        uy = su[q, 1]
+                        uz = su[q, 2]
+                        if p == 1:
+                            a0 += coef * ux
+                            a1 += coef * uy
+                            a2 += coef * uz
+                        elif p == 2:
+                            cx = coef * ux
+                            cy = coef * uy
+                            cz = coef * uz
+                            a0 += cx * ux
+                            a1 += cx * uy
+                            a2 += cx * uz
+                            a3 += cy * ux
+                            a4 += cy * uy
+                            a5 += cy * uz
+                            a6 += cz * ux
+                            a7 += cz * uy
+                            a8 += cz * uz
+                        else:
+                            for aa in range(3):
+                                ca = coef * su[q, aa]
+                                for bb in range(3):
+                                    cab = ca * su[q, bb]
+                                    base = off + 9 * aa + 3 * bb
+                                    sA[base] += cab * ux
+                                    sA[base + 1] += cab * uy
+                                    sA[base + 2] += cab * uz
+                if p == 0:
+                    sA[off] += a0
+                elif p == 1:
+                    sA[off] += a0
+                    sA[off + 1] += a1
+                    sA[off + 2] += a2
+                elif p == 2:
+                    sA[off] += a0
+                    sA[off + 1] += a1
+                    sA[off + 2] += a2
+                    sA[off + 3] += a3
+                    sA[off + 4] += a4
+                    sA[off + 5] += a5
+                    sA[off + 6] += a6
+                    sA[off + 7] += a7
+                    sA[off + 8] += a8
+            cuda.syncthreads()
+
+        # ---- 2. contraction and standardisation: lanes own terms
+        for t in range(ln, T, TS):
+            pat = term_pattern[t]
+            b0 = term_body_start[t]
+            nbt = term_body_start[t + 1] - b0
+            ts = p_start[pat]
+            total = ZERO
+            for row in range(p_rows[pat]):
+                prod = ONE
+                base = ts + row * nbt
+                for kk in range(nbt):
+                    prod *= sA[body_offset[b0 + kk] + tables[base + kk]]
+                total += prod
+            sx[t] = (total - g_mean[si, t]) * g_inv_std[si, t]
+        cuda.syncthreads()
+
+        # ---- 3. MLP forward: lanes own the units of a layer
+        n_layers = layer_sizes.shape[0] - 1
+        pp = 0
+        a_in = 0
+        z_off = 0
+        for layer in range(n_layers):
+            n_in = layer_sizes[layer]
+            n_out = layer_sizes[layer + 1]
+            a_out = a_in + n_in
+            b_off = pp + n_in * n_out
+            for o in range(ln, n_out, TS):
+                zz = mlp[si, b_off + o]
+                for kk in range(n_in):
+                    zz += sx[a_in + kk] * mlp[si, pp + kk * n_out + o]
+                sz[z_off + o] = zz
+                if layer == n_layers - 1:
+                    sx[a_out + o] = zz
+                elif ACT == 0:                      # gaussian exp(-z^2)
+                    sx[a_out + o] = math.exp(-zz * zz)
+                elif ACT == 1:                      # tanh
+                    sx[a_out + o] = math.tanh(zz)
+                else:                               # silu z / (1 + exp(-z))
+                    sx[a_out + o] = zz / (ONE + math.exp(-zz))
+            cuda.syncthreads()
+            pp = b_off + n_out
+            a_in = a_out
+            z_off += n_out
+        if ln == 0:
+            energies[i] = float64(sx[a_in]) + e0[si]
+
+        # ---- MLP input gradient: lanes own the inputs of a layer
+        if ln == 0:
+            sbo[0] = ONE
+        cuda.syncthreads()
+        p_end = pp
+        z_end = z_off
+        for layer in range(n_layers - 1, -1, -1):
+            n_in = layer_sizes[layer]
+            n_out = layer_sizes[layer + 1]
+            pl = p_end - (n_in * n_out + n_out)
+            zl = z_end - n_out
+            if layer != n_layers - 1:
+                for o in range(ln, n_out, TS):
+                    zz = sz[zl + o]
+                    if ACT == 0:
+                        dphi = -TWO * zz * math.exp(-zz * zz)
+                    elif ACT == 1:
+                        th = math.tanh(zz)
+                        dphi = ONE - th * th
+                    else:
+                        sg = ONE / (ONE + math.exp(-zz))
+                        dphi = sg + zz * sg * (ONE - sg)
+                    sbo[o] *= dphi
+                cuda.syncthreads()
+            for kk in range(ln, n_in, TS):
+                s = ZERO
+                row = pl + kk * n_out
+                for o in range(n_out):
+                    s += mlp[si, row + o] * sbo[o]
+                sbi[kk] = s
+            cuda.syncthreads()
+            for kk in range(ln, n_in, TS):
+                sbo[kk] = sbi[kk]
+            cuda.syncthreads()
+            p_end = pl
+            z_end = zl
+
+        # ---- 4. contraction adjoint: lanes own terms (and so their bodies)
+        for t in range(ln, T, TS):
+            gb = sbo[t] * g_inv_std[si, t]
+            pat = term_pattern[t]
+            b0 = term_body_start[t]
+            nbt = term_body_start[t + 1] - b0
+            ts = p_start[pat]
+            for kk in range(nbt):
+                off = body_offset[b0 + kk]
+                size = 1
+                for _ in range(body_rank[b0 + kk]):
+                    size *= 3
+                for e in range(size):
+                    sAb[off + e] = ZERO
+            if gb != ZERO:
+                for row in range(p_rows[pat]):
+                    base = ts + row * nbt
+                    for kk in range(nbt):
+                        prod = gb
+                        for ll in range(nbt):
+                            if ll != kk:
+                                prod *= sA[body_offset[b0 + ll] + tables[base + ll]]
+                        sAb[body_offset[b0 + kk] + tables[base + kk]] += prod
+        cuda.syncthreads()
+
+        # ---- 5. per-pair gradients: lanes own pairs
+        s00 = 0.0
+        s01 = 0.0
+        s02 = 0.0
+        s10 = 0.0
+        s11 = 0.0
+        s12 = 0.0
+        s20 = 0.0
+        s21 = 0.0
+        s22 = 0.0
+        u3 = cuda.local.array(3, F)
+        h3 = cuda.local.array(3, F)
+        for k in range(ln, nn, TS):
+            j = nbr[i, k]
+            s0 = shifts[i, k, 0]
+            s1 = shifts[i, k, 1]
+            s2 = shifts[i, k, 2]
+            vx = pos[j, 0] - pix + (s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0])
+            vy = pos[j, 1] - piy + (s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1])
+            vz = pos[j, 2] - piz + (s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2])
+            r2 = vx * vx + vy * vy + vz * vz
+            if r2 >= cutoff2:
+                pair_grad[i, k, 0] = ZERO
+                pair_grad[i, k, 1] = ZERO
+                pair_grad[i, k, 2] = ZERO
+                continue
+            rd = math.sqrt(r2)
+            inv_rd = 1.0 / rd
+            r = F(rd)
+            inv_r = F(inv_rd)
+            ux = F(vx * inv_rd)
+            uy = F(vy * inv_rd)
+            uz = F(vz * inv_rd)
+            u3[0] = ux
+            u3[1] = uy
+            u3[2] = uz
+            h3[0] = ZERO
+            h3[1] = ZERO
+            h3[2] = ZERO
+            dd = ZERO
+            sj = species[j]
+            for b in range(n_bodies):
+                iw = inv_w[si, b]
+                y = (r - centres[si, b]) * iw
+                if y <= -ONE or y >= ONE:
+                    continue
+                t = ONE - y * y
+                t2 = t * t
+                ic2 = inv_c2[si, b]
+                sg = sigma[si, sj, b]
+                a = sg * (t2 * t * ic2)                 # sigma f
+                ad = sg * (-SIX * y * t2 * iw * ic2)    # sigma df/dr
+                p = body_rank[b]
+                off = body_offset[b]
+                if p == 0:
+                    dd += ad * sAb[off]
+                elif p == 1:
+                    m0 = sAb[off]
+                    m1 = sAb[off + 1]
+                    m2 = sAb[off + 2]
+                    dd += ad * (m0 * ux + m1 * uy + m2 * uz)
+                    h3[0] += a * m0
+                    h3[1] += a * m1
+                    h3[2] += a * m2
+                elif p == 2:
+                    m00 = sAb[off]
+                    m01 = sAb[off + 1]
+                    m02 = sAb[off + 2]
+                    m10 = sAb[off + 3]
+                    m11 = sAb[off + 4]
+                    m12 = sAb[off + 5]
+                    m20 = sAb[off + 6]
+                    m21 = sAb[off + 7]
+                    m22 = sAb[off + 8]
+                    row0 = m00 * ux + m01 * uy + m02 * uz
+                    row1 = m10 * ux + m11 * uy + m12 * uz
+                    row2 = m20 * ux + m21 * uy + m22 * uz
+                    col0 = m00 * ux + m10 * uy + m20 * uz
+                    col1 = m01 * ux + m11 * uy + m21 * uz
+                    col2 = m02 * ux + m12 * uy + m22 * uz
+                    dd += ad * (row0 * ux + row1 * uy + row2 * uz)
+                    h3[0] += a * (row0 + col0)
+                    h3[1] += a * (row1 + col1)
+                    h3[2] += a * (row2 + col2)
+                else:
+                    for aa in range(3):
+                        ua = u3[aa]
+                        for bb in range(3):
+                            ub = u3[bb]
+                            for cc in range(3):
+                                uc = u3[cc]
+                                tv = sAb[off + 9 * aa + 3 * bb + cc]
+                                dd += ad * tv * ua * ub * uc
+                                at = a * tv
+                                h3[aa] += at * ub * uc
+                                h3[bb] += at * ua * uc
+                                h3[cc] += at * ua * ub
+            hx = h3[0]
+            hy = h3[1]
+            hz = h3[2]
+            hr = hx * ux + hy * uy + hz * uz
+            gx = dd * ux + (hx - hr * ux) * inv_r
+            gy = dd * uy + (hy - hr * uy) * inv_r
+            gz = dd * uz + (hz - hr * uz) * inv_r
+            pair_grad[i, k, 0] = gx
+            pair_grad[i, k, 1] = gy
+            pair_grad[i, k, 2] = gz
+            gxd = float64(gx)
+            gyd = float64(gy)
+            gzd = float64(gz)
+            s00 += gxd * vx
+            s01 += gxd * vy
+            s02 += gxd * vz
+            s10 += gyd * vx
+            s11 += gyd * vy
+            s12 += gyd * vz
+            s20 += gzd * vx
+            s21 += gzd * vy
+            s22 += gzd * vz
+
+        # ---- team reductions in a fixed order
+        sred[ln, 0] = s00
+        sred[ln, 1] = s01
+        sred[ln, 2] = s02
+        sred[ln, 3] = s10
+        sred[ln, 4] = s11
+        sred[ln, 5] = s12
+        sred[ln, 6] = s20
+        sred[ln, 7] = s21
+        sred[ln, 8] = s22
+        sred[ln, 9] = closest2
+        cuda.syncthreads()
+        for c in range(ln, 10, TS):
+            if c < 9:
+                tot = 0.0
+                for ll in range(TS):
+                    tot += sred[ll, c]
+                atom_virial[i, c] = -tot
+            else:
+                m = math.inf
+                for ll in range(TS):
+                    m = min(m, sred[ll, 9])
+                closest[i] = math.sqrt(m)
+
+    return kernel
