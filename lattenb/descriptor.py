@@ -8,21 +8,41 @@ stored flat (C order, 3^p values) at `body_offset[b]` of one per-atom vector of 
 Term t contracts its bodies with its pattern's index table:
 G_t = sum_rows prod_k A_{b_k}[table[row, k]].
 
-The functions here are per-atom Numba kernels, composed by `descriptors` below and by the
-energy/force and training kernels. Parameter arrays use species-first layouts so the inner loop over
-bodies reads contiguous memory: sigma (S, S, B) [central, neighbour, body], centres, inv_w,
-inv_c2 (S, B) [central, body].
+The per-atom kernels are body-major. `gather_pairs` sorts an atom's pairs (r < cutoff) by neighbour
+species, then by distance bin (the bins of `radial.support_bins`), into structure-of-arrays scratch.
+A body's radial support [c - w, c + w] then covers one contiguous run of pairs per neighbour
+species, along which sigma is constant: `atom_moments` sums the body's unique tensor components
+over the run in local accumulators, and `atom_pair_gradients` adds each body's share to per-pair
+weights. Both inner loops are branch-free (t = max(0, 1 - y^2) makes a pair outside the support
+contribute exactly 0), so they vectorise; per (pair, body) they cost a few multiply-adds instead
+of the loads, branches and read-modify-writes of a pair-major loop.
+
+Parameter arrays use species-first layouts: sigma_c2 (S, S, B) [central, neighbour, body] is
+sigma / c^2 (so sigma f = sigma_c2 t^3), centres and inv_w (S, B) [central, body] in Å and 1/Å.
 """
 import numpy as np
 from numba import njit, prange
 from ._numba import FASTMATH
 
-from .radial import radial_value, radial_value_deriv
-
 # Offsets and sizes of ranks 0..3 in a packed buffer of r-hat powers (1 + 3 + 9 + 27 = 40 values).
 RANK_OFFSET = (0, 1, 4, 13)
 RANK_SIZE = (1, 3, 9, 27)
 POWER_SIZE = 40
+
+# Rows of the sorted pair scratch P (PAIR_ROWS, n): distance r (Å), unit vector rhat, 1/r (1/Å).
+P_R, P_UX, P_UY, P_UZ, P_INV_R = 0, 1, 2, 3, 4
+PAIR_ROWS = 5
+# Rows of the per-pair reverse weights Q (4, n): D (eV) and H (eV, a vector), see
+# `atom_pair_gradients`.
+Q_D, Q_HX, Q_HY, Q_HZ = 0, 1, 2, 3
+
+# Moments of rank 2 and 3 are symmetric: the kernels sum only their unique components, ordered
+# xx, xy, xz, yy, yz, zz and xxx, xxy, xxz, xyy, xyz, xzz, yyy, yyz, yzz, zzz. SYM2[3a + b] and
+# SYM3[9a + 3b + c] give the unique component of a flat (C-order) index.
+SYM2 = (0, 1, 2, 1, 3, 4, 2, 4, 5)
+SYM3 = (0, 1, 2, 1, 3, 4, 2, 4, 5,
+        1, 3, 4, 3, 6, 7, 4, 7, 8,
+        2, 4, 5, 4, 7, 8, 5, 8, 9)
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
@@ -58,54 +78,64 @@ def unit_powers(ux, uy, uz, max_rank, R):
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def add_scaled(A, off, R, p, coef):
-    """A[off:off + 3^p] += coef * (rank-p block of R), with the trip count fixed per rank so the
-    compiler unrolls it (a variable-length loop here costs more than the arithmetic)."""
-    if p == 0:
-        A[off] += coef
-    elif p == 1:
-        A[off] += coef * R[1]
-        A[off + 1] += coef * R[2]
-        A[off + 2] += coef * R[3]
-    elif p == 2:
-        for e in range(9):
-            A[off + e] += coef * R[4 + e]
-    else:
-        for e in range(27):
-            A[off + e] += coef * R[13 + e]
+def unit_power_tangents(ux, uy, uz, dx, dy, dz, max_rank, R, Rdot):
+    """Tangents of the packed r-hat powers along d(rhat) = (dx, dy, dz); R from `unit_powers`."""
+    Rdot[0] = 0.0
+    Rdot[1] = dx
+    Rdot[2] = dy
+    Rdot[3] = dz
+    if max_rank >= 2:
+        for a in range(3):
+            for b in range(3):
+                Rdot[4 + 3 * a + b] = Rdot[1 + a] * R[1 + b] + R[1 + a] * Rdot[1 + b]
+    if max_rank >= 3:
+        for a in range(3):
+            for bc in range(9):
+                Rdot[13 + 9 * a + bc] = Rdot[1 + a] * R[4 + bc] + R[1 + a] * Rdot[4 + bc]
 
 
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def add_scaled_pair(W, Wd, Abar, off, p, a, ad):
-    """W[rank-p block] += a * Abar[off:off + 3^p] and Wd[...] += ad * Abar[...]."""
-    if p == 0:
-        W[0] += a * Abar[off]
-        Wd[0] += ad * Abar[off]
-    elif p == 1:
-        for e in range(3):
-            W[1 + e] += a * Abar[off + e]
-            Wd[1 + e] += ad * Abar[off + e]
-    elif p == 2:
-        for e in range(9):
-            W[4 + e] += a * Abar[off + e]
-            Wd[4 + e] += ad * Abar[off + e]
-    else:
-        for e in range(27):
-            W[13 + e] += a * Abar[off + e]
-            Wd[13 + e] += ad * Abar[off + e]
+@njit(cache=True, error_model="numpy")
+def support_bin_ranges(bin_ptr, bin_bodies, n_bodies):
+    """Distance bins [k0, k1) spanned by each body's support, (S, B, 2) int64 per central species,
+    read off the per-bin candidate lists of `radial.support_bins` (bin_ptr (S, nbins + 1),
+    bin_bodies) so that both describe the same supports. k0 = k1 = 0 for a body no bin lists."""
+    ranges = np.zeros((bin_ptr.shape[0], n_bodies, 2), np.int64)
+    for s in range(bin_ptr.shape[0]):
+        for k in range(bin_ptr.shape[1] - 1):
+            for m in range(bin_ptr[s, k], bin_ptr[s, k + 1]):
+                b = bin_bodies[m]
+                if ranges[s, b, 1] == 0:
+                    ranges[s, b, 0] = k
+                ranges[s, b, 1] = k + 1
+    return ranges
+
+
+@njit(cache=True, error_model="numpy")
+def pair_scratch(n_max, n_keys):
+    """Per-chunk scratch of `gather_pairs` for atoms with at most n_max neighbours and n_keys =
+    S * nbins sort keys: (P (PAIR_ROWS, n_max), pair_q (n_max,), key_start (n_keys + 1,), work),
+    work being its private buffers."""
+    work = (np.empty((PAIR_ROWS, n_max)), np.empty(n_max, np.int64), np.empty(n_max, np.int64),
+            np.empty(n_keys, np.int64))
+    return (np.empty((PAIR_ROWS, n_max)), np.empty(n_max, np.int64),
+            np.empty(n_keys + 1, np.int64), work)
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
-def atom_moments(i, positions, cell, offsets, second, shifts, species, cutoff,
-                 body_rank, body_offset, max_rank, sigma, centres, inv_w, inv_c2,
-                 bin_ptr, bin_bodies, inv_bin, A, R):
-    """Body tensors of atom i into A (M,); R (40,) is scratch. Pairs at r >= cutoff are skipped.
+def gather_pairs(i, positions, cell, offsets, second, shifts, species, cutoff, inv_bin, n_bins,
+                 P, pair_q, key_start, work):
+    """Atom i's pairs with r < cutoff, counting-sorted by the key (neighbour species s, distance
+    bin k = int(r * inv_bin)) into P (PAIR_ROWS, n_max) columns; pair_q[k] is the sorted pair's
+    index in the neighbour list. key_start (S * n_bins + 1,): the pairs of neighbour species s in
+    bins [k0, k1) are P[:, key_start[s * n_bins + k0]:key_start[s * n_bins + k1]].
+    P, pair_q, key_start, work come from `pair_scratch`.
 
-    Returns the distance to the closest neighbour (inf if none), for the overlap check."""
-    A[:] = 0.0
-    si = species[i]
+    Returns (distance to the closest neighbour or inf, number of kept pairs)."""
+    raw, raw_key, raw_q, cursor = work
+    key_start[:] = 0
     cutoff2 = cutoff * cutoff
     closest2 = np.inf
+    n = 0
     for q in range(offsets[i], offsets[i + 1]):
         j = second[q]
         vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
@@ -115,16 +145,140 @@ def atom_moments(i, positions, cell, offsets, second, shifts, species, cutoff,
         closest2 = min(closest2, r2)
         r = np.sqrt(r2)
         inv_r = 1.0 / r
-        unit_powers(vx * inv_r, vy * inv_r, vz * inv_r, max_rank, R)
-        sj = species[j]
-        k = int(r * inv_bin)
-        for m in range(bin_ptr[si, k], bin_ptr[si, k + 1]):
-            b = bin_bodies[m]
-            f = radial_value(r, centres[si, b], inv_w[si, b], inv_c2[si, b])
-            if f == 0.0:
+        raw[P_R, n] = r
+        raw[P_UX, n] = vx * inv_r
+        raw[P_UY, n] = vy * inv_r
+        raw[P_UZ, n] = vz * inv_r
+        raw[P_INV_R, n] = inv_r
+        key = species[j] * n_bins + min(int(r * inv_bin), n_bins - 1)
+        raw_key[n] = key
+        raw_q[n] = q
+        key_start[key + 1] += 1
+        n += 1
+    for key in range(cursor.shape[0]):
+        key_start[key + 1] += key_start[key]
+        cursor[key] = key_start[key]
+    for k in range(n):
+        dest = cursor[raw_key[k]]
+        cursor[raw_key[k]] = dest + 1
+        for row in range(PAIR_ROWS):
+            P[row, dest] = raw[row, k]
+        pair_q[dest] = raw_q[k]
+    return np.sqrt(closest2), n
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _support(r, c, inv_w):
+    """y = (r - c) / w and t = max(0, 1 - y^2). t = 0 outside the support, so f = t^3 / c^2 and
+    df/dr = -6 y t^2 / (w c^2) vanish there without a branch."""
+    y = (r - c) * inv_w
+    return y, max(0.0, 1.0 - y * y)
+
+
+# ----------------------------------------------------------------------------- forward
+# _moments<p>(P, lo, hi, c, inv_w): the unique components of sum_k t_k^3 rhat_k^(x)p over the
+# sorted pairs lo <= k < hi (sigma / c^2 is applied by the caller).
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _moments0(P, lo, hi, c, inv_w):
+    a = 0.0
+    for k in range(lo, hi):
+        t = _support(P[P_R, k], c, inv_w)[1]
+        a += t * t * t
+    return a
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _moments1(P, lo, hi, c, inv_w):
+    ax = ay = az = 0.0
+    for k in range(lo, hi):
+        t = _support(P[P_R, k], c, inv_w)[1]
+        f = t * t * t
+        ax += f * P[P_UX, k]
+        ay += f * P[P_UY, k]
+        az += f * P[P_UZ, k]
+    return ax, ay, az
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _moments2(P, lo, hi, c, inv_w):
+    axx = axy = axz = ayy = ayz = azz = 0.0
+    for k in range(lo, hi):
+        t = _support(P[P_R, k], c, inv_w)[1]
+        f = t * t * t
+        ux = P[P_UX, k]
+        uy = P[P_UY, k]
+        uz = P[P_UZ, k]
+        fx = f * ux
+        fy = f * uy
+        axx += fx * ux
+        axy += fx * uy
+        axz += fx * uz
+        ayy += fy * uy
+        ayz += fy * uz
+        azz += f * uz * uz
+    return axx, axy, axz, ayy, ayz, azz
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _moments3(P, lo, hi, c, inv_w):
+    axxx = axxy = axxz = axyy = axyz = axzz = ayyy = ayyz = ayzz = azzz = 0.0
+    for k in range(lo, hi):
+        t = _support(P[P_R, k], c, inv_w)[1]
+        f = t * t * t
+        ux = P[P_UX, k]
+        uy = P[P_UY, k]
+        uz = P[P_UZ, k]
+        fxx = f * ux * ux
+        fxy = f * ux * uy
+        fxz = f * ux * uz
+        fyy = f * uy * uy
+        fyz = f * uy * uz
+        axxx += fxx * ux
+        axxy += fxx * uy
+        axxz += fxx * uz
+        axyy += fxy * uy
+        axyz += fxy * uz
+        axzz += fxz * uz
+        ayyy += fyy * uy
+        ayyz += fyy * uz
+        ayzz += fyz * uz
+        azzz += f * uz * uz * uz
+    return axxx, axxy, axxz, axyy, axyz, axzz, ayyy, ayyz, ayzz, azzz
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def atom_moments(si, P, key_start, n_bins, body_rank, body_offset, body_bins, sigma_c2, centres,
+                 inv_w, A):
+    """Body tensors A (M,) of an atom of species si from its pairs sorted by `gather_pairs`.
+
+    body_bins (S, B, 2): the support bins of every body (`support_bin_ranges`)."""
+    A[:] = 0.0
+    for b in range(body_rank.shape[0]):
+        c = centres[si, b]
+        iw = inv_w[si, b]
+        p = body_rank[b]
+        off = body_offset[b]
+        for sj in range(sigma_c2.shape[1]):
+            lo = key_start[sj * n_bins + body_bins[si, b, 0]]
+            hi = key_start[sj * n_bins + body_bins[si, b, 1]]
+            if lo == hi:
                 continue
-            add_scaled(A, body_offset[b], R, body_rank[b], sigma[si, sj, b] * f)
-    return np.sqrt(closest2)
+            sc = sigma_c2[si, sj, b]
+            if p == 0:
+                A[off] += sc * _moments0(P, lo, hi, c, iw)
+            elif p == 1:
+                ax, ay, az = _moments1(P, lo, hi, c, iw)
+                A[off] += sc * ax
+                A[off + 1] += sc * ay
+                A[off + 2] += sc * az
+            elif p == 2:
+                m2 = _moments2(P, lo, hi, c, iw)
+                for e in range(9):
+                    A[off + e] += sc * m2[SYM2[e]]
+            else:
+                m3 = _moments3(P, lo, hi, c, iw)
+                for e in range(27):
+                    A[off + e] += sc * m3[SYM3[e]]
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -234,103 +388,159 @@ def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, body_offset, term_body_star
                 Adotbar[idx] += gdb * rest
 
 
+# ----------------------------------------------------------------------------- reverse
+# _weights<p>(P, Q, lo, hi, c, inv_w, kd, h...) adds one body's share to the per-pair weights of
+# the sorted pairs lo <= k < hi (see `atom_pair_gradients`): H_k += t^3 h_k and
+# D_k += kd y t^2 (h_k . rhat_k), where h_k = p (sigma / c^2) sym(Abar) . rhat_k^(x)(p-1) is given
+# by its unique coefficients and kd = -6 / (p w) (rank 0: D_k += kd y t^2 with kd carrying Abar).
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def unit_power_tangents(ux, uy, uz, dx, dy, dz, max_rank, R, Rdot):
-    """Tangents of the packed r-hat powers along d(rhat) = (dx, dy, dz); R from `unit_powers`."""
-    Rdot[0] = 0.0
-    Rdot[1] = dx
-    Rdot[2] = dy
-    Rdot[3] = dz
-    if max_rank >= 2:
-        for a in range(3):
-            for b in range(3):
-                Rdot[4 + 3 * a + b] = Rdot[1 + a] * R[1 + b] + R[1 + a] * Rdot[1 + b]
-    if max_rank >= 3:
-        for a in range(3):
-            for bc in range(9):
-                Rdot[13 + 9 * a + bc] = Rdot[1 + a] * R[4 + bc] + R[1 + a] * Rdot[4 + bc]
+def _weights0(P, Q, lo, hi, c, inv_w, kd):
+    for k in range(lo, hi):
+        y, t = _support(P[P_R, k], c, inv_w)
+        Q[Q_D, k] += kd * y * t * t
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _h_component(W, R, max_rank, g):
-    """h_g = sum_p sum_e sum_{beta: beta_e = g} W_p[beta] prod_{e' != e} rhat[beta_e']."""
-    h = W[1 + g]
-    if max_rank >= 2:
-        for b in range(3):
-            h += (W[4 + 3 * g + b] + W[4 + 3 * b + g]) * R[1 + b]
-    if max_rank >= 3:
-        for b in range(3):
-            for c in range(3):
-                h += (W[13 + 9 * g + 3 * b + c] + W[13 + 9 * b + 3 * g + c]
-                      + W[13 + 9 * b + 3 * c + g]) * R[4 + 3 * b + c]
-    return h
+def _weights1(P, Q, lo, hi, c, inv_w, kd, hx, hy, hz):
+    for k in range(lo, hi):
+        y, t = _support(P[P_R, k], c, inv_w)
+        t2 = t * t
+        hu = hx * P[P_UX, k] + hy * P[P_UY, k] + hz * P[P_UZ, k]
+        Q[Q_D, k] += kd * y * t2 * hu
+        f = t2 * t
+        Q[Q_HX, k] += f * hx
+        Q[Q_HY, k] += f * hy
+        Q[Q_HZ, k] += f * hz
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def weighted_unit_gradient(W, Wd, R, max_rank, ux, uy, uz, inv_r):
-    """dE/dv for one pair from the rank-summed weights of its bodies.
+def _weights2(P, Q, lo, hi, c, inv_w, kd, m):
+    """m: the 6 unique components of 2 (sigma / c^2) sym(Abar)."""
+    mxx, mxy, mxz, myy, myz, mzz = m
+    for k in range(lo, hi):
+        y, t = _support(P[P_R, k], c, inv_w)
+        ux = P[P_UX, k]
+        uy = P[P_UY, k]
+        uz = P[P_UZ, k]
+        hx = mxx * ux + mxy * uy + mxz * uz
+        hy = mxy * ux + myy * uy + myz * uz
+        hz = mxz * ux + myz * uy + mzz * uz
+        t2 = t * t
+        Q[Q_D, k] += kd * y * t2 * (hx * ux + hy * uy + hz * uz)
+        f = t2 * t
+        Q[Q_HX, k] += f * hx
+        Q[Q_HY, k] += f * hy
+        Q[Q_HZ, k] += f * hz
 
-    With W_p = sum_b sigma f Abar_b and Wd_p = sum_b sigma f' Abar_b (per rank p, packed like R),
-    the design page's per-body formula sums to
 
-        dE/dv = (Wd . R) rhat + (h - (h . rhat) rhat) / r,
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _weights3(P, Q, lo, hi, c, inv_w, kd, m):
+    """m: the 10 unique components of 3 (sigma / c^2) sym(Abar)."""
+    mxxx, mxxy, mxxz, mxyy, mxyz, mxzz, myyy, myyz, myzz, mzzz = m
+    for k in range(lo, hi):
+        y, t = _support(P[P_R, k], c, inv_w)
+        ux = P[P_UX, k]
+        uy = P[P_UY, k]
+        uz = P[P_UZ, k]
+        xx = ux * ux
+        yy = uy * uy
+        zz = uz * uz
+        xy2 = 2.0 * ux * uy
+        xz2 = 2.0 * ux * uz
+        yz2 = 2.0 * uy * uz
+        hx = mxxx * xx + mxyy * yy + mxzz * zz + mxxy * xy2 + mxxz * xz2 + mxyz * yz2
+        hy = mxxy * xx + myyy * yy + myzz * zz + mxyy * xy2 + mxyz * xz2 + myyz * yz2
+        hz = mxxz * xx + myyz * yy + mzzz * zz + mxyz * xy2 + mxzz * xz2 + myzz * yz2
+        t2 = t * t
+        Q[Q_D, k] += kd * y * t2 * (hx * ux + hy * uy + hz * uz)
+        f = t2 * t
+        Q[Q_HX, k] += f * hx
+        Q[Q_HY, k] += f * hy
+        Q[Q_HZ, k] += f * hz
 
-    because h . rhat = sum_p p W_p . R_p (see `_h_component`). Returns three scalars (eV/Å).
-    """
-    dd = 0.0
-    for e in range(RANK_OFFSET[max_rank] + RANK_SIZE[max_rank]):
-        dd += Wd[e] * R[e]
-    hx = _h_component(W, R, max_rank, 0)
-    hy = _h_component(W, R, max_rank, 1)
-    hz = _h_component(W, R, max_rank, 2)
-    hr = hx * ux + hy * uy + hz * uz
-    return (dd * ux + (hx - hr * ux) * inv_r,
-            dd * uy + (hy - hr * uy) * inv_r,
-            dd * uz + (hz - hr * uz) * inv_r)
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _sym2_weights(Abar, off, s):
+    """The unique components of 2 s sym(Abar[off:off + 9]) (xx, xy, xz, yy, yz, zz)."""
+    return (2.0 * s * Abar[off], s * (Abar[off + 1] + Abar[off + 3]),
+            s * (Abar[off + 2] + Abar[off + 6]), 2.0 * s * Abar[off + 4],
+            s * (Abar[off + 5] + Abar[off + 7]), 2.0 * s * Abar[off + 8])
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _sym3_weights(Abar, off, s):
+    """The unique components of 3 s sym(Abar[off:off + 27]) (xxx, xxy, ..., zzz): 3 s times the
+    mean of the entries sharing a component (1, 3 or 6 of them)."""
+    a = Abar[off:off + 27]
+    return (3.0 * s * a[0], s * (a[1] + a[3] + a[9]), s * (a[2] + a[6] + a[18]),
+            s * (a[4] + a[10] + a[12]), 0.5 * s * (a[5] + a[7] + a[11] + a[15] + a[19] + a[21]),
+            s * (a[8] + a[20] + a[24]), 3.0 * s * a[13], s * (a[14] + a[16] + a[22]),
+            s * (a[17] + a[23] + a[25]), 3.0 * s * a[26])
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
-def atom_pair_gradients(i, positions, cell, offsets, second, shifts, species, cutoff,
-                        body_rank, body_offset, max_rank, sigma, centres, inv_w, inv_c2,
-                        bin_ptr, bin_bodies, inv_bin, Abar, R, W, Wd, pair_grad):
-    """dE/dv_ij for every pair of atom i into pair_grad[q] (3,), given Abar = dE/dA_i.
+def atom_pair_gradients(si, n_kept, P, pair_q, key_start, n_bins, body_rank, body_offset,
+                        body_bins, sigma_c2, centres, inv_w, Abar, Q, pair_grad):
+    """dE/dv (eV/Å) for the n_kept sorted pairs of an atom of species si into
+    pair_grad[pair_q[k]], given Abar = dE/dA (M,); Q (4, n_max) scratch.
 
-    Returns the atom's contribution to dE/d(strain) as 9 scalars sum_q g_a v_b (row-major ab)."""
-    si = species[i]
-    cutoff2 = cutoff * cutoff
-    n_w = RANK_OFFSET[max_rank] + RANK_SIZE[max_rank] if max_rank >= 1 else 4
-    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = 0.0
-    for q in range(offsets[i], offsets[i + 1]):
-        j = second[q]
-        vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
-        r2 = vx * vx + vy * vy + vz * vz
-        if r2 >= cutoff2:
-            pair_grad[q, 0] = 0.0
-            pair_grad[q, 1] = 0.0
-            pair_grad[q, 2] = 0.0
-            continue
-        r = np.sqrt(r2)
-        inv_r = 1.0 / r
-        ux = vx * inv_r
-        uy = vy * inv_r
-        uz = vz * inv_r
-        unit_powers(ux, uy, uz, max_rank, R)
-        for e in range(n_w):
-            W[e] = 0.0
-            Wd[e] = 0.0
-        sj = species[j]
-        k = int(r * inv_bin)
-        for m in range(bin_ptr[si, k], bin_ptr[si, k + 1]):
-            b = bin_bodies[m]
-            f, fr = radial_value_deriv(r, centres[si, b], inv_w[si, b], inv_c2[si, b])
-            if f == 0.0 and fr == 0.0:
+    With R_k the r-hat powers of pair k, the design page's per-body formula sums to
+
+        dE/dv_k = D_k rhat_k + (H_k - (H_k . rhat_k) rhat_k) / r_k,
+        D_k = sum_b sigma_b f'_b(r_k) (Abar_b . R_k),   H_k = sum_b sigma_b f_b(r_k) h_b(rhat_k),
+
+    h_b,g = sum_e sum_{beta: beta_e = g} Abar_b[beta] prod_{e' != e} rhat[beta_e'], and
+    h_b . rhat = p_b (Abar_b . R). Only the symmetric part of Abar_b meets the symmetric r-hat
+    powers, so ranks 2 and 3 use its unique components.
+
+    Returns the atom's contribution to dE/d(strain) as 9 scalars sum_k g_a v_b (row-major ab)."""
+    for k in range(n_kept):
+        Q[Q_D, k] = 0.0
+        Q[Q_HX, k] = 0.0
+        Q[Q_HY, k] = 0.0
+        Q[Q_HZ, k] = 0.0
+    for b in range(body_rank.shape[0]):
+        c = centres[si, b]
+        iw = inv_w[si, b]
+        p = body_rank[b]
+        off = body_offset[b]
+        for sj in range(sigma_c2.shape[1]):
+            lo = key_start[sj * n_bins + body_bins[si, b, 0]]
+            hi = key_start[sj * n_bins + body_bins[si, b, 1]]
+            if lo == hi:
                 continue
-            sg = sigma[si, sj, b]
-            add_scaled_pair(W, Wd, Abar, body_offset[b], body_rank[b], sg * f, sg * fr)
-        gx, gy, gz = weighted_unit_gradient(W, Wd, R, max_rank, ux, uy, uz, inv_r)
+            sc = sigma_c2[si, sj, b]
+            if p == 0:
+                _weights0(P, Q, lo, hi, c, iw, -6.0 * iw * sc * Abar[off])
+            elif p == 1:
+                _weights1(P, Q, lo, hi, c, iw, -6.0 * iw, sc * Abar[off], sc * Abar[off + 1],
+                          sc * Abar[off + 2])
+            elif p == 2:
+                _weights2(P, Q, lo, hi, c, iw, -3.0 * iw, _sym2_weights(Abar, off, sc))
+            else:
+                _weights3(P, Q, lo, hi, c, iw, -2.0 * iw, _sym3_weights(Abar, off, sc))
+    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = 0.0
+    for k in range(n_kept):
+        r = P[P_R, k]
+        ux = P[P_UX, k]
+        uy = P[P_UY, k]
+        uz = P[P_UZ, k]
+        inv_r = P[P_INV_R, k]
+        d = Q[Q_D, k]
+        hx = Q[Q_HX, k]
+        hy = Q[Q_HY, k]
+        hz = Q[Q_HZ, k]
+        hr = hx * ux + hy * uy + hz * uz
+        gx = d * ux + (hx - hr * ux) * inv_r
+        gy = d * uy + (hy - hr * uy) * inv_r
+        gz = d * uz + (hz - hr * uz) * inv_r
+        q = pair_q[k]
         pair_grad[q, 0] = gx
         pair_grad[q, 1] = gy
         pair_grad[q, 2] = gz
+        vx = r * ux
+        vy = r * uy
+        vz = r * uz
         s00 += gx * vx
         s01 += gx * vy
         s02 += gx * vz
@@ -343,25 +553,37 @@ def atom_pair_gradients(i, positions, cell, offsets, second, shifts, species, cu
     return s00, s01, s02, s10, s11, s12, s20, s21, s22
 
 
+@njit(cache=True, error_model="numpy")
+def max_neighbours(offsets):
+    """Largest neighbour count of any atom (sizes the per-chunk pair scratch)."""
+    n = 0
+    for i in range(offsets.shape[0] - 1):
+        n = max(n, offsets[i + 1] - offsets[i])
+    return n
+
+
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
 def descriptors_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species, cutoff,
-                       layout, sigma, centres, inv_w, inv_c2, bin_ptr, bin_bodies, inv_bin):
+                       layout, sigma_c2, centres, inv_w, bin_ptr, bin_bodies, inv_bin, n_chunks):
     """G (N, T) for every atom (no gradients) and each atom's closest-neighbour distance (N,);
     atom i's pairs use cells[frame_of_atom[i]]."""
     body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = layout
     n_atoms = positions.shape[0]
     n_terms = term_pattern.shape[0]
     m = body_offset[-1] + RANK_SIZE[body_rank[-1]]
-    max_rank = 0
-    for b in range(body_rank.shape[0]):
-        max_rank = max(max_rank, body_rank[b])
     G = np.empty((n_atoms, n_terms))
     closest = np.empty(n_atoms)
-    for i in prange(n_atoms):
+    n_max = max_neighbours(offsets)
+    n_bins = bin_ptr.shape[1] - 1
+    body_bins = support_bin_ranges(bin_ptr, bin_bodies, body_rank.shape[0])
+    for chunk in prange(n_chunks):
         A = np.empty(m)
-        R = np.empty(POWER_SIZE)
-        closest[i] = atom_moments(i, positions, cells[frame_of_atom[i]], offsets, second, shifts, species,
-                     cutoff, body_rank, body_offset, max_rank, sigma, centres, inv_w, inv_c2,
-                     bin_ptr, bin_bodies, inv_bin, A, R)
-        contract(A, body_offset, term_body_start, term_pattern, p_rows, p_start, tables, G[i])
+        P, pair_q, key_start, work = pair_scratch(n_max, sigma_c2.shape[1] * n_bins)
+        for i in range(chunk * n_atoms // n_chunks, (chunk + 1) * n_atoms // n_chunks):
+            closest[i] = gather_pairs(i, positions, cells[frame_of_atom[i]], offsets, second,
+                                      shifts, species, cutoff, inv_bin, n_bins, P, pair_q,
+                                      key_start, work)[0]
+            atom_moments(species[i], P, key_start, n_bins, body_rank, body_offset, body_bins,
+                         sigma_c2, centres, inv_w, A)
+            contract(A, body_offset, term_body_start, term_pattern, p_rows, p_start, tables, G[i])
     return G, closest

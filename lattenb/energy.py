@@ -13,22 +13,22 @@ import numpy as np
 from numba import get_num_threads, njit, prange
 from ._numba import FASTMATH
 
-from .descriptor import (POWER_SIZE, RANK_SIZE, atom_moments, atom_pair_gradients, contract,
-                         contract_adjoint)
+from .descriptor import (RANK_SIZE, atom_moments, atom_pair_gradients, contract, contract_adjoint,
+                         gather_pairs, max_neighbours, pair_scratch, support_bin_ranges)
 from .mlp import mlp_forward, mlp_input_gradient
 
 MIN_DISTANCE = 0.1   # Å; closer pairs are reported as overlapping atoms
 
 #: Everything the kernels need from a model, as plain arrays (see `LatteModel.kernel_arrays`).
 KernelArrays = namedtuple("KernelArrays", [
-    "cutoff", "layout", "sigma", "centres", "inv_w", "inv_c2", "bin_ptr", "bin_bodies", "inv_bin",
+    "cutoff", "layout", "sigma", "sigma_c2", "centres", "inv_w", "inv_c2", "bin_ptr", "bin_bodies",
+    "inv_bin",
     "g_mean", "g_inv_std", "mlp_params", "layer_sizes", "activation", "e0"])
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
 def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species,
-                         cutoff, layout,
-                         sigma, centres, inv_w, inv_c2, bin_ptr, bin_bodies, inv_bin,
+                         cutoff, layout, sigma_c2, centres, inv_w, bin_ptr, bin_bodies, inv_bin,
                          g_mean, g_inv_std, mlp_params, layer_sizes, act, e0, n_centres,
                          n_chunks):
     """Per-atom energies (N,), per-pair dE/dv (P, 3), per-atom dE/d(strain) (N, 9) and the
@@ -42,9 +42,6 @@ def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shift
     n_atoms = positions.shape[0]
     n_terms = term_pattern.shape[0]
     m = body_offset[-1] + RANK_SIZE[body_rank[-1]]
-    max_rank = 0
-    for b in range(body_rank.shape[0]):
-        max_rank = max(max_rank, body_rank[b])
     n_act = 0
     widest = 0
     for k in range(layer_sizes.shape[0]):
@@ -54,15 +51,15 @@ def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shift
     closest = np.full(n_atoms, np.inf)
     pair_grad = np.zeros((second.shape[0], 3))
     strain = np.zeros((n_atoms, 9))
+    n_max = max_neighbours(offsets)
+    n_bins = bin_ptr.shape[1] - 1
+    body_bins = support_bin_ranges(bin_ptr, bin_bodies, body_rank.shape[0])
     for chunk in prange(n_chunks):
         lo = chunk * n_centres // n_chunks
         hi = (chunk + 1) * n_centres // n_chunks
         # per-chunk scratch, reused by every atom of the chunk
         A = np.empty(m)
         Abar = np.empty(m)
-        R = np.empty(POWER_SIZE)
-        W = np.empty(POWER_SIZE)
-        Wd = np.empty(POWER_SIZE)
         G = np.empty(n_terms)
         x = np.empty(n_terms)
         xbar = np.empty(n_terms)
@@ -70,12 +67,15 @@ def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shift
         z = np.empty(n_act)
         buf_out = np.empty(widest)
         buf_in = np.empty(widest)
+        P, pair_q, key_start, work = pair_scratch(n_max, sigma_c2.shape[1] * n_bins)
+        Q = np.empty((4, n_max))
         for i in range(lo, hi):
             s = species[i]
-            cell = cells[frame_of_atom[i]]
-            closest[i] = atom_moments(i, positions, cell, offsets, second, shifts, species, cutoff,
-                                      body_rank, body_offset, max_rank, sigma, centres, inv_w,
-                                      inv_c2, bin_ptr, bin_bodies, inv_bin, A, R)
+            closest[i], n_kept = gather_pairs(
+                i, positions, cells[frame_of_atom[i]], offsets, second, shifts, species, cutoff,
+                inv_bin, n_bins, P, pair_q, key_start, work)
+            atom_moments(s, P, key_start, n_bins, body_rank, body_offset, body_bins, sigma_c2,
+                         centres, inv_w, A)
             contract(A, body_offset, term_body_start, term_pattern, p_rows, p_start, tables, G)
             for t in range(n_terms):
                 x[t] = (G[t] - g_mean[s, t]) * g_inv_std[s, t]
@@ -85,9 +85,8 @@ def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shift
                 xbar[t] *= g_inv_std[s, t]          # dE/dG
             contract_adjoint(A, xbar, body_offset, term_body_start, term_pattern, p_rows,
                              p_start, tables, Abar)
-            st = atom_pair_gradients(i, positions, cell, offsets, second, shifts, species, cutoff,
-                                     body_rank, body_offset, max_rank, sigma, centres, inv_w,
-                                     inv_c2, bin_ptr, bin_bodies, inv_bin, Abar, R, W, Wd,
+            st = atom_pair_gradients(s, n_kept, P, pair_q, key_start, n_bins, body_rank,
+                                     body_offset, body_bins, sigma_c2, centres, inv_w, Abar, Q,
                                      pair_grad)
             for k in range(9):
                 strain[i, k] = st[k]
@@ -146,8 +145,8 @@ def evaluate(arrays, positions, cell, species, offsets, second, shifts, volume=N
                 "virial": np.zeros((3, 3)), "stress": np.zeros(6) if volume else None,
                 "atom_virial": np.zeros((n_atoms, 3, 3))}
     energies, pair_grad, strain, closest = energy_forces_kernel(
-        positions, cell[None], np.zeros(n_atoms, np.int64), offsets, second, shifts, species, arrays.cutoff, arrays.layout,
-        arrays.sigma, arrays.centres, arrays.inv_w, arrays.inv_c2, arrays.bin_ptr,
+        positions, cell[None], np.zeros(n_atoms, np.int64), offsets, second, shifts, species,
+        arrays.cutoff, arrays.layout, arrays.sigma_c2, arrays.centres, arrays.inv_w, arrays.bin_ptr,
         arrays.bin_bodies, arrays.inv_bin, arrays.g_mean, arrays.g_inv_std, arrays.mlp_params,
         arrays.layer_sizes, arrays.activation, arrays.e0, n_centres, default_chunks(n_centres))
     check_overlap(closest)

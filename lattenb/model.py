@@ -18,7 +18,7 @@ from ase.data import atomic_numbers, chemical_symbols
 
 from .blocks import descriptor_layout, format_blocks, parse_blocks
 from .descriptor import descriptors_kernel
-from .energy import KernelArrays, check_overlap, evaluate
+from .energy import KernelArrays, check_overlap, default_chunks, evaluate
 from .mlp import activation_code, init_parameters, n_parameters
 from .neighbors import neighbor_list
 from .radial import radial_reciprocals, support_bins
@@ -151,7 +151,9 @@ class LatteModel:
                                                         body_rank=self.layout.body_rank)
             self._kernel_arrays = KernelArrays(
                 cutoff=self.cutoff, layout=self.layout.kernel_tuple(),
-                sigma=np.ascontiguousarray(p["sigma"]), centres=np.ascontiguousarray(p["centres"]),
+                sigma=np.ascontiguousarray(p["sigma"]),
+                sigma_c2=np.ascontiguousarray(p["sigma"] * inv_c2[:, None, :]),
+                centres=np.ascontiguousarray(p["centres"]),
                 inv_w=inv_w, inv_c2=inv_c2, bin_ptr=bin_ptr, bin_bodies=bin_bodies,
                 inv_bin=inv_bin, g_mean=np.ascontiguousarray(p["g_mean"]),
                 g_inv_std=1.0 / p["g_std"], mlp_params=np.ascontiguousarray(p["mlp"]),
@@ -260,8 +262,8 @@ class LatteModel:
         k = self.kernel_arrays()
         G, closest = descriptors_kernel(positions, cell[None], np.zeros(len(positions), np.int64),
                                         offsets, second, shifts, species, k.cutoff, k.layout,
-                                        k.sigma, k.centres, k.inv_w, k.inv_c2, k.bin_ptr,
-                                        k.bin_bodies, k.inv_bin)
+                                        k.sigma_c2, k.centres, k.inv_w, k.bin_ptr,
+                                        k.bin_bodies, k.inv_bin, default_chunks(len(positions)))
         check_overlap(closest)
         return G
 

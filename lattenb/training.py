@@ -152,8 +152,8 @@ def dataset_descriptors(model, data):
     k = model.kernel_arrays()
     G, closest = descriptors_kernel(data.positions, data.cells, data.frame_of_atom, data.offsets,
                                     data.second, data.shifts, data.species, k.cutoff, k.layout,
-                                    k.sigma, k.centres, k.inv_w, k.inv_c2, k.bin_ptr,
-                                    k.bin_bodies, k.inv_bin)
+                                    k.sigma_c2, k.centres, k.inv_w, k.bin_ptr,
+                                    k.bin_bodies, k.inv_bin, default_chunks(len(data.positions)))
     check_overlap(closest)
     return G
 
@@ -166,7 +166,7 @@ def predict(model, data):
     n_atoms = len(data.positions)
     energies, pair_grad, strain, closest = energy_forces_kernel(
         data.positions, data.cells, data.frame_of_atom, data.offsets, data.second, data.shifts,
-        data.species, k.cutoff, k.layout, k.sigma, k.centres, k.inv_w, k.inv_c2, k.bin_ptr,
+        data.species, k.cutoff, k.layout, k.sigma_c2, k.centres, k.inv_w, k.bin_ptr,
         k.bin_bodies, k.inv_bin, k.g_mean, k.g_inv_std, k.mlp_params, k.layer_sizes,
         k.activation, k.e0, n_atoms, default_chunks(n_atoms))
     check_overlap(closest)
