@@ -183,6 +183,31 @@ def predict(model, data):
 
 
 # --------------------------------------------------------------------------- kernel
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def pair_tangent(positions, cell, shifts, i, j, q, delta, strain_bar, cutoff2, max_rank, R, Rdot):
+    """Geometry of pair q = (i, j) and its tangent along vtilde = delta_i - delta_j + strain_bar v.
+
+    Fills R with the packed r-hat powers and Rdot with their tangents (d rhat = (vtilde -
+    rhat rdot) / r). Returns (r, rdot) with rdot = rhat . vtilde, or (-1, 0) beyond the cutoff."""
+    vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
+    r2 = vx * vx + vy * vy + vz * vz
+    if r2 >= cutoff2:
+        return -1.0, 0.0
+    r = np.sqrt(r2)
+    inv_r = 1.0 / r
+    ux = vx * inv_r
+    uy = vy * inv_r
+    uz = vz * inv_r
+    tx = delta[i, 0] - delta[j, 0] + strain_bar[0, 0] * vx + strain_bar[0, 1] * vy + strain_bar[0, 2] * vz
+    ty = delta[i, 1] - delta[j, 1] + strain_bar[1, 0] * vx + strain_bar[1, 1] * vy + strain_bar[1, 2] * vz
+    tz = delta[i, 2] - delta[j, 2] + strain_bar[2, 0] * vx + strain_bar[2, 1] * vy + strain_bar[2, 2] * vz
+    rdot = ux * tx + uy * ty + uz * tz
+    unit_powers(ux, uy, uz, max_rank, R)
+    unit_power_tangents(ux, uy, uz, (tx - ux * rdot) * inv_r, (ty - uy * rdot) * inv_r,
+                        (tz - uz * rdot) * inv_r, max_rank, R, Rdot)
+    return r, rdot
+
+
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
 def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species,
                            cutoff, layout, sigma, centres, widths, inv_w, inv_c2, bin_ptr,
@@ -246,25 +271,10 @@ def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shi
             Adot[:] = 0.0
             for q in range(offsets[i], offsets[i + 1]):
                 j = second[q]
-                vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
-                r2 = vx * vx + vy * vy + vz * vz
-                if r2 >= cutoff2:
+                r, rdot = pair_tangent(positions, cell, shifts, i, j, q, delta, strain_bar[fi],
+                                       cutoff2, max_rank, R, Rdot)
+                if r < 0.0:
                     continue
-                r = np.sqrt(r2)
-                inv_r = 1.0 / r
-                ux = vx * inv_r
-                uy = vy * inv_r
-                uz = vz * inv_r
-                tx = delta[i, 0] - delta[j, 0] + (strain_bar[fi, 0, 0] * vx + strain_bar[fi, 0, 1] * vy
-                                                  + strain_bar[fi, 0, 2] * vz)
-                ty = delta[i, 1] - delta[j, 1] + (strain_bar[fi, 1, 0] * vx + strain_bar[fi, 1, 1] * vy
-                                                  + strain_bar[fi, 1, 2] * vz)
-                tz = delta[i, 2] - delta[j, 2] + (strain_bar[fi, 2, 0] * vx + strain_bar[fi, 2, 1] * vy
-                                                  + strain_bar[fi, 2, 2] * vz)
-                rdot = ux * tx + uy * ty + uz * tz
-                unit_powers(ux, uy, uz, max_rank, R)
-                unit_power_tangents(ux, uy, uz, (tx - ux * rdot) * inv_r, (ty - uy * rdot) * inv_r,
-                                    (tz - uz * rdot) * inv_r, max_rank, R, Rdot)
                 sj = species[j]
                 kb = int(r * inv_bin)
                 for mm in range(bin_ptr[si, kb], bin_ptr[si, kb + 1]):
@@ -297,25 +307,10 @@ def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shi
                                      term_pattern, p_rows, p_start, tables, Abar, Adotbar)
             for q in range(offsets[i], offsets[i + 1]):
                 j = second[q]
-                vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
-                r2 = vx * vx + vy * vy + vz * vz
-                if r2 >= cutoff2:
+                r, rdot = pair_tangent(positions, cell, shifts, i, j, q, delta, strain_bar[fi],
+                                       cutoff2, max_rank, R, Rdot)
+                if r < 0.0:
                     continue
-                r = np.sqrt(r2)
-                inv_r = 1.0 / r
-                ux = vx * inv_r
-                uy = vy * inv_r
-                uz = vz * inv_r
-                tx = delta[i, 0] - delta[j, 0] + (strain_bar[fi, 0, 0] * vx + strain_bar[fi, 0, 1] * vy
-                                                  + strain_bar[fi, 0, 2] * vz)
-                ty = delta[i, 1] - delta[j, 1] + (strain_bar[fi, 1, 0] * vx + strain_bar[fi, 1, 1] * vy
-                                                  + strain_bar[fi, 1, 2] * vz)
-                tz = delta[i, 2] - delta[j, 2] + (strain_bar[fi, 2, 0] * vx + strain_bar[fi, 2, 1] * vy
-                                                  + strain_bar[fi, 2, 2] * vz)
-                rdot = ux * tx + uy * ty + uz * tz
-                unit_powers(ux, uy, uz, max_rank, R)
-                unit_power_tangents(ux, uy, uz, (tx - ux * rdot) * inv_r, (ty - uy * rdot) * inv_r,
-                                    (tz - uz * rdot) * inv_r, max_rank, R, Rdot)
                 sj = species[j]
                 kb = int(r * inv_bin)
                 for mm in range(bin_ptr[si, kb], bin_ptr[si, kb + 1]):
