@@ -618,10 +618,10 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         vector.set(x0)
     else:
         standardise(model, data)
-        # a small last layer so the first predictions are the composition fit
+        # a zero output layer: the first predictions are exactly the composition fit
         mlp = model.params["mlp"].copy()
         n_last = model.layer_sizes[-2]
-        mlp[:, -(n_last + 1):] *= 0.1
+        mlp[:, -(n_last + 1):] = 0.0
         model.set_parameters(mlp=mlp)
         fit_reference_energies(model, data)
         x0 = vector.get()
