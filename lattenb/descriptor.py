@@ -6,7 +6,8 @@ Per atom i and body b of rank p (b runs over all bodies of all terms):
 
 stored flat (C order, 3^p values) at `body_offset[b]` of one per-atom vector of length M.
 Term t contracts its bodies with its pattern's index table:
-G_t = sum_rows prod_k A_{b_k}[table[row, k]].
+G_t = sum_rows prod_k A_{b_k}[table[row, k]] (`contraction_indices` resolves the tables to places
+in A once per call).
 
 The per-atom kernels are body-major. `gather_pairs` sorts an atom's pairs (r < cutoff) by neighbour
 species, then by distance bin (the bins of `radial.support_bins`), into structure-of-arrays scratch.
@@ -36,13 +37,20 @@ PAIR_ROWS = 5
 # `atom_pair_gradients`.
 Q_D, Q_HX, Q_HY, Q_HZ = 0, 1, 2, 3
 
-# Moments of rank 2 and 3 are symmetric: the kernels sum only their unique components, ordered
-# xx, xy, xz, yy, yz, zz and xxx, xxy, xxz, xyy, xyz, xzz, yyy, yyz, yzz, zzz. SYM2[3a + b] and
-# SYM3[9a + 3b + c] give the unique component of a flat (C-order) index.
-SYM2 = (0, 1, 2, 1, 3, 4, 2, 4, 5)
-SYM3 = (0, 1, 2, 1, 3, 4, 2, 4, 5,
-        1, 3, 4, 3, 6, 7, 4, 7, 8,
-        2, 4, 5, 4, 7, 8, 5, 8, 9)
+
+def _canonical_index(rank):
+    """(3^rank,) int64: for every flat (C-order) index of a rank-`rank` tensor, the flat index of
+    its sorted index tuple. A symmetric tensor is fixed by its entries at these canonical places."""
+    shape = (3,) * rank
+    return np.array([np.ravel_multi_index(tuple(sorted(idx)), shape) for idx in np.ndindex(*shape)],
+                    dtype=np.int64)
+
+
+# Moments of rank 2 and 3 are symmetric: the kernels sum only their unique components (at the
+# canonical places xx, xy, xz, yy, yz, zz = 0, 1, 2, 4, 5, 8 and xxx, xxy, xxz, xyy, xyz, xzz,
+# yyy, yyz, yzz, zzz = 0, 1, 2, 4, 5, 8, 13, 14, 17, 26) and then mirror them.
+CANONICAL2 = _canonical_index(2)
+CANONICAL3 = _canonical_index(3)
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
@@ -150,10 +158,11 @@ def gather_pairs(i, positions, cell, offsets, second, shifts, species, cutoff, i
         raw[P_UY, n] = vy * inv_r
         raw[P_UZ, n] = vz * inv_r
         raw[P_INV_R, n] = inv_r
+        # the clamp keeps a pair whose r * inv_bin rounds up to n_bins in the last bin
         key = species[j] * n_bins + min(int(r * inv_bin), n_bins - 1)
         raw_key[n] = key
         raw_q[n] = q
-        key_start[key + 1] += 1
+        key_start[key + 1] += 1                 # counts, turned into starts by the prefix sum
         n += 1
     for key in range(cursor.shape[0]):
         key_start[key + 1] += key_start[key]
@@ -176,151 +185,195 @@ def _support(r, c, inv_w):
 
 
 # ----------------------------------------------------------------------------- forward
-# _moments<p>(P, lo, hi, c, inv_w): the unique components of sum_k t_k^3 rhat_k^(x)p over the
-# sorted pairs lo <= k < hi (sigma / c^2 is applied by the caller).
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _moments0(P, lo, hi, c, inv_w):
-    a = 0.0
-    for k in range(lo, hi):
-        t = _support(P[P_R, k], c, inv_w)[1]
-        a += t * t * t
-    return a
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _moments1(P, lo, hi, c, inv_w):
-    ax = ay = az = 0.0
-    for k in range(lo, hi):
-        t = _support(P[P_R, k], c, inv_w)[1]
-        f = t * t * t
-        ax += f * P[P_UX, k]
-        ay += f * P[P_UY, k]
-        az += f * P[P_UZ, k]
-    return ax, ay, az
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _moments2(P, lo, hi, c, inv_w):
-    axx = axy = axz = ayy = ayz = azz = 0.0
-    for k in range(lo, hi):
-        t = _support(P[P_R, k], c, inv_w)[1]
-        f = t * t * t
-        ux = P[P_UX, k]
-        uy = P[P_UY, k]
-        uz = P[P_UZ, k]
-        fx = f * ux
-        fy = f * uy
-        axx += fx * ux
-        axy += fx * uy
-        axz += fx * uz
-        ayy += fy * uy
-        ayz += fy * uz
-        azz += f * uz * uz
-    return axx, axy, axz, ayy, ayz, azz
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _moments3(P, lo, hi, c, inv_w):
-    axxx = axxy = axxz = axyy = axyz = axzz = ayyy = ayyz = ayzz = azzz = 0.0
-    for k in range(lo, hi):
-        t = _support(P[P_R, k], c, inv_w)[1]
-        f = t * t * t
-        ux = P[P_UX, k]
-        uy = P[P_UY, k]
-        uz = P[P_UZ, k]
-        fxx = f * ux * ux
-        fxy = f * ux * uy
-        fxz = f * ux * uz
-        fyy = f * uy * uy
-        fyz = f * uy * uz
-        axxx += fxx * ux
-        axxy += fxx * uy
-        axxz += fxx * uz
-        axyy += fxy * uy
-        axyz += fxy * uz
-        axzz += fxz * uz
-        ayyy += fyy * uy
-        ayyz += fyy * uz
-        ayzz += fyz * uz
-        azzz += f * uz * uz * uz
-    return axxx, axxy, axxz, axyy, axyz, axzz, ayyy, ayyz, ayzz, azzz
-
-
+# Notes on the pair loops here and in `atom_pair_gradients`, all measured:
+# - they run over np.uint64 bounds: a provably non-negative index spares Numba's negative-index
+#   wraparound, which would otherwise keep LLVM from vectorising them;
+# - they are written out per rank inside the body loop rather than in helpers taking P: calling
+#   (or Numba-inlining) such a helper costs a call or atomic reference-count updates per
+#   (neighbour species, body), as much as a short loop itself;
+# - the neighbour species is the outer loop, so species absent around the atom cost nothing.
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def atom_moments(si, P, key_start, n_bins, body_rank, body_offset, body_bins, sigma_c2, centres,
                  inv_w, A):
     """Body tensors A (M,) of an atom of species si from its pairs sorted by `gather_pairs`.
 
-    body_bins (S, B, 2): the support bins of every body (`support_bin_ranges`)."""
+    body_bins (S, B, 2): the support bins of every body (`support_bin_ranges`). For each body
+    and neighbour species, the unique components of sum_k t_k^3 rhat_k^(x)p over the pairs of
+    its support bins are summed in local accumulators, then scaled by sigma / c^2."""
     A[:] = 0.0
-    for b in range(body_rank.shape[0]):
-        c = centres[si, b]
-        iw = inv_w[si, b]
-        p = body_rank[b]
-        off = body_offset[b]
-        for sj in range(sigma_c2.shape[1]):
-            lo = key_start[sj * n_bins + body_bins[si, b, 0]]
-            hi = key_start[sj * n_bins + body_bins[si, b, 1]]
+    for sj in range(sigma_c2.shape[1]):
+        first = sj * n_bins
+        if key_start[first] == key_start[first + n_bins]:
+            continue                            # no neighbours of species sj
+        for b in range(body_rank.shape[0]):
+            lo = np.uint64(key_start[first + body_bins[si, b, 0]])
+            hi = np.uint64(key_start[first + body_bins[si, b, 1]])
             if lo == hi:
                 continue
+            c = centres[si, b]
+            iw = inv_w[si, b]
+            p = body_rank[b]
+            off = body_offset[b]
             sc = sigma_c2[si, sj, b]
             if p == 0:
-                A[off] += sc * _moments0(P, lo, hi, c, iw)
+                a0 = 0.0
+                for k in range(lo, hi):
+                    t = _support(P[P_R, k], c, iw)[1]
+                    a0 += t * t * t
+                A[off] += sc * a0
             elif p == 1:
-                ax, ay, az = _moments1(P, lo, hi, c, iw)
+                ax = ay = az = 0.0
+                for k in range(lo, hi):
+                    t = _support(P[P_R, k], c, iw)[1]
+                    f = t * t * t
+                    ax += f * P[P_UX, k]
+                    ay += f * P[P_UY, k]
+                    az += f * P[P_UZ, k]
                 A[off] += sc * ax
                 A[off + 1] += sc * ay
                 A[off + 2] += sc * az
             elif p == 2:
-                m2 = _moments2(P, lo, hi, c, iw)
-                for e in range(9):
-                    A[off + e] += sc * m2[SYM2[e]]
+                axx = axy = axz = ayy = ayz = azz = 0.0
+                for k in range(lo, hi):
+                    t = _support(P[P_R, k], c, iw)[1]
+                    f = t * t * t
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    fx = f * ux
+                    fy = f * uy
+                    axx += fx * ux
+                    axy += fx * uy
+                    axz += fx * uz
+                    ayy += fy * uy
+                    ayz += fy * uz
+                    azz += f * uz * uz
+                A[off] += sc * axx
+                A[off + 1] += sc * axy
+                A[off + 2] += sc * axz
+                A[off + 4] += sc * ayy
+                A[off + 5] += sc * ayz
+                A[off + 8] += sc * azz
             else:
-                m3 = _moments3(P, lo, hi, c, iw)
-                for e in range(27):
-                    A[off + e] += sc * m3[SYM3[e]]
+                axxx = axxy = axxz = axyy = axyz = axzz = ayyy = ayyz = ayzz = azzz = 0.0
+                for k in range(lo, hi):
+                    t = _support(P[P_R, k], c, iw)[1]
+                    f = t * t * t
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    fxx = f * ux * ux
+                    fxy = f * ux * uy
+                    fxz = f * ux * uz
+                    fyy = f * uy * uy
+                    fyz = f * uy * uz
+                    axxx += fxx * ux
+                    axxy += fxx * uy
+                    axxz += fxx * uz
+                    axyy += fxy * uy
+                    axyz += fxy * uz
+                    axzz += fxz * uz
+                    ayyy += fyy * uy
+                    ayyz += fyy * uz
+                    ayzz += fyz * uz
+                    azzz += f * uz * uz * uz
+                A[off] += sc * axxx
+                A[off + 1] += sc * axxy
+                A[off + 2] += sc * axxz
+                A[off + 4] += sc * axyy
+                A[off + 5] += sc * axyz
+                A[off + 8] += sc * axzz
+                A[off + 13] += sc * ayyy
+                A[off + 14] += sc * ayyz
+                A[off + 17] += sc * ayzz
+                A[off + 26] += sc * azzz
+    for b in range(body_rank.shape[0]):            # mirror the unique components
+        off = body_offset[b]
+        if body_rank[b] == 2:
+            for e in range(9):
+                A[off + e] = A[off + CANONICAL2[e]]
+        elif body_rank[b] == 3:
+            for e in range(27):
+                A[off + e] = A[off + CANONICAL3[e]]
+
+
+@njit(cache=True, error_model="numpy")
+def contraction_indices(layout):
+    """Every term's index table resolved to places in the per-atom moment vector, so that a
+    contraction loads each factor directly: term t (nb_t bodies) has rows
+    index[start[t] + row * nb_t : start[t] + (row + 1) * nb_t]. Returns (start (T + 1,), index)."""
+    body_offset, term_body_start, term_pattern, p_rows, p_start, tables = layout[1:]
+    n_terms = term_pattern.shape[0]
+    start = np.zeros(n_terms + 1, np.int64)
+    for t in range(n_terms):
+        start[t + 1] = start[t] + p_rows[term_pattern[t]] * (term_body_start[t + 1]
+                                                             - term_body_start[t])
+    index = np.empty(start[n_terms], np.int64)
+    for t in range(n_terms):
+        b0 = term_body_start[t]
+        nb = term_body_start[t + 1] - b0
+        ts = p_start[term_pattern[t]]
+        for e in range(start[t + 1] - start[t]):
+            index[start[t] + e] = body_offset[b0 + e % nb] + tables[ts + e]
+    return start, index
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
-def contract(A, body_offset, term_body_start, term_pattern, pattern_rows, pattern_table_start,
-             tables, G):
-    """G_t = sum_rows prod_k A[body_offset[b_k] + table[row, k]] for every term t."""
-    for t in range(term_pattern.shape[0]):
-        pat = term_pattern[t]
-        b0 = term_body_start[t]
-        nb = term_body_start[t + 1] - b0
-        ts = pattern_table_start[pat]
+def contract(A, term_body_start, index_start, index, G):
+    """G_t = sum_rows prod_k A[row's k-th index] for every term t (`contraction_indices`).
+    Two and three bodies, the common cases, get loops of fixed width."""
+    for t in range(G.shape[0]):
+        nb = term_body_start[t + 1] - term_body_start[t]
         total = 0.0
-        for row in range(pattern_rows[pat]):
-            prod = 1.0
-            base = ts + row * nb
-            for k in range(nb):
-                prod *= A[body_offset[b0 + k] + tables[base + k]]
-            total += prod
+        if nb == 2:
+            for e in range(index_start[t], index_start[t + 1], 2):
+                total += A[index[e]] * A[index[e + 1]]
+        elif nb == 3:
+            for e in range(index_start[t], index_start[t + 1], 3):
+                total += A[index[e]] * A[index[e + 1]] * A[index[e + 2]]
+        else:
+            for e in range(index_start[t], index_start[t + 1], nb):
+                prod = 1.0
+                for k in range(nb):
+                    prod *= A[index[e + k]]
+                total += prod
         G[t] = total
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
-def contract_adjoint(A, Gbar, body_offset, term_body_start, term_pattern, pattern_rows,
-                     pattern_table_start, tables, Abar):
-    """Abar = dG/dA^T Gbar: Abar[idx_k] += Gbar_t prod_{l != k} A[idx_l] over every row."""
+def contract_adjoint(A, Gbar, term_body_start, index_start, index, Abar):
+    """Abar = dG/dA^T Gbar: each row adds Gbar_t prod_{l != k} A[index_l] to Abar[index_k]."""
     Abar[:] = 0.0
-    for t in range(term_pattern.shape[0]):
+    for t in range(Gbar.shape[0]):
         gb = Gbar[t]
         if gb == 0.0:
             continue
-        pat = term_pattern[t]
-        b0 = term_body_start[t]
-        nb = term_body_start[t + 1] - b0
-        ts = pattern_table_start[pat]
-        for row in range(pattern_rows[pat]):
-            base = ts + row * nb
-            for k in range(nb):
-                prod = gb
-                for l in range(nb):
-                    if l != k:
-                        prod *= A[body_offset[b0 + l] + tables[base + l]]
-                Abar[body_offset[b0 + k] + tables[base + k]] += prod
+        nb = term_body_start[t + 1] - term_body_start[t]
+        if nb == 2:
+            for e in range(index_start[t], index_start[t + 1], 2):
+                i0 = index[e]
+                i1 = index[e + 1]
+                Abar[i0] += gb * A[i1]
+                Abar[i1] += gb * A[i0]
+        elif nb == 3:
+            for e in range(index_start[t], index_start[t + 1], 3):
+                i0 = index[e]
+                i1 = index[e + 1]
+                i2 = index[e + 2]
+                a0 = gb * A[i0]
+                a1 = A[i1]
+                a2 = A[i2]
+                Abar[i0] += gb * a1 * a2
+                Abar[i1] += a0 * a2
+                Abar[i2] += a0 * a1
+        else:
+            for e in range(index_start[t], index_start[t + 1], nb):
+                for k in range(nb):
+                    prod = gb
+                    for l in range(nb):
+                        if l != k:
+                            prod *= A[index[e + l]]
+                    Abar[index[e + k]] += prod
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -389,93 +442,46 @@ def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, body_offset, term_body_star
 
 
 # ----------------------------------------------------------------------------- reverse
-# _weights<p>(P, Q, lo, hi, c, inv_w, kd, h...) adds one body's share to the per-pair weights of
-# the sorted pairs lo <= k < hi (see `atom_pair_gradients`): H_k += t^3 h_k and
-# D_k += kd y t^2 (h_k . rhat_k), where h_k = p (sigma / c^2) sym(Abar) . rhat_k^(x)(p-1) is given
-# by its unique coefficients and kd = -6 / (p w) (rank 0: D_k += kd y t^2 with kd carrying Abar).
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _weights0(P, Q, lo, hi, c, inv_w, kd):
-    for k in range(lo, hi):
-        y, t = _support(P[P_R, k], c, inv_w)
-        Q[Q_D, k] += kd * y * t * t
+def _sym2_weights(a, s):
+    """The unique components of 2 s sym(a) for a (9,) (xx, xy, xz, yy, yz, zz)."""
+    return (2.0 * s * a[0], s * (a[1] + a[3]), s * (a[2] + a[6]), 2.0 * s * a[4],
+            s * (a[5] + a[7]), 2.0 * s * a[8])
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _weights1(P, Q, lo, hi, c, inv_w, kd, hx, hy, hz):
-    for k in range(lo, hi):
-        y, t = _support(P[P_R, k], c, inv_w)
-        t2 = t * t
-        hu = hx * P[P_UX, k] + hy * P[P_UY, k] + hz * P[P_UZ, k]
-        Q[Q_D, k] += kd * y * t2 * hu
-        f = t2 * t
-        Q[Q_HX, k] += f * hx
-        Q[Q_HY, k] += f * hy
-        Q[Q_HZ, k] += f * hz
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _weights2(P, Q, lo, hi, c, inv_w, kd, m):
-    """m: the 6 unique components of 2 (sigma / c^2) sym(Abar)."""
-    mxx, mxy, mxz, myy, myz, mzz = m
-    for k in range(lo, hi):
-        y, t = _support(P[P_R, k], c, inv_w)
-        ux = P[P_UX, k]
-        uy = P[P_UY, k]
-        uz = P[P_UZ, k]
-        hx = mxx * ux + mxy * uy + mxz * uz
-        hy = mxy * ux + myy * uy + myz * uz
-        hz = mxz * ux + myz * uy + mzz * uz
-        t2 = t * t
-        Q[Q_D, k] += kd * y * t2 * (hx * ux + hy * uy + hz * uz)
-        f = t2 * t
-        Q[Q_HX, k] += f * hx
-        Q[Q_HY, k] += f * hy
-        Q[Q_HZ, k] += f * hz
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _weights3(P, Q, lo, hi, c, inv_w, kd, m):
-    """m: the 10 unique components of 3 (sigma / c^2) sym(Abar)."""
-    mxxx, mxxy, mxxz, mxyy, mxyz, mxzz, myyy, myyz, myzz, mzzz = m
-    for k in range(lo, hi):
-        y, t = _support(P[P_R, k], c, inv_w)
-        ux = P[P_UX, k]
-        uy = P[P_UY, k]
-        uz = P[P_UZ, k]
-        xx = ux * ux
-        yy = uy * uy
-        zz = uz * uz
-        xy2 = 2.0 * ux * uy
-        xz2 = 2.0 * ux * uz
-        yz2 = 2.0 * uy * uz
-        hx = mxxx * xx + mxyy * yy + mxzz * zz + mxxy * xy2 + mxxz * xz2 + mxyz * yz2
-        hy = mxxy * xx + myyy * yy + myzz * zz + mxyy * xy2 + mxyz * xz2 + myyz * yz2
-        hz = mxxz * xx + myyz * yy + mzzz * zz + mxyz * xy2 + mxzz * xz2 + myzz * yz2
-        t2 = t * t
-        Q[Q_D, k] += kd * y * t2 * (hx * ux + hy * uy + hz * uz)
-        f = t2 * t
-        Q[Q_HX, k] += f * hx
-        Q[Q_HY, k] += f * hy
-        Q[Q_HZ, k] += f * hz
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _sym2_weights(Abar, off, s):
-    """The unique components of 2 s sym(Abar[off:off + 9]) (xx, xy, xz, yy, yz, zz)."""
-    return (2.0 * s * Abar[off], s * (Abar[off + 1] + Abar[off + 3]),
-            s * (Abar[off + 2] + Abar[off + 6]), 2.0 * s * Abar[off + 4],
-            s * (Abar[off + 5] + Abar[off + 7]), 2.0 * s * Abar[off + 8])
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _sym3_weights(Abar, off, s):
-    """The unique components of 3 s sym(Abar[off:off + 27]) (xxx, xxy, ..., zzz): 3 s times the
-    mean of the entries sharing a component (1, 3 or 6 of them)."""
-    a = Abar[off:off + 27]
+def _sym3_weights(a, s):
+    """The unique components of 3 s sym(a) for a (27,) (xxx, xxy, ..., zzz): 3 s times the mean
+    of the entries sharing a component (1, 3 or 6 of them)."""
     return (3.0 * s * a[0], s * (a[1] + a[3] + a[9]), s * (a[2] + a[6] + a[18]),
             s * (a[4] + a[10] + a[12]), 0.5 * s * (a[5] + a[7] + a[11] + a[15] + a[19] + a[21]),
             s * (a[8] + a[20] + a[24]), 3.0 * s * a[13], s * (a[14] + a[16] + a[22]),
             s * (a[17] + a[23] + a[25]), 3.0 * s * a[26])
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _h2(m, ux, uy, uz):
+    """h = M rhat for the symmetric M with unique components m (xx, xy, xz, yy, yz, zz)."""
+    mxx, mxy, mxz, myy, myz, mzz = m
+    return (mxx * ux + mxy * uy + mxz * uz,
+            mxy * ux + myy * uy + myz * uz,
+            mxz * ux + myz * uy + mzz * uz)
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _h3(m, ux, uy, uz):
+    """h_g = sum_bc M_gbc rhat_b rhat_c for the symmetric M with unique components m
+    (xxx, xxy, xxz, xyy, xyz, xzz, yyy, yyz, yzz, zzz)."""
+    mxxx, mxxy, mxxz, mxyy, mxyz, mxzz, myyy, myyz, myzz, mzzz = m
+    xx = ux * ux
+    yy = uy * uy
+    zz = uz * uz
+    xy2 = 2.0 * ux * uy
+    xz2 = 2.0 * ux * uz
+    yz2 = 2.0 * uy * uz
+    return (mxxx * xx + mxyy * yy + mxzz * zz + mxxy * xy2 + mxxz * xz2 + mxyz * yz2,
+            mxxy * xx + myyy * yy + myzz * zz + mxyy * xy2 + mxyz * xz2 + myyz * yz2,
+            mxxz * xx + myyz * yy + mzzz * zz + mxyz * xy2 + mxzz * xz2 + myzz * yz2)
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -499,26 +505,71 @@ def atom_pair_gradients(si, n_kept, P, pair_q, key_start, n_bins, body_rank, bod
         Q[Q_HX, k] = 0.0
         Q[Q_HY, k] = 0.0
         Q[Q_HZ, k] = 0.0
-    for b in range(body_rank.shape[0]):
-        c = centres[si, b]
-        iw = inv_w[si, b]
-        p = body_rank[b]
-        off = body_offset[b]
-        for sj in range(sigma_c2.shape[1]):
-            lo = key_start[sj * n_bins + body_bins[si, b, 0]]
-            hi = key_start[sj * n_bins + body_bins[si, b, 1]]
+    for sj in range(sigma_c2.shape[1]):
+        first = sj * n_bins
+        if key_start[first] == key_start[first + n_bins]:
+            continue                            # no neighbours of species sj
+        for b in range(body_rank.shape[0]):
+            lo = np.uint64(key_start[first + body_bins[si, b, 0]])
+            hi = np.uint64(key_start[first + body_bins[si, b, 1]])
             if lo == hi:
                 continue
+            c = centres[si, b]
+            iw = inv_w[si, b]
+            p = body_rank[b]
+            off = body_offset[b]
             sc = sigma_c2[si, sj, b]
+            # D_k += kd y t^2 (h . rhat) with kd = -6 / (p w) (rank 0: kd also carries sigma Abar)
+            # and H_k += t^3 h, h = p (sigma / c^2) sym(Abar_b) . rhat^(x)(p-1) (see above)
             if p == 0:
-                _weights0(P, Q, lo, hi, c, iw, -6.0 * iw * sc * Abar[off])
+                kd = -6.0 * iw * sc * Abar[off]
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    Q[Q_D, k] += kd * y * t * t
             elif p == 1:
-                _weights1(P, Q, lo, hi, c, iw, -6.0 * iw, sc * Abar[off], sc * Abar[off + 1],
-                          sc * Abar[off + 2])
+                kd = -6.0 * iw
+                hx = sc * Abar[off]
+                hy = sc * Abar[off + 1]
+                hz = sc * Abar[off + 2]
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    t2 = t * t
+                    hu = hx * P[P_UX, k] + hy * P[P_UY, k] + hz * P[P_UZ, k]
+                    Q[Q_D, k] += kd * y * t2 * hu
+                    f = t2 * t
+                    Q[Q_HX, k] += f * hx
+                    Q[Q_HY, k] += f * hy
+                    Q[Q_HZ, k] += f * hz
             elif p == 2:
-                _weights2(P, Q, lo, hi, c, iw, -3.0 * iw, _sym2_weights(Abar, off, sc))
+                kd = -3.0 * iw
+                m2 = _sym2_weights(Abar[off:off + 9], sc)
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    hx, hy, hz = _h2(m2, ux, uy, uz)
+                    t2 = t * t
+                    Q[Q_D, k] += kd * y * t2 * (hx * ux + hy * uy + hz * uz)
+                    f = t2 * t
+                    Q[Q_HX, k] += f * hx
+                    Q[Q_HY, k] += f * hy
+                    Q[Q_HZ, k] += f * hz
             else:
-                _weights3(P, Q, lo, hi, c, iw, -2.0 * iw, _sym3_weights(Abar, off, sc))
+                kd = -2.0 * iw
+                m3 = _sym3_weights(Abar[off:off + 27], sc)
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    hx, hy, hz = _h3(m3, ux, uy, uz)
+                    t2 = t * t
+                    Q[Q_D, k] += kd * y * t2 * (hx * ux + hy * uy + hz * uz)
+                    f = t2 * t
+                    Q[Q_HX, k] += f * hx
+                    Q[Q_HY, k] += f * hy
+                    Q[Q_HZ, k] += f * hz
     s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = 0.0
     for k in range(n_kept):
         r = P[P_R, k]
@@ -567,7 +618,7 @@ def descriptors_kernel(positions, cells, frame_of_atom, offsets, second, shifts,
                        layout, sigma_c2, centres, inv_w, bin_ptr, bin_bodies, inv_bin, n_chunks):
     """G (N, T) for every atom (no gradients) and each atom's closest-neighbour distance (N,);
     atom i's pairs use cells[frame_of_atom[i]]."""
-    body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = layout
+    body_rank, body_offset, term_body_start, term_pattern = layout[:4]
     n_atoms = positions.shape[0]
     n_terms = term_pattern.shape[0]
     m = body_offset[-1] + RANK_SIZE[body_rank[-1]]
@@ -576,6 +627,7 @@ def descriptors_kernel(positions, cells, frame_of_atom, offsets, second, shifts,
     n_max = max_neighbours(offsets)
     n_bins = bin_ptr.shape[1] - 1
     body_bins = support_bin_ranges(bin_ptr, bin_bodies, body_rank.shape[0])
+    index_start, index = contraction_indices(layout)
     for chunk in prange(n_chunks):
         A = np.empty(m)
         P, pair_q, key_start, work = pair_scratch(n_max, sigma_c2.shape[1] * n_bins)
@@ -585,5 +637,5 @@ def descriptors_kernel(positions, cells, frame_of_atom, offsets, second, shifts,
                                       key_start, work)[0]
             atom_moments(species[i], P, key_start, n_bins, body_rank, body_offset, body_bins,
                          sigma_c2, centres, inv_w, A)
-            contract(A, body_offset, term_body_start, term_pattern, p_rows, p_start, tables, G[i])
+            contract(A, term_body_start, index_start, index, G[i])
     return G, closest

@@ -14,7 +14,8 @@ from numba import get_num_threads, njit, prange
 from ._numba import FASTMATH
 
 from .descriptor import (RANK_SIZE, atom_moments, atom_pair_gradients, contract, contract_adjoint,
-                         gather_pairs, max_neighbours, pair_scratch, support_bin_ranges)
+                         contraction_indices, gather_pairs, max_neighbours, pair_scratch,
+                         support_bin_ranges)
 from .mlp import mlp_forward, mlp_input_gradient
 
 MIN_DISTANCE = 0.1   # Å; closer pairs are reported as overlapping atoms
@@ -38,7 +39,7 @@ def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shift
     atom i's pairs use cells[frame_of_atom[i]]; for one structure pass cell[None] and zeros.
     Only atoms i < n_centres are centres: the others (e.g. ghost atoms of a domain) act only as
     neighbours and get energy 0, strain 0 and zero pair gradients."""
-    body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = layout
+    body_rank, body_offset, term_body_start, term_pattern = layout[:4]
     n_atoms = positions.shape[0]
     n_terms = term_pattern.shape[0]
     m = body_offset[-1] + RANK_SIZE[body_rank[-1]]
@@ -54,6 +55,7 @@ def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shift
     n_max = max_neighbours(offsets)
     n_bins = bin_ptr.shape[1] - 1
     body_bins = support_bin_ranges(bin_ptr, bin_bodies, body_rank.shape[0])
+    index_start, index = contraction_indices(layout)
     for chunk in prange(n_chunks):
         lo = chunk * n_centres // n_chunks
         hi = (chunk + 1) * n_centres // n_chunks
@@ -76,15 +78,14 @@ def energy_forces_kernel(positions, cells, frame_of_atom, offsets, second, shift
                 inv_bin, n_bins, P, pair_q, key_start, work)
             atom_moments(s, P, key_start, n_bins, body_rank, body_offset, body_bins, sigma_c2,
                          centres, inv_w, A)
-            contract(A, body_offset, term_body_start, term_pattern, p_rows, p_start, tables, G)
+            contract(A, term_body_start, index_start, index, G)
             for t in range(n_terms):
                 x[t] = (G[t] - g_mean[s, t]) * g_inv_std[s, t]
             energies[i] = mlp_forward(mlp_params[s], layer_sizes, act, x, a, z) + e0[s]
             mlp_input_gradient(mlp_params[s], layer_sizes, act, a, z, buf_out, buf_in, xbar)
             for t in range(n_terms):
                 xbar[t] *= g_inv_std[s, t]          # dE/dG
-            contract_adjoint(A, xbar, body_offset, term_body_start, term_pattern, p_rows,
-                             p_start, tables, Abar)
+            contract_adjoint(A, xbar, term_body_start, index_start, index, Abar)
             st = atom_pair_gradients(s, n_kept, P, pair_q, key_start, n_bins, body_rank,
                                      body_offset, body_bins, sigma_c2, centres, inv_w, Abar, Q,
                                      pair_grad)
