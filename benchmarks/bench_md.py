@@ -116,27 +116,22 @@ def time_lammps_qsnap(atoms, steps, repeats, element="Cu"):
 
 
 def accounted_bytes_per_atom(model, atoms):
-    """Bytes per atom of the neighbour list and of everything else one evaluation allocates."""
-    from numba import get_num_threads
-
-    from lattenb.energy import default_chunks
+    """(neighbour list, arrays one evaluation allocates that grow with N) in bytes per atom, and
+    pairs per atom. Per-chunk scratch (a few kB per chunk, 8 chunks per thread) does not grow
+    with N and is left out; the RSS measurement below includes everything."""
     from lattenb.neighbors import neighbor_list
     offsets, second, shifts = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc,
                                             model.cutoff)
     n, p = len(atoms), len(second)
     nl = offsets.nbytes + second.nbytes + shifts.nbytes
-    lay = model.layout
-    per_chunk = 8 * (2 * lay.moment_size + 3 * 40 + 3 * lay.n_terms
-                     + 2 * int(model.layer_sizes.sum()) + 2 * int(model.layer_sizes.max()))
-    rest = (8 * n            # energies
-            + 8 * n          # closest-neighbour distances
-            + 24 * p         # per-pair dE/dv
-            + 72 * n         # per-atom strain derivative
-            + 24 * n         # forces
-            + 8 * n          # frame index of each atom
-            + default_chunks(n) * per_chunk)
-    del get_num_threads
-    return nl / n, rest / n, p / n
+    per_n = (8 * n            # energies
+             + 8 * n          # closest-neighbour distances
+             + 24 * p         # per-pair dE/dv
+             + 72 * n         # per-atom strain derivative (atom virials)
+             + 24 * n         # forces
+             + 8 * n          # frame index of each atom
+             + 8 * n)         # species index of each atom
+    return nl / n, per_n / n, p / n
 
 
 def child_peak_rss(name, threads):
@@ -224,8 +219,8 @@ def main():
     print("\nmemory")
     for name in names:
         nl, rest, ppa = accounted_bytes_per_atom(model, structure(name))
-        print(f"  {name}: neighbour list {nl:.0f} B/atom ({ppa:.1f} pairs/atom); everything else "
-              f"one evaluation allocates: {rest:.0f} B/atom")
+        print(f"  {name}: neighbour list {nl:.0f} B/atom ({ppa:.1f} pairs/atom); arrays one "
+              f"evaluation allocates that grow with N: {rest:.0f} B/atom")
     if not args.quick:
         b1, p1, n1 = child_peak_rss("Cu864", 1)
         b2, p2, n2 = child_peak_rss("Cu6912", 1)
