@@ -16,8 +16,6 @@ from dataclasses import dataclass
 import numpy as np
 
 MAX_RANK = 3
-RANK_OFFSET = np.array([0, 1, 4, 13], dtype=np.int64)   # offsets of rank p in a packed r-hat power buffer
-POWER_SIZE = 40                                         # 1 + 3 + 9 + 27
 
 _BODY_RE = re.compile(r"^[a-z]+$")
 
