@@ -16,7 +16,9 @@ species, along which sigma is constant: `atom_moments` sums the body's unique te
 over the run in local accumulators, and `atom_pair_gradients` adds each body's share to per-pair
 weights. Both inner loops are branch-free (t = max(0, 1 - y^2) makes a pair outside the support
 contribute exactly 0), so they vectorise; per (pair, body) they cost a few multiply-adds instead
-of the loads, branches and read-modify-writes of a pair-major loop.
+of the loads, branches and read-modify-writes of a pair-major loop. The training gradient (section
+5) reuses this layout: `pair_tangents` adds per-pair tangent rows, `atom_tangent_moments` and
+`atom_parameter_gradients` are the body-major tangent and parameter-reverse passes.
 
 Parameter arrays use species-first layouts: sigma_c2 (S, S, B) [central, neighbour, body] is
 sigma / c^2 (so sigma f = sigma_c2 t^3), centres and inv_w (S, B) [central, body] in Å and 1/Å.
@@ -25,10 +27,8 @@ import numpy as np
 from numba import njit, prange
 from ._numba import FASTMATH
 
-# Offsets and sizes of ranks 0..3 in a packed buffer of r-hat powers (1 + 3 + 9 + 27 = 40 values).
-RANK_OFFSET = (0, 1, 4, 13)
+# Number of entries (3^p) of a body tensor of rank p = 0..3.
 RANK_SIZE = (1, 3, 9, 27)
-POWER_SIZE = 40
 
 # Rows of the sorted pair scratch P (PAIR_ROWS, n): distance r (Å), unit vector rhat, 1/r (1/Å).
 P_R, P_UX, P_UY, P_UZ, P_INV_R = 0, 1, 2, 3, 4
@@ -63,43 +63,6 @@ def pair_vector(positions, cell, shifts, i, j, q):
     vy = positions[j, 1] - positions[i, 1] + s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1]
     vz = positions[j, 2] - positions[i, 2] + s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2]
     return vx, vy, vz
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def unit_powers(ux, uy, uz, max_rank, R):
-    """Pack 1, rhat, rhat(x)rhat, rhat(x)rhat(x)rhat into R (40,) up to max_rank."""
-    R[0] = 1.0
-    R[1] = ux
-    R[2] = uy
-    R[3] = uz
-    if max_rank >= 2:
-        for a in range(3):
-            ra = R[1 + a]
-            R[4 + 3 * a] = ra * ux
-            R[5 + 3 * a] = ra * uy
-            R[6 + 3 * a] = ra * uz
-    if max_rank >= 3:
-        for a in range(3):
-            ra = R[1 + a]
-            for bc in range(9):
-                R[13 + 9 * a + bc] = ra * R[4 + bc]
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def unit_power_tangents(ux, uy, uz, dx, dy, dz, max_rank, R, Rdot):
-    """Tangents of the packed r-hat powers along d(rhat) = (dx, dy, dz); R from `unit_powers`."""
-    Rdot[0] = 0.0
-    Rdot[1] = dx
-    Rdot[2] = dy
-    Rdot[3] = dz
-    if max_rank >= 2:
-        for a in range(3):
-            for b in range(3):
-                Rdot[4 + 3 * a + b] = Rdot[1 + a] * R[1 + b] + R[1 + a] * Rdot[1 + b]
-    if max_rank >= 3:
-        for a in range(3):
-            for bc in range(9):
-                Rdot[13 + 9 * a + bc] = Rdot[1 + a] * R[4 + bc] + R[1 + a] * Rdot[4 + bc]
 
 
 @njit(cache=True, error_model="numpy")
@@ -377,68 +340,117 @@ def contract_adjoint(A, Gbar, term_body_start, index_start, index, Abar):
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
-def contract_tangent(A, Adot, body_offset, term_body_start, term_pattern, pattern_rows,
-                     pattern_table_start, tables, G, Gdot):
-    """G = C(A) and its tangent Gdot = sum_rows sum_k Adot_k prod_{l != k} A_l."""
-    for t in range(term_pattern.shape[0]):
-        pat = term_pattern[t]
-        b0 = term_body_start[t]
-        nb = term_body_start[t + 1] - b0
-        ts = pattern_table_start[pat]
+def contract_tangent(A, Adot, term_body_start, index_start, index, G, Gdot):
+    """G = C(A) as in `contract` and its tangent Gdot = sum_rows sum_k Adot_k prod_{l != k} A_l
+    (A, Adot (M,); G, Gdot (T,)). One to three bodies get loops of fixed width."""
+    for t in range(G.shape[0]):
+        nb = term_body_start[t + 1] - term_body_start[t]
         total = 0.0
         total_dot = 0.0
-        for row in range(pattern_rows[pat]):
-            base = ts + row * nb
-            prod = 1.0
-            for k in range(nb):
-                prod *= A[body_offset[b0 + k] + tables[base + k]]
-            total += prod
-            for k in range(nb):
-                others = Adot[body_offset[b0 + k] + tables[base + k]]
-                for l in range(nb):
-                    if l != k:
-                        others *= A[body_offset[b0 + l] + tables[base + l]]
-                total_dot += others
+        if nb == 1:
+            for e in range(index_start[t], index_start[t + 1]):
+                total += A[index[e]]
+                total_dot += Adot[index[e]]
+        elif nb == 2:
+            for e in range(index_start[t], index_start[t + 1], 2):
+                i0 = index[e]
+                i1 = index[e + 1]
+                a0 = A[i0]
+                a1 = A[i1]
+                total += a0 * a1
+                total_dot += Adot[i0] * a1 + a0 * Adot[i1]
+        elif nb == 3:
+            for e in range(index_start[t], index_start[t + 1], 3):
+                i0 = index[e]
+                i1 = index[e + 1]
+                i2 = index[e + 2]
+                a0 = A[i0]
+                a1 = A[i1]
+                a2 = A[i2]
+                total += a0 * a1 * a2
+                total_dot += Adot[i0] * a1 * a2 + a0 * (Adot[i1] * a2 + a1 * Adot[i2])
+        else:
+            for e in range(index_start[t], index_start[t + 1], nb):
+                prod = 1.0
+                for k in range(nb):
+                    prod *= A[index[e + k]]
+                total += prod
+                for k in range(nb):
+                    others = Adot[index[e + k]]
+                    for l in range(nb):
+                        if l != k:
+                            others *= A[index[e + l]]
+                    total_dot += others
         G[t] = total
         Gdot[t] = total_dot
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
-def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, body_offset, term_body_start, term_pattern,
-                             pattern_rows, pattern_table_start, tables, Abar, Adotbar):
-    """Reverse of `contract_tangent` for J = Gbar . G + Gdotbar . Gdot.
+def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, term_body_start, index_start, index, Abar,
+                             Adotbar):
+    """Reverse of `contract_tangent` for J = Gbar . G + Gdotbar . Gdot (Abar, Adotbar (M,)):
 
     Abar[idx_l] += Gbar prod_{m != l} A_m + Gdotbar sum_{k != l} Adot_k prod_{m != k, l} A_m
     Adotbar[idx_l] += Gdotbar prod_{m != l} A_m
     """
     Abar[:] = 0.0
     Adotbar[:] = 0.0
-    for t in range(term_pattern.shape[0]):
+    for t in range(Gbar.shape[0]):
         gb = Gbar[t]
         gdb = Gdotbar[t]
-        pat = term_pattern[t]
-        b0 = term_body_start[t]
-        nb = term_body_start[t + 1] - b0
-        ts = pattern_table_start[pat]
-        for row in range(pattern_rows[pat]):
-            base = ts + row * nb
-            for l in range(nb):
-                rest = 1.0
-                for m in range(nb):
-                    if m != l:
-                        rest *= A[body_offset[b0 + m] + tables[base + m]]
-                cross = 0.0
-                for k in range(nb):
-                    if k == l:
-                        continue
-                    term = Adot[body_offset[b0 + k] + tables[base + k]]
+        nb = term_body_start[t + 1] - term_body_start[t]
+        if nb == 1:
+            for e in range(index_start[t], index_start[t + 1]):
+                Abar[index[e]] += gb
+                Adotbar[index[e]] += gdb
+        elif nb == 2:
+            for e in range(index_start[t], index_start[t + 1], 2):
+                i0 = index[e]
+                i1 = index[e + 1]
+                a0 = A[i0]
+                a1 = A[i1]
+                Abar[i0] += gb * a1 + gdb * Adot[i1]
+                Abar[i1] += gb * a0 + gdb * Adot[i0]
+                Adotbar[i0] += gdb * a1
+                Adotbar[i1] += gdb * a0
+        elif nb == 3:
+            for e in range(index_start[t], index_start[t + 1], 3):
+                i0 = index[e]
+                i1 = index[e + 1]
+                i2 = index[e + 2]
+                a0 = A[i0]
+                a1 = A[i1]
+                a2 = A[i2]
+                d0 = Adot[i0]
+                d1 = Adot[i1]
+                d2 = Adot[i2]
+                r0 = a1 * a2
+                r1 = a0 * a2
+                r2 = a0 * a1
+                Abar[i0] += gb * r0 + gdb * (d1 * a2 + a1 * d2)
+                Abar[i1] += gb * r1 + gdb * (d0 * a2 + a0 * d2)
+                Abar[i2] += gb * r2 + gdb * (d0 * a1 + a0 * d1)
+                Adotbar[i0] += gdb * r0
+                Adotbar[i1] += gdb * r1
+                Adotbar[i2] += gdb * r2
+        else:
+            for e in range(index_start[t], index_start[t + 1], nb):
+                for l in range(nb):
+                    rest = 1.0
                     for m in range(nb):
-                        if m != k and m != l:
-                            term *= A[body_offset[b0 + m] + tables[base + m]]
-                    cross += term
-                idx = body_offset[b0 + l] + tables[base + l]
-                Abar[idx] += gb * rest + gdb * cross
-                Adotbar[idx] += gdb * rest
+                        if m != l:
+                            rest *= A[index[e + m]]
+                    cross = 0.0
+                    for k in range(nb):
+                        if k == l:
+                            continue
+                        term = Adot[index[e + k]]
+                        for m in range(nb):
+                            if m != k and m != l:
+                                term *= A[index[e + m]]
+                        cross += term
+                    Abar[index[e + l]] += gb * rest + gdb * cross
+                    Adotbar[index[e + l]] += gdb * rest
 
 
 # ----------------------------------------------------------------------------- reverse
@@ -602,6 +614,429 @@ def atom_pair_gradients(si, n_kept, P, pair_q, key_start, n_bins, body_rank, bod
         s21 += gz * vy
         s22 += gz * vz
     return s00, s01, s02, s10, s11, s12, s20, s21, s22
+
+
+# ----------------------------------------------------------------------------- training
+# The training gradient (lattenb.training) needs, per atom, the moments A and their tangents Adot
+# along a pair tangent field vtilde (design page, section 5), then the parameter adjoint of
+# J = Abar . A + Adotbar . Adot. Both run body-major over the pairs sorted by `gather_pairs`,
+# as the energy kernel does, reading per-pair tangent rows that `pair_tangents` fills once per
+# atom: each pair meets tens of bodies, so its r-hat monomials and their tangents are computed
+# once rather than per (pair, body).
+
+# Rows of the per-pair tangent scratch T (TANGENT_ROWS, n): rdot = rhat . vtilde, d rhat =
+# (vtilde - rhat rdot) / r (the rank-1 tangent; rank 1's monomials are P's rhat rows), the unique
+# monomials of rhat^(x)2 (xx, xy, xz, yy, yz, zz) and rhat^(x)3 (xxx, xxy, xxz, xyy, xyz, xzz,
+# yyy, yyz, yzz, zzz) and their tangents. Tangent rows carry the units of vtilde (per Å for d).
+T_RDOT, T_D, T_R2, T_D2, T_R3, T_D3 = 0, 1, 4, 10, 16, 26
+TANGENT_ROWS = 36
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def pair_tangents(i, n_kept, P, pair_q, second, delta, strain_bar, max_rank, T):
+    """Fill T (TANGENT_ROWS, n_max) for atom i's n_kept pairs sorted by `gather_pairs` (P,
+    pair_q), along vtilde_ij = delta_i - delta_j + strain_bar . v_ij (delta (N, 3), strain_bar
+    (3, 3) of i's frame). Rows of ranks above max_rank are left unset."""
+    for k in range(n_kept):
+        j = second[pair_q[k]]
+        r = P[P_R, k]
+        ux = P[P_UX, k]
+        uy = P[P_UY, k]
+        uz = P[P_UZ, k]
+        vx = r * ux
+        vy = r * uy
+        vz = r * uz
+        tx = (delta[i, 0] - delta[j, 0] + strain_bar[0, 0] * vx + strain_bar[0, 1] * vy
+              + strain_bar[0, 2] * vz)
+        ty = (delta[i, 1] - delta[j, 1] + strain_bar[1, 0] * vx + strain_bar[1, 1] * vy
+              + strain_bar[1, 2] * vz)
+        tz = (delta[i, 2] - delta[j, 2] + strain_bar[2, 0] * vx + strain_bar[2, 1] * vy
+              + strain_bar[2, 2] * vz)
+        rdot = ux * tx + uy * ty + uz * tz
+        inv_r = P[P_INV_R, k]
+        T[T_RDOT, k] = rdot
+        T[T_D, k] = (tx - ux * rdot) * inv_r
+        T[T_D + 1, k] = (ty - uy * rdot) * inv_r
+        T[T_D + 2, k] = (tz - uz * rdot) * inv_r
+    if max_rank >= 2:
+        for k in range(n_kept):
+            ux = P[P_UX, k]
+            uy = P[P_UY, k]
+            uz = P[P_UZ, k]
+            dx = T[T_D, k]
+            dy = T[T_D + 1, k]
+            dz = T[T_D + 2, k]
+            T[T_R2, k] = ux * ux
+            T[T_R2 + 1, k] = ux * uy
+            T[T_R2 + 2, k] = ux * uz
+            T[T_R2 + 3, k] = uy * uy
+            T[T_R2 + 4, k] = uy * uz
+            T[T_R2 + 5, k] = uz * uz
+            T[T_D2, k] = 2.0 * dx * ux
+            T[T_D2 + 1, k] = dx * uy + ux * dy
+            T[T_D2 + 2, k] = dx * uz + ux * dz
+            T[T_D2 + 3, k] = 2.0 * dy * uy
+            T[T_D2 + 4, k] = dy * uz + uy * dz
+            T[T_D2 + 5, k] = 2.0 * dz * uz
+    if max_rank >= 3:
+        # each cubic monomial is u_a times a quadratic one, its tangent d_a m + u_a dm
+        for k in range(n_kept):
+            ux = P[P_UX, k]
+            uy = P[P_UY, k]
+            uz = P[P_UZ, k]
+            dx = T[T_D, k]
+            dy = T[T_D + 1, k]
+            dz = T[T_D + 2, k]
+            for e in range(6):                      # xxx, xxy, xxz, xyy, xyz, xzz = x * (xx .. zz)
+                T[T_R3 + e, k] = ux * T[T_R2 + e, k]
+                T[T_D3 + e, k] = dx * T[T_R2 + e, k] + ux * T[T_D2 + e, k]
+            for e in range(3):                      # yyy, yyz, yzz = y * (yy, yz, zz)
+                T[T_R3 + 6 + e, k] = uy * T[T_R2 + 3 + e, k]
+                T[T_D3 + 6 + e, k] = dy * T[T_R2 + 3 + e, k] + uy * T[T_D2 + 3 + e, k]
+            T[T_R3 + 9, k] = uz * T[T_R2 + 5, k]    # zzz
+            T[T_D3 + 9, k] = dz * T[T_R2 + 5, k] + uz * T[T_D2 + 5, k]
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def atom_tangent_moments(si, P, T, key_start, n_bins, body_rank, body_offset, body_bins, sigma_c2,
+                         centres, inv_w, A, Adot):
+    """Body tensors A (M,) and their tangents Adot (M,) of an atom of species si, from its pairs
+    sorted by `gather_pairs` (P, key_start) and their tangent rows T (`pair_tangents`).
+
+    Adot_b = sigma_b sum_k (f'(r_k) rdot_k R_k + f(r_k) Rdot_k), R_k the r-hat powers: with
+    f = t^3 / c^2 and f' = -6 y t^2 / (w c^2), each pair of the body's support runs adds
+    t^3 R_k to A's and g R_k + t^3 Rdot_k (g = -6 y t^2 rdot / w) to Adot's unique-component
+    accumulators, which are then scaled by sigma / c^2 and mirrored as in `atom_moments`."""
+    A[:] = 0.0
+    Adot[:] = 0.0
+    for sj in range(sigma_c2.shape[1]):
+        first = sj * n_bins
+        if key_start[first] == key_start[first + n_bins]:
+            continue                            # no neighbours of species sj
+        for b in range(body_rank.shape[0]):
+            lo = np.uint64(key_start[first + body_bins[si, b, 0]])
+            hi = np.uint64(key_start[first + body_bins[si, b, 1]])
+            if lo == hi:
+                continue
+            c = centres[si, b]
+            iw = inv_w[si, b]
+            kd = -6.0 * iw
+            p = body_rank[b]
+            off = body_offset[b]
+            sc = sigma_c2[si, sj, b]
+            if p == 0:
+                a0 = d0 = 0.0
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    t2 = t * t
+                    a0 += t2 * t
+                    d0 += y * t2 * T[T_RDOT, k]
+                A[off] += sc * a0
+                Adot[off] += sc * kd * d0
+            elif p == 1:
+                ax = ay = az = dx = dy = dz = 0.0
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    t2 = t * t
+                    f = t2 * t
+                    g = kd * y * t2 * T[T_RDOT, k]
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    ax += f * ux
+                    ay += f * uy
+                    az += f * uz
+                    dx += g * ux + f * T[T_D, k]
+                    dy += g * uy + f * T[T_D + 1, k]
+                    dz += g * uz + f * T[T_D + 2, k]
+                A[off] += sc * ax
+                A[off + 1] += sc * ay
+                A[off + 2] += sc * az
+                Adot[off] += sc * dx
+                Adot[off + 1] += sc * dy
+                Adot[off + 2] += sc * dz
+            elif p == 2:
+                a0 = a1 = a2 = a3 = a4 = a5 = 0.0
+                d0 = d1 = d2 = d3 = d4 = d5 = 0.0
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    t2 = t * t
+                    f = t2 * t
+                    g = kd * y * t2 * T[T_RDOT, k]
+                    m0 = T[T_R2, k]
+                    m1 = T[T_R2 + 1, k]
+                    m2 = T[T_R2 + 2, k]
+                    m3 = T[T_R2 + 3, k]
+                    m4 = T[T_R2 + 4, k]
+                    m5 = T[T_R2 + 5, k]
+                    a0 += f * m0
+                    a1 += f * m1
+                    a2 += f * m2
+                    a3 += f * m3
+                    a4 += f * m4
+                    a5 += f * m5
+                    d0 += g * m0 + f * T[T_D2, k]
+                    d1 += g * m1 + f * T[T_D2 + 1, k]
+                    d2 += g * m2 + f * T[T_D2 + 2, k]
+                    d3 += g * m3 + f * T[T_D2 + 3, k]
+                    d4 += g * m4 + f * T[T_D2 + 4, k]
+                    d5 += g * m5 + f * T[T_D2 + 5, k]
+                A[off] += sc * a0
+                A[off + 1] += sc * a1
+                A[off + 2] += sc * a2
+                A[off + 4] += sc * a3
+                A[off + 5] += sc * a4
+                A[off + 8] += sc * a5
+                Adot[off] += sc * d0
+                Adot[off + 1] += sc * d1
+                Adot[off + 2] += sc * d2
+                Adot[off + 4] += sc * d3
+                Adot[off + 5] += sc * d4
+                Adot[off + 8] += sc * d5
+            else:
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = 0.0
+                d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = d9 = 0.0
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    t2 = t * t
+                    f = t2 * t
+                    g = kd * y * t2 * T[T_RDOT, k]
+                    m0 = T[T_R3, k]
+                    m1 = T[T_R3 + 1, k]
+                    m2 = T[T_R3 + 2, k]
+                    m3 = T[T_R3 + 3, k]
+                    m4 = T[T_R3 + 4, k]
+                    m5 = T[T_R3 + 5, k]
+                    m6 = T[T_R3 + 6, k]
+                    m7 = T[T_R3 + 7, k]
+                    m8 = T[T_R3 + 8, k]
+                    m9 = T[T_R3 + 9, k]
+                    a0 += f * m0
+                    a1 += f * m1
+                    a2 += f * m2
+                    a3 += f * m3
+                    a4 += f * m4
+                    a5 += f * m5
+                    a6 += f * m6
+                    a7 += f * m7
+                    a8 += f * m8
+                    a9 += f * m9
+                    d0 += g * m0 + f * T[T_D3, k]
+                    d1 += g * m1 + f * T[T_D3 + 1, k]
+                    d2 += g * m2 + f * T[T_D3 + 2, k]
+                    d3 += g * m3 + f * T[T_D3 + 3, k]
+                    d4 += g * m4 + f * T[T_D3 + 4, k]
+                    d5 += g * m5 + f * T[T_D3 + 5, k]
+                    d6 += g * m6 + f * T[T_D3 + 6, k]
+                    d7 += g * m7 + f * T[T_D3 + 7, k]
+                    d8 += g * m8 + f * T[T_D3 + 8, k]
+                    d9 += g * m9 + f * T[T_D3 + 9, k]
+                A[off] += sc * a0
+                A[off + 1] += sc * a1
+                A[off + 2] += sc * a2
+                A[off + 4] += sc * a3
+                A[off + 5] += sc * a4
+                A[off + 8] += sc * a5
+                A[off + 13] += sc * a6
+                A[off + 14] += sc * a7
+                A[off + 17] += sc * a8
+                A[off + 26] += sc * a9
+                Adot[off] += sc * d0
+                Adot[off + 1] += sc * d1
+                Adot[off + 2] += sc * d2
+                Adot[off + 4] += sc * d3
+                Adot[off + 5] += sc * d4
+                Adot[off + 8] += sc * d5
+                Adot[off + 13] += sc * d6
+                Adot[off + 14] += sc * d7
+                Adot[off + 17] += sc * d8
+                Adot[off + 26] += sc * d9
+    for b in range(body_rank.shape[0]):            # mirror the unique components
+        off = body_offset[b]
+        if body_rank[b] == 2:
+            for e in range(9):
+                A[off + e] = A[off + CANONICAL2[e]]
+                Adot[off + e] = Adot[off + CANONICAL2[e]]
+        elif body_rank[b] == 3:
+            for e in range(27):
+                A[off + e] = A[off + CANONICAL3[e]]
+                Adot[off + e] = Adot[off + CANONICAL3[e]]
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _class_sums2(a, off):
+    """Sums of a rank-2 tensor a[off:off + 9] over the entries of each unique component (xx,
+    xy, xz, yy, yz, zz): a . rhat^(x)2 = sum over components of these sums times the monomials."""
+    return (a[off], a[off + 1] + a[off + 3], a[off + 2] + a[off + 6], a[off + 4],
+            a[off + 5] + a[off + 7], a[off + 8])
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _class_sums3(a, off):
+    """As `_class_sums2` for a rank-3 tensor a[off:off + 27] (xxx, xxy, ..., zzz)."""
+    return (a[off], a[off + 1] + a[off + 3] + a[off + 9], a[off + 2] + a[off + 6] + a[off + 18],
+            a[off + 4] + a[off + 10] + a[off + 12],
+            a[off + 5] + a[off + 7] + a[off + 11] + a[off + 15] + a[off + 19] + a[off + 21],
+            a[off + 8] + a[off + 20] + a[off + 24], a[off + 13],
+            a[off + 14] + a[off + 16] + a[off + 22], a[off + 17] + a[off + 23] + a[off + 25],
+            a[off + 26])
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _radial_adjoint(s0, s1, s2, s3, s4, s5, sc, inv_c2, inv_c, iw):
+    """(dJ/dsigma, dJ/dc, dJ/dw) of one body and one neighbour species from the pair sums s0..s5
+    of `atom_parameter_gradients`; sc = sigma / c^2, inv_c2 = 1 / c^2, inv_c = 1 / c,
+    iw = 1 / w. The radial derivatives used (as in `radial.radial_param_derivs`):
+      f = t^3 / c^2,                          f_r = -6 y t^2 / (w c^2),
+      f_c = (6 y t^2 / w - 2 t^3 / c) / c^2,  f_w = 6 y^2 t^2 / (w c^2),
+      f_rc = (6 (t^2 - 4 y^2 t) / w^2 + 12 y t^2 / (w c)) / c^2,
+      f_rw = 6 y (2 t^2 - 4 y^2 t) / (w^2 c^2)."""
+    kd = -6.0 * iw
+    radial = s0 + kd * s3                       # sum_k (t^3 p_k - 6 y t^2 q_k / w)
+    return (inv_c2 * radial, sc * (-kd * s1 - 2.0 * inv_c * radial + 6.0 * iw * iw * s4),
+            sc * 6.0 * iw * (s2 + iw * s5))
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def atom_parameter_gradients(si, P, T, key_start, n_bins, body_rank, body_offset, body_bins,
+                             sigma_c2, centres, inv_w, inv_c2, Abar, Adotbar, g_sigma, g_c, g_w):
+    """Add the parameter gradient of J = Abar . A + Adotbar . Adot (Abar, Adotbar (M,)) for an
+    atom of species si (pairs and tangent rows as in `atom_tangent_moments`) to g_sigma (S, S, B),
+    g_c (S, B) and g_w (S, B) (the rows of species si).
+
+    With p_k = Abar_b . R_k + Adotbar_b . Rdot_k and q_k = rdot_k (Adotbar_b . R_k) for the pairs
+    k of neighbour species sj in body b's support, f' = df/dr and f'_theta = d2f/(dr dtheta):
+
+        dJ/dsigma_b(si, sj) = sum_k (f p_k + f' q_k)
+        dJ/dtheta_b = sum_sj sigma_b(si, sj) sum_k (f_theta p_k + f'_theta q_k),  theta = c, w.
+
+    These f derivatives combine, with constants of the body, six pair weights: t^3, y t^2,
+    y^2 t^2 (times p_k) and y t^2, t^2 - 4 y^2 t, y (2 t^2 - 4 y^2 t) (times q_k). One pass over
+    the body's pairs sums them (s0..s5) and `_radial_adjoint` combines the sums. Only the
+    symmetric parts of Abar_b and Adotbar_b meet the symmetric R_k and Rdot_k, so ranks 2 and 3
+    dot their class sums (`_class_sums2`, `_class_sums3`) with the unique-monomial rows of T."""
+    for sj in range(sigma_c2.shape[1]):
+        first = sj * n_bins
+        if key_start[first] == key_start[first + n_bins]:
+            continue                            # no neighbours of species sj
+        for b in range(body_rank.shape[0]):
+            lo = np.uint64(key_start[first + body_bins[si, b, 0]])
+            hi = np.uint64(key_start[first + body_bins[si, b, 1]])
+            if lo == hi:
+                continue
+            c = centres[si, b]
+            iw = inv_w[si, b]
+            p = body_rank[b]
+            off = body_offset[b]
+            s0 = s1 = s2 = s3 = s4 = s5 = 0.0
+            if p == 0:
+                # p_k = Abar_b and q_k = rdot_k Adotbar_b: sum the weights, scale afterwards
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    t2 = t * t
+                    yt2 = y * t2
+                    h = t2 - 4.0 * y * y * t
+                    rdot = T[T_RDOT, k]
+                    s0 += t2 * t
+                    s1 += yt2
+                    s2 += y * yt2
+                    s3 += yt2 * rdot
+                    s4 += h * rdot
+                    s5 += y * (t2 + h) * rdot
+                wa = Abar[off]
+                wd = Adotbar[off]
+                s0 *= wa
+                s1 *= wa
+                s2 *= wa
+                s3 *= wd
+                s4 *= wd
+                s5 *= wd
+            elif p == 1:
+                ax = Abar[off]
+                ay = Abar[off + 1]
+                az = Abar[off + 2]
+                dx = Adotbar[off]
+                dy = Adotbar[off + 1]
+                dz = Adotbar[off + 2]
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    pk = (ax * ux + ay * uy + az * uz + dx * T[T_D, k] + dy * T[T_D + 1, k]
+                          + dz * T[T_D + 2, k])
+                    qk = T[T_RDOT, k] * (dx * ux + dy * uy + dz * uz)
+                    t2 = t * t
+                    yt2 = y * t2
+                    h = t2 - 4.0 * y * y * t
+                    s0 += t2 * t * pk
+                    s1 += yt2 * pk
+                    s2 += y * yt2 * pk
+                    s3 += yt2 * qk
+                    s4 += h * qk
+                    s5 += y * (t2 + h) * qk
+            elif p == 2:
+                a0, a1, a2, a3, a4, a5 = _class_sums2(Abar, off)
+                d0, d1, d2, d3, d4, d5 = _class_sums2(Adotbar, off)
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    m0 = T[T_R2, k]
+                    m1 = T[T_R2 + 1, k]
+                    m2 = T[T_R2 + 2, k]
+                    m3 = T[T_R2 + 3, k]
+                    m4 = T[T_R2 + 4, k]
+                    m5 = T[T_R2 + 5, k]
+                    pk = (a0 * m0 + a1 * m1 + a2 * m2 + a3 * m3 + a4 * m4 + a5 * m5
+                          + d0 * T[T_D2, k] + d1 * T[T_D2 + 1, k] + d2 * T[T_D2 + 2, k]
+                          + d3 * T[T_D2 + 3, k] + d4 * T[T_D2 + 4, k] + d5 * T[T_D2 + 5, k])
+                    qk = T[T_RDOT, k] * (d0 * m0 + d1 * m1 + d2 * m2 + d3 * m3 + d4 * m4
+                                         + d5 * m5)
+                    t2 = t * t
+                    yt2 = y * t2
+                    h = t2 - 4.0 * y * y * t
+                    s0 += t2 * t * pk
+                    s1 += yt2 * pk
+                    s2 += y * yt2 * pk
+                    s3 += yt2 * qk
+                    s4 += h * qk
+                    s5 += y * (t2 + h) * qk
+            else:
+                a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = _class_sums3(Abar, off)
+                d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = _class_sums3(Adotbar, off)
+                for k in range(lo, hi):
+                    y, t = _support(P[P_R, k], c, iw)
+                    m0 = T[T_R3, k]
+                    m1 = T[T_R3 + 1, k]
+                    m2 = T[T_R3 + 2, k]
+                    m3 = T[T_R3 + 3, k]
+                    m4 = T[T_R3 + 4, k]
+                    m5 = T[T_R3 + 5, k]
+                    m6 = T[T_R3 + 6, k]
+                    m7 = T[T_R3 + 7, k]
+                    m8 = T[T_R3 + 8, k]
+                    m9 = T[T_R3 + 9, k]
+                    pk = (a0 * m0 + a1 * m1 + a2 * m2 + a3 * m3 + a4 * m4 + a5 * m5 + a6 * m6
+                          + a7 * m7 + a8 * m8 + a9 * m9
+                          + d0 * T[T_D3, k] + d1 * T[T_D3 + 1, k] + d2 * T[T_D3 + 2, k]
+                          + d3 * T[T_D3 + 3, k] + d4 * T[T_D3 + 4, k] + d5 * T[T_D3 + 5, k]
+                          + d6 * T[T_D3 + 6, k] + d7 * T[T_D3 + 7, k] + d8 * T[T_D3 + 8, k]
+                          + d9 * T[T_D3 + 9, k])
+                    qk = T[T_RDOT, k] * (d0 * m0 + d1 * m1 + d2 * m2 + d3 * m3 + d4 * m4
+                                         + d5 * m5 + d6 * m6 + d7 * m7 + d8 * m8 + d9 * m9)
+                    t2 = t * t
+                    yt2 = y * t2
+                    h = t2 - 4.0 * y * y * t
+                    s0 += t2 * t * pk
+                    s1 += yt2 * pk
+                    s2 += y * yt2 * pk
+                    s3 += yt2 * qk
+                    s4 += h * qk
+                    s5 += y * (t2 + h) * qk
+            gs, gc, gw = _radial_adjoint(s0, s1, s2, s3, s4, s5, sigma_c2[si, sj, b],
+                                         inv_c2[si, b], 1.0 / c, iw)
+            g_sigma[si, sj, b] += gs
+            g_c[si, b] += gc
+            g_w[si, b] += gw
 
 
 @njit(cache=True, error_model="numpy")

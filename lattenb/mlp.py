@@ -143,17 +143,19 @@ def mlp_reference(params, sizes, act_name, x):
 def mlp_tangent_forward(params, sizes, act, x, xdot, a, adot, z, zdot):
     """Forward pass with a tangent (dual numbers): returns (y, ydot) with ydot = grad y . xdot.
 
-    Scratch as in `mlp_forward`; adot and zdot mirror a and z for the tangent."""
+    Scratch as in `mlp_forward`; adot and zdot mirror a and z for the tangent. Offsets and
+    loop bounds are np.uint64 so that Numba drops its negative-index wraparound, which would
+    otherwise keep LLVM from vectorising the loops over a layer's outputs."""
     n_layers = sizes.shape[0] - 1
     for k in range(sizes[0]):
         a[k] = x[k]
         adot[k] = xdot[k]
-    p = 0
-    a_in = 0
-    z_off = 0
+    p = np.uint64(0)
+    a_in = np.uint64(0)
+    z_off = np.uint64(0)
     for layer in range(n_layers):
-        n_in = sizes[layer]
-        n_out = sizes[layer + 1]
+        n_in = np.uint64(sizes[layer])
+        n_out = np.uint64(sizes[layer + 1])
         a_out = a_in + n_in
         b_off = p + n_in * n_out
         for o in range(n_out):
@@ -190,21 +192,22 @@ def mlp_tangent_reverse(params, sizes, act, a, adot, z, zdot, ybar, ydotbar, gra
     Adds dJ/dparams to grad (n_parameters,) and writes dJ/dx to xbar and dJ/dxdot to xdotbar.
     For ydotbar = 1 the parameter gradient of ydot is the derivative of a Jacobian-vector
     product, and xbar carries the Hessian-vector product H xdot (design page, section 5).
-    zbar, zdotbar, buf, bufdot: scratch of length max(sizes).
+    zbar, zdotbar, buf, bufdot: scratch of length max(sizes). Offsets and loop bounds are
+    np.uint64 as in `mlp_tangent_forward`.
     """
     n_layers = sizes.shape[0] - 1
-    p_end = 0
+    p_end = np.uint64(0)
     for layer in range(n_layers):
-        p_end += sizes[layer] * sizes[layer + 1] + sizes[layer + 1]
-    z_end = 0
+        p_end += np.uint64(sizes[layer] * sizes[layer + 1] + sizes[layer + 1])
+    z_end = np.uint64(0)
     for layer in range(1, n_layers + 1):
-        z_end += sizes[layer]
-    a_end = z_end + sizes[0]          # a holds sizes[0] inputs followed by every layer's output
-    buf[0] = ybar                     # adjoint of the layer output a_l
-    bufdot[0] = ydotbar               # adjoint of its tangent adot_l
+        z_end += np.uint64(sizes[layer])
+    a_end = z_end + np.uint64(sizes[0])  # a: sizes[0] inputs, then every layer's output
+    buf[0] = ybar                        # adjoint of the layer output a_l
+    bufdot[0] = ydotbar                  # adjoint of its tangent adot_l
     for layer in range(n_layers - 1, -1, -1):
-        n_in = sizes[layer]
-        n_out = sizes[layer + 1]
+        n_in = np.uint64(sizes[layer])
+        n_out = np.uint64(sizes[layer + 1])
         p = p_end - (n_in * n_out + n_out)
         z_off = z_end - n_out
         a_in = a_end - n_out - n_in

@@ -18,13 +18,13 @@ import numpy as np
 from numba import njit, prange
 from ._numba import FASTMATH
 
-from .descriptor import (POWER_SIZE, RANK_OFFSET, RANK_SIZE, contract_tangent,
-                         contract_tangent_adjoint, descriptors_kernel, pair_vector, unit_power_tangents,
-                         unit_powers)
+from .descriptor import (RANK_SIZE, TANGENT_ROWS, atom_parameter_gradients, atom_tangent_moments,
+                         contract_tangent, contract_tangent_adjoint, contraction_indices,
+                         descriptors_kernel, gather_pairs, max_neighbours, pair_scratch,
+                         pair_tangents, support_bin_ranges)
 from .energy import check_overlap, default_chunks, energy_forces_kernel, gather_forces
 from .mlp import mlp_tangent_forward, mlp_tangent_reverse
 from .neighbors import neighbor_list
-from .radial import radial_param_derivs, radial_value_deriv
 
 EV_A3_TO_GPA = 160.21766208
 
@@ -183,45 +183,25 @@ def predict(model, data):
 
 
 # --------------------------------------------------------------------------- kernel
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def pair_tangent(positions, cell, shifts, i, j, q, delta, strain_bar, cutoff2, max_rank, R, Rdot):
-    """Geometry of pair q = (i, j) and its tangent along vtilde = delta_i - delta_j + strain_bar v.
-
-    Fills R with the packed r-hat powers and Rdot with their tangents (d rhat = (vtilde -
-    rhat rdot) / r). Returns (r, rdot) with rdot = rhat . vtilde, or (-1, 0) beyond the cutoff."""
-    vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
-    r2 = vx * vx + vy * vy + vz * vz
-    if r2 >= cutoff2:
-        return -1.0, 0.0
-    r = np.sqrt(r2)
-    inv_r = 1.0 / r
-    ux = vx * inv_r
-    uy = vy * inv_r
-    uz = vz * inv_r
-    tx = delta[i, 0] - delta[j, 0] + strain_bar[0, 0] * vx + strain_bar[0, 1] * vy + strain_bar[0, 2] * vz
-    ty = delta[i, 1] - delta[j, 1] + strain_bar[1, 0] * vx + strain_bar[1, 1] * vy + strain_bar[1, 2] * vz
-    tz = delta[i, 2] - delta[j, 2] + strain_bar[2, 0] * vx + strain_bar[2, 1] * vy + strain_bar[2, 2] * vz
-    rdot = ux * tx + uy * ty + uz * tz
-    unit_powers(ux, uy, uz, max_rank, R)
-    unit_power_tangents(ux, uy, uz, (tx - ux * rdot) * inv_r, (ty - uy * rdot) * inv_r,
-                        (tz - uz * rdot) * inv_r, max_rank, R, Rdot)
-    return r, rdot
-
-
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
 def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shifts, species,
-                           cutoff, layout, sigma, centres, widths, inv_w, inv_c2, bin_ptr,
-                           bin_bodies, inv_bin, g_mean, g_inv_std, mlp_params, layer_sizes, act,
-                           e_bar, delta, strain_bar, n_chunks):
+                           cutoff, layout, sigma_c2, centres, inv_w, inv_c2, bin_ptr, bin_bodies,
+                           inv_bin, g_mean, g_inv_std, mlp_params, layer_sizes, act, e_bar, delta,
+                           strain_bar, n_chunks):
     """Gradient of sum_i (e_bar_i e_i + edot_i) with respect to the MLP parameters (S, nP),
     species weights (S, S, B), radial centres (S, B) and widths (S, B).
 
     edot_i is the derivative of e_i along the pair tangent field
     vtilde_ij = delta_i - delta_j + strain_bar[frame] . v_ij (delta (N, 3), strain_bar (F, 3, 3)).
+    Per atom: pairs sorted as in the energy kernel plus their tangent rows, A and Adot
+    body-major, the contraction and the MLP with their tangents, then the reverse of all of it
+    back to the radial parameters, again body-major. Atoms are split into n_chunks fixed chunks
+    with one gradient buffer each, summed in chunk order, so the result does not depend on the
+    number of threads.
     """
-    body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = layout
+    body_rank, body_offset, term_body_start, term_pattern = layout[:4]
     n_atoms = positions.shape[0]
-    n_species = sigma.shape[0]
+    n_species = sigma_c2.shape[0]
     n_bodies = body_rank.shape[0]
     n_terms = term_pattern.shape[0]
     n_mlp = mlp_params.shape[1]
@@ -234,7 +214,10 @@ def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shi
     for k in range(layer_sizes.shape[0]):
         n_act += layer_sizes[k]
         widest = max(widest, layer_sizes[k])
-    cutoff2 = cutoff * cutoff
+    n_max = max_neighbours(offsets)
+    n_bins = bin_ptr.shape[1] - 1
+    body_bins = support_bin_ranges(bin_ptr, bin_bodies, n_bodies)
+    index_start, index = contraction_indices(layout)
     g_mlp = np.zeros((n_chunks, n_species, n_mlp))
     g_sigma = np.zeros((n_chunks, n_species, n_species, n_bodies))
     g_c = np.zeros((n_chunks, n_species, n_bodies))
@@ -246,8 +229,6 @@ def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shi
         Adot = np.empty(m)
         Abar = np.empty(m)
         Adotbar = np.empty(m)
-        R = np.empty(POWER_SIZE)
-        Rdot = np.empty(POWER_SIZE)
         G = np.empty(n_terms)
         Gdot = np.empty(n_terms)
         x = np.empty(n_terms)
@@ -262,37 +243,18 @@ def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shi
         zdotbar = np.empty(widest)
         buf = np.empty(widest)
         bufdot = np.empty(widest)
+        P, pair_q, key_start, work = pair_scratch(n_max, n_species * n_bins)
+        T = np.empty((TANGENT_ROWS, n_max))
         for i in range(lo, hi):
             si = species[i]
             fi = frame_of_atom[i]
-            cell = cells[fi]
             # ---- forward and tangent moments
-            A[:] = 0.0
-            Adot[:] = 0.0
-            for q in range(offsets[i], offsets[i + 1]):
-                j = second[q]
-                r, rdot = pair_tangent(positions, cell, shifts, i, j, q, delta, strain_bar[fi],
-                                       cutoff2, max_rank, R, Rdot)
-                if r < 0.0:
-                    continue
-                sj = species[j]
-                kb = int(r * inv_bin)
-                for mm in range(bin_ptr[si, kb], bin_ptr[si, kb + 1]):
-                    b = bin_bodies[mm]
-                    f, fr = radial_value_deriv(r, centres[si, b], inv_w[si, b], inv_c2[si, b])
-                    if f == 0.0 and fr == 0.0:
-                        continue
-                    sg = sigma[si, sj, b]
-                    c1 = sg * f
-                    c2 = sg * fr * rdot
-                    off = body_offset[b]
-                    p = body_rank[b]
-                    ro = RANK_OFFSET[p]
-                    for e in range(RANK_SIZE[p]):
-                        A[off + e] += c1 * R[ro + e]
-                        Adot[off + e] += c2 * R[ro + e] + c1 * Rdot[ro + e]
-            contract_tangent(A, Adot, body_offset, term_body_start, term_pattern, p_rows, p_start,
-                             tables, G, Gdot)
+            n_kept = gather_pairs(i, positions, cells[fi], offsets, second, shifts, species,
+                                  cutoff, inv_bin, n_bins, P, pair_q, key_start, work)[1]
+            pair_tangents(i, n_kept, P, pair_q, second, delta, strain_bar[fi], max_rank, T)
+            atom_tangent_moments(si, P, T, key_start, n_bins, body_rank, body_offset, body_bins,
+                                 sigma_c2, centres, inv_w, A, Adot)
+            contract_tangent(A, Adot, term_body_start, index_start, index, G, Gdot)
             for t in range(n_terms):
                 x[t] = (G[t] - g_mean[si, t]) * g_inv_std[si, t]
                 xdot[t] = Gdot[t] * g_inv_std[si, t]
@@ -303,36 +265,11 @@ def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shi
             for t in range(n_terms):
                 xbar[t] *= g_inv_std[si, t]
                 xdotbar[t] *= g_inv_std[si, t]
-            contract_tangent_adjoint(A, Adot, xbar, xdotbar, body_offset, term_body_start,
-                                     term_pattern, p_rows, p_start, tables, Abar, Adotbar)
-            for q in range(offsets[i], offsets[i + 1]):
-                j = second[q]
-                r, rdot = pair_tangent(positions, cell, shifts, i, j, q, delta, strain_bar[fi],
-                                       cutoff2, max_rank, R, Rdot)
-                if r < 0.0:
-                    continue
-                sj = species[j]
-                kb = int(r * inv_bin)
-                for mm in range(bin_ptr[si, kb], bin_ptr[si, kb + 1]):
-                    b = bin_bodies[mm]
-                    f, f_r, f_c, f_w, f_rc, f_rw = radial_param_derivs(r, centres[si, b],
-                                                                       widths[si, b])
-                    if f == 0.0 and f_r == 0.0 and f_c == 0.0 and f_w == 0.0:
-                        continue
-                    off = body_offset[b]
-                    p = body_rank[b]
-                    ro = RANK_OFFSET[p]
-                    a1 = 0.0    # Abar . R
-                    a2 = 0.0    # Adotbar . R
-                    a3 = 0.0    # Adotbar . Rdot
-                    for e in range(RANK_SIZE[p]):
-                        a1 += Abar[off + e] * R[ro + e]
-                        a2 += Adotbar[off + e] * R[ro + e]
-                        a3 += Adotbar[off + e] * Rdot[ro + e]
-                    sg = sigma[si, sj, b]
-                    g_sigma[chunk, si, sj, b] += f * (a1 + a3) + f_r * rdot * a2
-                    g_c[chunk, si, b] += sg * (f_c * (a1 + a3) + f_rc * rdot * a2)
-                    g_w[chunk, si, b] += sg * (f_w * (a1 + a3) + f_rw * rdot * a2)
+            contract_tangent_adjoint(A, Adot, xbar, xdotbar, term_body_start, index_start, index,
+                                     Abar, Adotbar)
+            atom_parameter_gradients(si, P, T, key_start, n_bins, body_rank, body_offset,
+                                     body_bins, sigma_c2, centres, inv_w, inv_c2, Abar, Adotbar,
+                                     g_sigma[chunk], g_c[chunk], g_w[chunk])
     return g_mlp.sum(axis=0), g_sigma.sum(axis=0), g_c.sum(axis=0), g_w.sum(axis=0)
 
 
@@ -398,10 +335,9 @@ def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_
     n_atoms = len(data.positions)
     g_mlp, g_sigma, g_c, g_w = tangent_reverse_kernel(
         data.positions, data.cells, data.frame_of_atom, data.offsets, data.second, data.shifts,
-        data.species, k.cutoff, k.layout, k.sigma, k.centres,
-        np.ascontiguousarray(model.params["widths"]), k.inv_w, k.inv_c2, k.bin_ptr, k.bin_bodies,
-        k.inv_bin, k.g_mean, k.g_inv_std, k.mlp_params, k.layer_sizes, k.activation, e_bar,
-        delta, strain_bar, n_chunks or default_chunks(n_atoms))
+        data.species, k.cutoff, k.layout, k.sigma_c2, k.centres, k.inv_w, k.inv_c2, k.bin_ptr,
+        k.bin_bodies, k.inv_bin, k.g_mean, k.g_inv_std, k.mlp_params, k.layer_sizes, k.activation,
+        e_bar, delta, strain_bar, n_chunks or default_chunks(n_atoms))
     g_mlp += 2.0 * weights.l2 * mlp * mask
     g_e0 = np.bincount(data.species, weights=e_bar, minlength=model.n_species)
     grad = {"mlp": g_mlp, "e0": g_e0, "sigma": g_sigma, "centres": g_c, "widths": g_w}
