@@ -56,16 +56,17 @@ def mlp_forward(params, sizes, act, x, a, z):
     params (n_parameters,), sizes (L + 1,) int64, x (sizes[0],) input.
     a: scratch (sum(sizes),) receives the layer inputs (a[:sizes[0]] = x) and outputs;
     z: scratch (sum(sizes[1:]),) receives pre-activations. Returns the scalar output.
-    """
+    Offsets and loop bounds are np.uint64 so that Numba drops its negative-index wraparound,
+    which would otherwise keep LLVM from vectorising the loops over a layer's outputs."""
     n_layers = sizes.shape[0] - 1
     for k in range(sizes[0]):
         a[k] = x[k]
-    p = 0
-    a_in = 0
-    z_off = 0
+    p = np.uint64(0)
+    a_in = np.uint64(0)
+    z_off = np.uint64(0)
     for layer in range(n_layers):
-        n_in = sizes[layer]
-        n_out = sizes[layer + 1]
+        n_in = np.uint64(sizes[layer])
+        n_out = np.uint64(sizes[layer + 1])
         a_out = a_in + n_in
         b_off = p + n_in * n_out
         for o in range(n_out):
@@ -91,19 +92,19 @@ def mlp_forward(params, sizes, act, x, a, z):
 def mlp_input_gradient(params, sizes, act, a, z, buf_out, buf_in, xbar):
     """d(output)/d(input) for one atom after `mlp_forward`; written to xbar (sizes[0],).
 
-    buf_out, buf_in: scratch of length max(sizes)."""
+    buf_out, buf_in: scratch of length max(sizes). np.uint64 offsets as in `mlp_forward`."""
     n_layers = sizes.shape[0] - 1
     # parameter offsets of each layer, walked backwards
-    p_end = 0
+    p_end = np.uint64(0)
     for layer in range(n_layers):
-        p_end += sizes[layer] * sizes[layer + 1] + sizes[layer + 1]
-    z_end = 0
+        p_end += np.uint64(sizes[layer] * sizes[layer + 1] + sizes[layer + 1])
+    z_end = np.uint64(0)
     for layer in range(1, n_layers + 1):
-        z_end += sizes[layer]
+        z_end += np.uint64(sizes[layer])
     buf_out[0] = 1.0
     for layer in range(n_layers - 1, -1, -1):
-        n_in = sizes[layer]
-        n_out = sizes[layer + 1]
+        n_in = np.uint64(sizes[layer])
+        n_out = np.uint64(sizes[layer + 1])
         p = p_end - (n_in * n_out + n_out)
         z_off = z_end - n_out
         if layer != n_layers - 1:
