@@ -30,7 +30,7 @@ PUBLISHED = {
 }
 
 #: the one documented setting used for every element
-SETTING = {"preset": "fast", "weights": (1.0, 1.0, 0.001), "l2": 1e-6, "seed": 0}
+SETTING = {"preset": "fast", "weights": (10.0, 1.0, 0.001), "l2": 1e-6, "seed": 0}
 
 
 def run(element, max_iter, max_time, setting):
