@@ -1,0 +1,1 @@
+"""Bundled example data (a subset of the mlearn Cu set; see README.md here)."""
