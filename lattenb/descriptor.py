@@ -26,6 +26,7 @@ sigma / c^2 (so sigma f = sigma_c2 t^3), centres and inv_w (S, B) [central, body
 import numpy as np
 from numba import njit, prange
 from ._numba import FASTMATH
+from .radial import radial_support
 
 # Number of entries (3^p) of a body tensor of rank p = 0..3.
 RANK_SIZE = (1, 3, 9, 27)
@@ -139,14 +140,6 @@ def gather_pairs(i, positions, cell, offsets, second, shifts, species, cutoff, i
     return np.sqrt(closest2), n
 
 
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _support(r, c, inv_w):
-    """y = (r - c) / w and t = max(0, 1 - y^2). t = 0 outside the support, so f = t^3 / c^2 and
-    df/dr = -6 y t^2 / (w c^2) vanish there without a branch."""
-    y = (r - c) * inv_w
-    return y, max(0.0, 1.0 - y * y)
-
-
 # ----------------------------------------------------------------------------- forward
 # Notes on the pair loops here and in `atom_pair_gradients`, all measured:
 # - they run over np.uint64 bounds: a provably non-negative index spares Numba's negative-index
@@ -181,13 +174,13 @@ def atom_moments(si, P, key_start, n_bins, body_rank, body_offset, body_bins, si
             if p == 0:
                 a0 = 0.0
                 for k in range(lo, hi):
-                    t = _support(P[P_R, k], c, iw)[1]
+                    t = radial_support(P[P_R, k], c, iw)[1]
                     a0 += t * t * t
                 A[off] += sc * a0
             elif p == 1:
                 ax = ay = az = 0.0
                 for k in range(lo, hi):
-                    t = _support(P[P_R, k], c, iw)[1]
+                    t = radial_support(P[P_R, k], c, iw)[1]
                     f = t * t * t
                     ax += f * P[P_UX, k]
                     ay += f * P[P_UY, k]
@@ -198,7 +191,7 @@ def atom_moments(si, P, key_start, n_bins, body_rank, body_offset, body_bins, si
             elif p == 2:
                 axx = axy = axz = ayy = ayz = azz = 0.0
                 for k in range(lo, hi):
-                    t = _support(P[P_R, k], c, iw)[1]
+                    t = radial_support(P[P_R, k], c, iw)[1]
                     f = t * t * t
                     ux = P[P_UX, k]
                     uy = P[P_UY, k]
@@ -220,7 +213,7 @@ def atom_moments(si, P, key_start, n_bins, body_rank, body_offset, body_bins, si
             else:
                 axxx = axxy = axxz = axyy = axyz = axzz = ayyy = ayyz = ayzz = azzz = 0.0
                 for k in range(lo, hi):
-                    t = _support(P[P_R, k], c, iw)[1]
+                    t = radial_support(P[P_R, k], c, iw)[1]
                     f = t * t * t
                     ux = P[P_UX, k]
                     uy = P[P_UY, k]
@@ -536,7 +529,7 @@ def atom_pair_gradients(si, n_kept, P, pair_q, key_start, n_bins, body_rank, bod
             if p == 0:
                 kd = -6.0 * iw * sc * Abar[off]
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     Q[Q_D, k] += kd * y * t * t
             elif p == 1:
                 kd = -6.0 * iw
@@ -544,7 +537,7 @@ def atom_pair_gradients(si, n_kept, P, pair_q, key_start, n_bins, body_rank, bod
                 hy = sc * Abar[off + 1]
                 hz = sc * Abar[off + 2]
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     t2 = t * t
                     hu = hx * P[P_UX, k] + hy * P[P_UY, k] + hz * P[P_UZ, k]
                     Q[Q_D, k] += kd * y * t2 * hu
@@ -556,7 +549,7 @@ def atom_pair_gradients(si, n_kept, P, pair_q, key_start, n_bins, body_rank, bod
                 kd = -3.0 * iw
                 m2 = _sym2_weights(Abar[off:off + 9], sc)
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     ux = P[P_UX, k]
                     uy = P[P_UY, k]
                     uz = P[P_UZ, k]
@@ -571,7 +564,7 @@ def atom_pair_gradients(si, n_kept, P, pair_q, key_start, n_bins, body_rank, bod
                 kd = -2.0 * iw
                 m3 = _sym3_weights(Abar[off:off + 27], sc)
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     ux = P[P_UX, k]
                     uy = P[P_UY, k]
                     uz = P[P_UZ, k]
@@ -727,7 +720,7 @@ def atom_tangent_moments(si, P, T, key_start, n_bins, body_rank, body_offset, bo
             if p == 0:
                 a0 = d0 = 0.0
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     t2 = t * t
                     a0 += t2 * t
                     d0 += y * t2 * T[T_RDOT, k]
@@ -736,7 +729,7 @@ def atom_tangent_moments(si, P, T, key_start, n_bins, body_rank, body_offset, bo
             elif p == 1:
                 ax = ay = az = dx = dy = dz = 0.0
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     t2 = t * t
                     f = t2 * t
                     g = kd * y * t2 * T[T_RDOT, k]
@@ -759,7 +752,7 @@ def atom_tangent_moments(si, P, T, key_start, n_bins, body_rank, body_offset, bo
                 a0 = a1 = a2 = a3 = a4 = a5 = 0.0
                 d0 = d1 = d2 = d3 = d4 = d5 = 0.0
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     t2 = t * t
                     f = t2 * t
                     g = kd * y * t2 * T[T_RDOT, k]
@@ -797,7 +790,7 @@ def atom_tangent_moments(si, P, T, key_start, n_bins, body_rank, body_offset, bo
                 a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = 0.0
                 d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = d9 = 0.0
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     t2 = t * t
                     f = t2 * t
                     g = kd * y * t2 * T[T_RDOT, k]
@@ -932,7 +925,7 @@ def atom_parameter_gradients(si, P, T, key_start, n_bins, body_rank, body_offset
             if p == 0:
                 # p_k = Abar_b and q_k = rdot_k Adotbar_b: sum the weights, scale afterwards
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     t2 = t * t
                     yt2 = y * t2
                     h = t2 - 4.0 * y * y * t
@@ -959,7 +952,7 @@ def atom_parameter_gradients(si, P, T, key_start, n_bins, body_rank, body_offset
                 dy = Adotbar[off + 1]
                 dz = Adotbar[off + 2]
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     ux = P[P_UX, k]
                     uy = P[P_UY, k]
                     uz = P[P_UZ, k]
@@ -979,7 +972,7 @@ def atom_parameter_gradients(si, P, T, key_start, n_bins, body_rank, body_offset
                 a0, a1, a2, a3, a4, a5 = _class_sums2(Abar, off)
                 d0, d1, d2, d3, d4, d5 = _class_sums2(Adotbar, off)
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     m0 = T[T_R2, k]
                     m1 = T[T_R2 + 1, k]
                     m2 = T[T_R2 + 2, k]
@@ -1004,7 +997,7 @@ def atom_parameter_gradients(si, P, T, key_start, n_bins, body_rank, body_offset
                 a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = _class_sums3(Abar, off)
                 d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = _class_sums3(Adotbar, off)
                 for k in range(lo, hi):
-                    y, t = _support(P[P_R, k], c, iw)
+                    y, t = radial_support(P[P_R, k], c, iw)
                     m0 = T[T_R3, k]
                     m1 = T[T_R3 + 1, k]
                     m2 = T[T_R3 + 2, k]

@@ -3,8 +3,8 @@
     f(r; c, w) = t^3 / c^2,    t = max(0, 1 - y^2),    y = (r - c) / w
 
 f is C^2 at r = c +- w, so no separate cutoff function is needed as long as c + w <= r_cut.
-All functions are scalar Numba kernels so that the pair loops can inline them; they take the
-reciprocals 1/w and 1/c^2 precomputed once per evaluation (see `radial_reciprocals`).
+All functions are scalar Numba kernels built on `radial_support`, which the pair loops inline;
+they take the reciprocals 1/w and 1/c^2 precomputed once per evaluation (`radial_reciprocals`).
 Units: r, c, w in Å; f in 1/Å^2.
 """
 import numpy as np
@@ -13,22 +13,26 @@ from ._numba import FASTMATH
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def radial_support(r, c, inv_w):
+    """y = (r - c) / w and t = max(0, 1 - y^2), the building block of every radial quantity.
+
+    t = 0 outside the support, so f = t^3 / c^2 and all its derivatives below vanish there
+    without a branch: the vectorised pair loops of the kernels use this directly."""
+    y = (r - c) * inv_w
+    return y, max(0.0, 1.0 - y * y)
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def radial_value(r, c, inv_w, inv_c2):
     """f(r) (zero outside the support |r - c| < w)."""
-    y = (r - c) * inv_w
-    if y <= -1.0 or y >= 1.0:
-        return 0.0
-    t = 1.0 - y * y
+    t = radial_support(r, c, inv_w)[1]
     return t * t * t * inv_c2
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def radial_value_deriv(r, c, inv_w, inv_c2):
     """(f, df/dr); both zero outside the support."""
-    y = (r - c) * inv_w
-    if y <= -1.0 or y >= 1.0:
-        return 0.0, 0.0
-    t = 1.0 - y * y
+    y, t = radial_support(r, c, inv_w)
     t2 = t * t
     return t2 * t * inv_c2, -6.0 * y * t2 * inv_w * inv_c2
 
@@ -38,7 +42,9 @@ def radial_param_derivs(r, c, w):
     """Derivatives with respect to the trainable centre c and width w.
 
     Returns (f, f_r, f_c, f_w, f_rc, f_rw) where f_r = df/dr, f_c = df/dc, f_w = df/dw,
-    f_rc = d2f/(dr dc), f_rw = d2f/(dr dw). All zero outside the support.
+    f_rc = d2f/(dr dc), f_rw = d2f/(dr dw). All zero outside the support. The training kernel
+    (`descriptor._radial_adjoint`) uses these formulas folded into per-body pair sums; the tests
+    check them here against finite differences.
 
     With y = (r - c)/w, t = 1 - y^2, g(t) = t^3:
       f   = t^3 / c^2
@@ -50,12 +56,9 @@ def radial_param_derivs(r, c, w):
       f_rw = d/dw[-6 y t^2 / (w c^2)] = (6 y / (w^2 c^2)) (2 t^2 - 4 y^2 t)
     """
     inv_w = 1.0 / w
-    y = (r - c) * inv_w
-    if y <= -1.0 or y >= 1.0:
-        return 0.0, 0.0, 0.0, 0.0, 0.0, 0.0
+    y, t = radial_support(r, c, inv_w)
     inv_c = 1.0 / c
     inv_c2 = inv_c * inv_c
-    t = 1.0 - y * y
     t2 = t * t
     f = t2 * t * inv_c2
     f_r = -6.0 * y * t2 * inv_w * inv_c2

@@ -524,7 +524,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     from .model import LatteModel
     t_start = time.perf_counter()
     weights = LossWeights(*weights, l2=l2) if not isinstance(weights, LossWeights) else weights
-    history, val_hist_init, start_iter = None, [], 0
+    history, val_hist_init = None, []
     settings = {"preset": preset, "weights": [weights.energy, weights.forces, weights.stress],
                 "l2": weights.l2, "seed": seed, "train_radial": bool(train_radial),
                 "max_iter": int(max_iter)}
@@ -540,7 +540,6 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         history = (extra["fit_f"], list(extra["fit_g"]),
                    [bytes(h).decode("ascii") for h in extra["fit_xhash"]])
         val_hist_init = list(extra["fit_val"])
-        start_iter = int(fit_info.get("iteration", 0))
     elif model is None:
         species = species or _species_of(frames)
         overrides = {k: v for k, v in (("cutoff", cutoff), ("blocks", blocks), ("hidden", hidden))
