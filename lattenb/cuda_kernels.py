@@ -199,6 +199,18 @@ def nl_sort_bins_kernel(bin_count, bin_atoms):
         bin_atoms[b, k + 1] = v
 
 
+@cuda.jit(device=True, inline=True)
+def wrap_bin(g, n_bins, periodic):
+    """(image shift, bin in [0, n_bins)) of global bin index g along one direction; along a
+    non-periodic direction a g outside the grid has no bin and gives (0, -1)."""
+    if periodic != 0:
+        shift = g // n_bins
+        return shift, g - shift * n_bins
+    if g < 0 or g >= n_bins:
+        return 0, -1
+    return 0, g
+
+
 @cuda.jit
 def nl_pairs_kernel(rw, osh, bins3, eff, pbc, nb, nsearch, rc2, bin_count, bin_atoms,
                     nbr, shifts, count, flags):
@@ -221,35 +233,17 @@ def nl_pairs_kernel(rw, osh, bins3, eff, pbc, nb, nsearch, rc2, bin_count, bin_a
     oiz = osh[i, 2]
     n = 0
     for kx in range(-nsearch[0], nsearch[0] + 1):
-        gx = bins3[i, 0] + kx
-        if pbc[0] != 0:
-            sx = gx // nbx
-            lx = gx - sx * nbx
-        else:
-            if gx < 0 or gx >= nbx:
-                continue
-            sx = 0
-            lx = gx
+        sx, lx = wrap_bin(bins3[i, 0] + kx, nbx, pbc[0])
+        if lx < 0:
+            continue
         for ky in range(-nsearch[1], nsearch[1] + 1):
-            gy = bins3[i, 1] + ky
-            if pbc[1] != 0:
-                sy = gy // nby
-                ly = gy - sy * nby
-            else:
-                if gy < 0 or gy >= nby:
-                    continue
-                sy = 0
-                ly = gy
+            sy, ly = wrap_bin(bins3[i, 1] + ky, nby, pbc[1])
+            if ly < 0:
+                continue
             for kz in range(-nsearch[2], nsearch[2] + 1):
-                gz = bins3[i, 2] + kz
-                if pbc[2] != 0:
-                    sz = gz // nbz
-                    lz = gz - sz * nbz
-                else:
-                    if gz < 0 or gz >= nbz:
-                        continue
-                    sz = 0
-                    lz = gz
+                sz, lz = wrap_bin(bins3[i, 2] + kz, nbz, pbc[2])
+                if lz < 0:
+                    continue
                 b = (lx * nby + ly) * nbz + lz
                 m_end = min(bin_count[b], bcap)
                 if m_end == 0:
