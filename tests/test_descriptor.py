@@ -9,11 +9,11 @@ pattern.
 """
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from lattenb import LatteModel, parse_blocks
 from lattenb.blocks import format_blocks
+from structures import random_atoms
 
 ALL_PATTERNS = "3,-:2,i,i:2,ij,ij:2,ijk,ijk:2,i,j,ij:2,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
 DESIGN_PATTERNS = ["-", "i,i", "ij,ij", "ijk,ijk", "i,j,ij", "ij,jk,ki", "i,ij,jk,k", "i,j,k,ijk"]
@@ -74,26 +74,6 @@ def reference_descriptors(spec, params, model_numbers, atoms, cutoff):
 
 
 # ----------------------------------------------------------------------------- structures
-def random_atoms(rng, n, cell, pbc, box=None, dmin=1.8, numbers=(28, 42)):
-    """n atoms of random species, no two closer than dmin (periodic images included)."""
-    atoms = Atoms(cell=cell, pbc=pbc)
-    cell = np.asarray(cell, dtype=float)
-    tries = 0
-    while len(atoms) < n:
-        tries += 1
-        assert tries < 20000, "could not place the atoms"
-        if box is None:
-            pos = rng.uniform(0.0, 1.0, 3) @ cell
-        else:
-            pos = rng.uniform(0.0, box, 3)
-        trial = atoms + Atoms(numbers=[rng.choice(numbers)], positions=[pos])
-        if len(ase_neighbor_list("i", trial, dmin)) == 0:
-            atoms = trial
-    # make sure both species are present
-    atoms.numbers[0], atoms.numbers[-1] = numbers[0], numbers[1]
-    return atoms
-
-
 def structures():
     rng = np.random.default_rng(7)
     tric = np.array([[6.1, 0.0, 0.0], [1.7, 5.6, 0.0], [-1.1, 1.3, 5.9]])

@@ -5,11 +5,10 @@ Run with ``-s`` to see the largest finite-difference errors.
 """
 import numpy as np
 import pytest
-from ase import Atoms
 from ase.calculators.calculator import PropertyNotImplementedError
-from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 from lattenb import LatteModel
+from structures import random_atoms
 from lattenb.mlp import ACTIVATIONS, activate, mlp_forward, mlp_input_gradient, mlp_reference
 from lattenb.radial import radial_param_derivs, radial_value, radial_value_deriv
 
@@ -20,22 +19,6 @@ MAX_ERR = {"forces": 0.0, "stress": 0.0, "virial": 0.0}
 
 
 # ----------------------------------------------------------------------------- helpers
-def random_atoms(rng, n, cell, pbc, box=None, dmin=1.8, numbers=(28, 42)):
-    """n atoms of random species, no two closer than dmin (periodic images included)."""
-    atoms = Atoms(cell=cell, pbc=pbc)
-    cell = np.asarray(cell, dtype=float)
-    tries = 0
-    while len(atoms) < n:
-        tries += 1
-        assert tries < 20000, "could not place the atoms"
-        pos = rng.uniform(0.0, 1.0, 3) @ cell if box is None else rng.uniform(0.0, box, 3)
-        trial = atoms + Atoms(numbers=[rng.choice(numbers)], positions=[pos])
-        if len(ase_neighbor_list("i", trial, dmin)) == 0:
-            atoms = trial
-    atoms.numbers[0], atoms.numbers[-1] = numbers[0], numbers[1]
-    return atoms
-
-
 def make_structures():
     rng = np.random.default_rng(2024)
     tric = np.array([[6.1, 0.0, 0.0], [1.7, 5.6, 0.0], [-1.1, 1.3, 5.9]])
