@@ -95,7 +95,7 @@ def cmd_fit(args):
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     model = fit(frames, valid=valid, preset=args.preset, cutoff=args.cutoff, blocks=args.blocks,
                 hidden=hidden, activation=args.activation, weights=weights, l2=args.l2,
-                max_iter=args.max_iter, seed=args.seed, checkpoint=args.checkpoint,
+                stress_offset=args.stress_offset, max_iter=args.max_iter, seed=args.seed, checkpoint=args.checkpoint,
                 checkpoint_every=args.checkpoint_every, resume=args.resume, max_time=args.max_time,
                 log=lambda line: print(line, flush=True), log_every=args.log_every)
     model.save(args.output)
@@ -121,6 +121,11 @@ def cmd_eval(args):
     else:
         for path, table in results.items():
             _print_table(path, table)
+        offset = model.fit_info.get("stress_offset_GPa")
+        if offset is not None:
+            print(f"note: this model was fitted to reference stresses up to an isotropic offset of "
+                  f"{offset:+.3f} GPa (the training data's Pulay stress); the stress errors above "
+                  f"include it for data from the same DFT setting")
     return 0
 
 
@@ -131,7 +136,8 @@ def cmd_example(args):
     train, test = str(DATA_DIR / "Cu_train_subset.xyz"), str(DATA_DIR / "Cu_test_subset.xyz")
     ns = argparse.Namespace(train=[train], valid=test, output=out, preset="fast", cutoff=None,
                             blocks=None, hidden=None, activation="gaussian", weights="1,1,1",
-                            l2=1e-6, max_iter=args.max_iter, seed=0, threads=None, checkpoint=None,
+                            l2=1e-6, stress_offset=False, max_iter=args.max_iter, seed=0, threads=None,
+                            checkpoint=None,
                             checkpoint_every=50, resume=None, log_every=10, max_time=None)
     code = cmd_fit(ns)
     cmd_eval(argparse.Namespace(model=out, files=[test], json=False))
@@ -153,6 +159,9 @@ def build_parser():
     f.add_argument("--weights", default="1,1,1",
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
     f.add_argument("--l2", type=float, default=1e-6, help="L2 penalty on MLP weights")
+    f.add_argument("--stress-offset", action="store_true",
+                   help="fit stresses up to one isotropic offset (the Pulay stress of plane-wave "
+                        "DFT); the fitted offset is printed at the end")
     f.add_argument("--max-iter", type=int, default=500)
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--threads", type=int, help="Numba threads (default: all cores)")

@@ -25,6 +25,11 @@ def save_model(model, path, params=None, extra_arrays=None, extra_header=None):
               "species": list(model.species), "cutoff": model.cutoff, "blocks": model.blocks,
               "hidden": list(model.hidden), "activation": model.activation, "seed": model.seed,
               "units": UNITS, **(extra_header or {})}
+    fit_info = getattr(model, "fit_info", None)
+    if fit_info:
+        # strict JSON: a non-finite number (an infinite validation loss) is written as null
+        header["fit_info"] = {k: (v if not isinstance(v, float) or np.isfinite(v) else None)
+                              for k, v in fit_info.items()}
     blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
     with open(path, "wb") as fh:
         np.savez(fh, header=blob, **(params if params is not None else model.params),
@@ -89,5 +94,7 @@ def read_model_file(path):
             raise ValueError(f"{path}: array {name!r} has shape {arrays[name].shape}, expected "
                              f"{shapes[name]} for this header")
     model.set_parameters(**{n: arrays[n] for n in PARAMETER_NAMES})
+    if isinstance(header.get("fit_info"), dict):
+        model.fit_info = dict(header["fit_info"])
     extra = {n: v for n, v in arrays.items() if n not in PARAMETER_NAMES}
     return model, header, extra

@@ -86,6 +86,9 @@ class LatteModel:
         self.params = self._initial_parameters(width, np.random.default_rng(self.seed))
         self._kernel_arrays = None
         self.device, self.dtype = "cpu", "float64"
+        #: summary of the fit that produced the parameters (iterations, wall time, fitted reference
+        #: stress offset, ...); written to and read from the model file
+        self.fit_info = {}
 
     @classmethod
     def preset(cls, name, species, **overrides):

@@ -12,7 +12,7 @@ vtilde_ij = delta_i - delta_j + Delta v_ij (because F_i = sum_j g_ij - sum_k g_k
 dE/dstrain = sum g (x) v), so dL/dtheta = sum_i dJ_i/dtheta with J_i = ebar_i e_i + edot_i, and
 no Jacobian is stored.
 """
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 from numba import njit, prange
@@ -277,11 +277,28 @@ def tangent_reverse_kernel(positions, cells, frame_of_atom, offsets, second, shi
 @dataclass
 class LossWeights:
     """Weights of the loss terms: energy per atom (1/eV^2), forces (Å^2/eV^2), stress (1/GPa^2),
-    and the L2 penalty on MLP weights (biases are not penalised)."""
+    and the L2 penalty on MLP weights (biases are not penalised).
+
+    stress_offset: compare stresses up to one isotropic offset p (GPa) per dataset, the value that
+    minimises the stress term (see `stress_residuals`). Plane-wave DFT stresses carry such a
+    constant Pulay stress from the finite basis; the energies do not, so fitting raw stresses pulls
+    the model's E(V) away from the DFT energies."""
     energy: float = 1.0
     forces: float = 1.0
     stress: float = 1.0
     l2: float = 0.0
+    stress_offset: bool = False
+
+
+def stress_residuals(S, data, fit_offset=False):
+    """Stress residuals (n_frames, 6) in GPa (zero for frames without stress) and the isotropic
+    offset p (GPa) removed from their diagonal: p = mean diagonal residual when `fit_offset`,
+    else 0. Because p minimises the squared residuals, dL/dS at fixed p is the exact gradient."""
+    ms = data.has_stress
+    res = np.where(ms[:, None], (np.nan_to_num(S) - data.stresses) * EV_A3_TO_GPA, 0.0)
+    offset = float(np.mean(res[ms, :3])) if fit_offset and ms.any() else 0.0
+    res[ms, :3] -= offset
+    return res, offset
 
 
 def mlp_weight_mask(layer_sizes):
@@ -313,7 +330,7 @@ def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_
     delta = 2.0 * weights.forces * res_f / nf
     # stress, residual in GPa
     ms = data.has_stress
-    res_s = np.where(ms[:, None], (np.nan_to_num(S) - data.stresses) * EV_A3_TO_GPA, 0.0)
+    res_s, _ = stress_residuals(S, data, weights.stress_offset)
     ns = max(6 * int(ms.sum()), 1)
     parts["stress"] = weights.stress * float(np.sum(res_s ** 2)) / ns
     s_bar = 2.0 * weights.stress * res_s * EV_A3_TO_GPA / ns                     # dL/dS (F, 6)
@@ -502,14 +519,16 @@ def _save_checkpoint(path, model, best_params, x0, objective, val_hist, iteratio
 
 def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=None, blocks=None,
         hidden=None, activation="gaussian", weights=(1.0, 1.0, 1.0), l2=1e-6, max_iter=500,
-        seed=0, train_radial=True, checkpoint=None, checkpoint_every=50, resume=None,
-        max_time=None, log=print, log_every=10):
+        stress_offset=False, seed=0, train_radial=True, checkpoint=None, checkpoint_every=50,
+        resume=None, max_time=None, log=print, log_every=10):
     """Fit a LATTE model to structures with energies (and forces/stress where present).
 
     frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
     species: chemical symbols (default: all elements in frames). model: start from this model
     instead of a new one built from `preset` with the cutoff/blocks/hidden overrides.
     weights: (energy, forces, stress) loss weights (see `LossWeights`); l2: MLP weight penalty.
+    stress_offset: fit reference stresses up to one isotropic offset (a DFT Pulay stress); the
+    fitted value, in GPa, is `model.fit_info["stress_offset_GPa"]`.
     max_iter: L-BFGS-B iterations. checkpoint: path written every `checkpoint_every` iterations
     (a loadable model file holding the best parameters so far plus the optimiser history);
     resume: a checkpoint path to continue from (reaches the same model as an uninterrupted run).
@@ -523,10 +542,11 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
 
     from .model import LatteModel
     t_start = time.perf_counter()
-    weights = LossWeights(*weights, l2=l2) if not isinstance(weights, LossWeights) else weights
+    if not isinstance(weights, LossWeights):
+        weights = LossWeights(*weights, l2=l2, stress_offset=bool(stress_offset))
     history, val_hist_init = None, []
     settings = {"preset": preset, "weights": [weights.energy, weights.forces, weights.stress],
-                "l2": weights.l2, "seed": seed, "train_radial": bool(train_radial),
+                "l2": weights.l2, "stress_offset": weights.stress_offset, "seed": seed, "train_radial": bool(train_radial),
                 "max_iter": int(max_iter)}
     if resume is not None:
         from .io import read_model_file
@@ -534,9 +554,11 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         if "fit_x0" not in extra:
             raise ValueError(f"{resume}: not a checkpoint (no optimiser history)")
         fit_info = header.get("fit", {})
-        weights = LossWeights(*fit_info["weights"], l2=fit_info["l2"])
+        weights = LossWeights(*fit_info["weights"], l2=fit_info["l2"],
+                              stress_offset=fit_info.get("stress_offset", False))
         train_radial = fit_info["train_radial"]
         settings.update({k: fit_info[k] for k in ("preset", "weights", "l2", "seed", "train_radial")})
+        settings["stress_offset"] = weights.stress_offset
         history = (extra["fit_f"], list(extra["fit_g"]),
                    [bytes(h).decode("ascii") for h in extra["fit_xhash"]])
         val_hist_init = list(extra["fit_val"])
@@ -570,8 +592,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
             val = state["val_hist"][it - 1]
         else:
             vector.set(x)
-            val = (loss_and_gradient(model, vdata, LossWeights(weights.energy, weights.forces,
-                                                               weights.stress), False)[0]
+            val = (loss_and_gradient(model, vdata, replace(weights, l2=0.0), False)[0]
                    if vdata is not None else objective.f_hist[-1])
             state["val_hist"].append(val)
         if val <= state["best_val"]:
@@ -621,4 +642,9 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
                          state["iteration"], settings)
     model.fit_info = {"iterations": state["iteration"], "best_valid_loss": state["best_val"],
                       "wall_time_s": time.perf_counter() - t_start}
+    if weights.stress_offset and data.has_stress.any():
+        offset = stress_residuals(predict(model, data)[2], data, True)[1]
+        model.fit_info["stress_offset_GPa"] = offset
+        if log is not None:
+            log(f"fitted isotropic stress offset of the reference data: {offset:+.3f} GPa")
     return model

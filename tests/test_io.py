@@ -84,6 +84,19 @@ def test_round_trip_is_bit_identical(model, saved, atoms):
     assert np.abs(a["forces"]).max() > 0
 
 
+def test_fit_info_is_kept_as_strict_json(model, tmp_path):
+    path = tmp_path / "fitted.npz"
+    model.fit_info = {"iterations": 12, "stress_offset_GPa": -2.5, "best_valid_loss": float("inf")}
+    try:
+        model.save(path)
+    finally:
+        model.fit_info = {}
+    text = read_arrays(path)["header"].tobytes().decode("utf-8")
+    assert "Infinity" not in text                 # json.loads would accept it; strict readers not
+    assert load(path).fit_info == {"iterations": 12, "stress_offset_GPa": -2.5,
+                                   "best_valid_loss": None}
+
+
 def test_saving_twice_gives_the_same_arrays(model, saved, tmp_path):
     again = tmp_path / "again.npz"
     load(saved).save(again)

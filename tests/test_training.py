@@ -13,7 +13,7 @@ import lattenb
 from lattenb import cli
 from lattenb.model import LatteModel
 from lattenb.training import (EV_A3_TO_GPA, LossWeights, loss_and_gradient, predict,
-                              prepare_dataset)
+                              prepare_dataset, stress_residuals)
 
 DATA = Path(lattenb.__file__).parent / "data"
 BLOCKS = "2,-:2,i,i:1,ij,ij:1,ijk,ijk:1,i,j,ij:1,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
@@ -96,6 +96,45 @@ def test_gradient_force_only_and_stress_only():
     for weights in (LossWeights(0.0, 1.0, 0.0), LossWeights(0.0, 0.0, 1.0)):
         worst = fd_check(model, data, weights, rng, per_group=6, zero_groups=("e0",))
         assert max(worst.values()) < 1e-6, (weights, worst)
+
+
+def test_gradient_with_fitted_stress_offset():
+    rng = np.random.default_rng(11)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 6, 4.4, stress=False),
+              random_frame(rng, 3, 3.2)]
+    model = small_model(seed=12)
+    data = prepare_dataset(frames, model)
+    worst = fd_check(model, data, LossWeights(1.0, 1.0, 2.0, stress_offset=True), rng, per_group=6)
+    assert max(worst.values()) < 1e-6, worst
+
+
+def test_stress_offset_removes_a_constant_isotropic_shift():
+    """Shifting every reference stress by p*I leaves the offset-fitted loss unchanged, moves the
+    fitted offset by exactly -p, and changes the plain loss."""
+    rng = np.random.default_rng(13)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 4, 4.0), random_frame(rng, 6, 4.4)]
+    model = small_model(seed=14)
+    p = 1.7 / EV_A3_TO_GPA                      # 1.7 GPa in eV/Å^3
+    shifted = []
+    for atoms in frames:
+        a = atoms.copy()
+        results = dict(atoms.calc.results)
+        results["stress"] = results["stress"] + p * np.array([1, 1, 1, 0, 0, 0])
+        a.calc = SinglePointCalculator(a, **results)
+        shifted.append(a)
+    with_offset = LossWeights(0.0, 0.0, 1.0, stress_offset=True)
+    d0, d1 = prepare_dataset(frames, model), prepare_dataset(shifted, model)
+    l0, _, g0 = loss_and_gradient(model, d0, with_offset)
+    l1, _, g1 = loss_and_gradient(model, d1, with_offset)
+    assert l1 == pytest.approx(l0, rel=1e-10)
+    np.testing.assert_allclose(g1["mlp"], g0["mlp"], rtol=1e-8, atol=1e-14)
+    S = predict(model, d0)[2]
+    o0, o1 = stress_residuals(S, d0, True)[1], stress_residuals(S, d1, True)[1]
+    assert o1 - o0 == pytest.approx(-1.7, abs=1e-10)
+    # without the offset, the shift costs about 1.7^2 / 2 GPa^2 (3 of 6 components)
+    plain = LossWeights(0.0, 0.0, 1.0)
+    plain0, plain1 = (loss_and_gradient(model, d, plain, False)[0] for d in (d0, d1))
+    assert plain1 > plain0 + 0.5 and l0 <= plain0
 
 
 def test_gradient_non_periodic_cluster():
@@ -238,6 +277,31 @@ def test_cli_fit_and_eval(tmp_path, capsys):
     assert table["all"]["energy_meV_per_atom"]["mae"] == pytest.approx(np.mean(e_err), rel=1e-9)
     assert set(table) >= {"all", "Elastic", "AIMD-NVT"}
     assert table["all"]["stress_GPa"] is not None
+
+
+def test_cli_fit_with_stress_offset(tmp_path, capsys):
+    """--stress-offset reaches fit(): the fitted offset is printed and equals the mean diagonal
+    stress residual of the written model on the training data."""
+    rng = np.random.default_rng(21)
+    frames = [random_frame(rng, 4, 4.0), random_frame(rng, 5, 4.2), random_frame(rng, 3, 3.6)]
+    train = tmp_path / "train.xyz"
+    write(train, frames)
+    out = tmp_path / "m.npz"
+    code = cli.main(["fit", str(train), "-o", str(out), "--cutoff", "3.5", "--blocks", "2,-:2,i,i",
+                     "--hidden", "3", "--max-iter", "3", "--stress-offset"])
+    assert code == 0
+    printed = capsys.readouterr().out
+    line = [ln for ln in printed.splitlines() if "stress offset" in ln]
+    assert len(line) == 1
+    printed_offset = float(line[0].split(":")[1].split()[0])
+    model = lattenb.load(out)
+    residual = [(model.calculator().get_stress(a) - a.get_stress())[:3] * EV_A3_TO_GPA
+                for a in read(train, ":")]
+    assert printed_offset == pytest.approx(np.mean(residual), abs=1e-3)
+    # the offset is kept in the model file and `eval` says so
+    assert model.fit_info["stress_offset_GPa"] == pytest.approx(printed_offset, abs=1e-3)
+    cli.main(["eval", str(out), str(train)])
+    assert "isotropic offset of" in capsys.readouterr().out
 
 
 def test_cli_errors(tmp_path):
