@@ -95,8 +95,9 @@ def cmd_fit(args):
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     model = fit(frames, valid=valid, preset=args.preset, cutoff=args.cutoff, blocks=args.blocks,
                 hidden=hidden, activation=args.activation, weights=weights, l2=args.l2,
-                stress_offset=args.stress_offset, max_iter=args.max_iter, seed=args.seed, checkpoint=args.checkpoint,
-                checkpoint_every=args.checkpoint_every, resume=args.resume, max_time=args.max_time,
+                stress_offset=args.stress_offset, max_iter=args.max_iter, seed=args.seed,
+                checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+                resume=args.resume, max_time=args.max_time,
                 log=lambda line: print(line, flush=True), log_every=args.log_every)
     model.save(args.output)
     info = model.fit_info
@@ -136,9 +137,9 @@ def cmd_example(args):
     train, test = str(DATA_DIR / "Cu_train_subset.xyz"), str(DATA_DIR / "Cu_test_subset.xyz")
     ns = argparse.Namespace(train=[train], valid=test, output=out, preset="fast", cutoff=None,
                             blocks=None, hidden=None, activation="gaussian", weights="1,1,1",
-                            l2=1e-6, stress_offset=False, max_iter=args.max_iter, seed=0, threads=None,
-                            checkpoint=None,
-                            checkpoint_every=50, resume=None, log_every=10, max_time=None)
+                            l2=1e-6, stress_offset=False, max_iter=args.max_iter, seed=0,
+                            threads=None, checkpoint=None, checkpoint_every=50, resume=None,
+                            log_every=10, max_time=None)
     code = cmd_fit(ns)
     cmd_eval(argparse.Namespace(model=out, files=[test], json=False))
     return code

@@ -528,7 +528,8 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     instead of a new one built from `preset` with the cutoff/blocks/hidden overrides.
     weights: (energy, forces, stress) loss weights (see `LossWeights`); l2: MLP weight penalty.
     stress_offset: fit reference stresses up to one isotropic offset (a DFT Pulay stress); the
-    fitted value, in GPa, is `model.fit_info["stress_offset_GPa"]`.
+    fitted value, in GPa, is `model.fit_info["stress_offset_GPa"]` (the validation loss fits
+    its own).
     max_iter: L-BFGS-B iterations. checkpoint: path written every `checkpoint_every` iterations
     (a loadable model file holding the best parameters so far plus the optimiser history);
     resume: a checkpoint path to continue from (reaches the same model as an uninterrupted run).
