@@ -323,6 +323,21 @@ def gather_forces_kernel(count, pair_grad, rev, forces):
     forces[i, 2] = fz
 
 
+@cuda.jit(device=True)
+def reduce_block_rows(sh, tid):
+    """Tree-reduce the RED_BLOCK rows of shared sh (RED_BLOCK, 11) into row 0 in a fixed order:
+    columns 0-9 summed, column 10 minimised. Every thread of the block must call it."""
+    cuda.syncthreads()
+    s = RED_BLOCK // 2
+    while s > 0:
+        if tid < s:
+            for c in range(10):
+                sh[tid, c] += sh[tid + s, c]
+            sh[tid, 10] = min(sh[tid, 10], sh[tid + s, 10])
+        cuda.syncthreads()
+        s //= 2
+
+
 @cuda.jit
 def reduce_atoms_kernel(energies, atom_virial, closest, partial):
     """partial[block] = (sum e, sum W (9), min closest) over a grid-stride set of atoms, fixed
@@ -339,15 +354,7 @@ def reduce_atoms_kernel(energies, atom_virial, closest, partial):
         for c in range(9):
             sh[tid, 1 + c] += atom_virial[i, c]
         sh[tid, 10] = min(sh[tid, 10], closest[i])
-    cuda.syncthreads()
-    s = RED_BLOCK // 2
-    while s > 0:
-        if tid < s:
-            for c in range(10):
-                sh[tid, c] += sh[tid + s, c]
-            sh[tid, 10] = min(sh[tid, 10], sh[tid + s, 10])
-        cuda.syncthreads()
-        s //= 2
+    reduce_block_rows(sh, tid)
     if tid == 0:
         for c in range(11):
             partial[cuda.blockIdx.x, c] = sh[0, c]
@@ -367,15 +374,7 @@ def reduce_final_kernel(partial, inv_volume, energy, virial, stress, min_distanc
         for c in range(10):
             sh[tid, c] += partial[b, c]
         sh[tid, 10] = min(sh[tid, 10], partial[b, 10])
-    cuda.syncthreads()
-    s = RED_BLOCK // 2
-    while s > 0:
-        if tid < s:
-            for c in range(10):
-                sh[tid, c] += sh[tid + s, c]
-            sh[tid, 10] = min(sh[tid, 10], sh[tid + s, 10])
-        cuda.syncthreads()
-        s //= 2
+    reduce_block_rows(sh, tid)
     if tid == 0:
         energy[0] = sh[0, 0]
         for a in range(3):

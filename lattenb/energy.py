@@ -142,9 +142,8 @@ def evaluate(arrays, positions, cell, species, offsets, second, shifts, volume=N
     n_atoms = positions.shape[0]
     n_centres = n_atoms if n_centres is None else int(n_centres)
     if n_centres == 0:
-        return {"energy": 0.0, "energies": np.zeros(n_atoms), "forces": np.zeros((n_atoms, 3)),
-                "virial": np.zeros((3, 3)), "stress": np.zeros(6) if volume else None,
-                "atom_virial": np.zeros((n_atoms, 3, 3))}
+        return structure_results(np.zeros(n_atoms), np.zeros((n_atoms, 3)),
+                                 np.zeros((n_atoms, 3, 3)), volume)
     energies, pair_grad, strain, closest = energy_forces_kernel(
         positions, cell[None], np.zeros(n_atoms, np.int64), offsets, second, shifts, species,
         arrays.cutoff, arrays.layout, arrays.sigma_c2, arrays.centres, arrays.inv_w, arrays.bin_ptr,
@@ -152,11 +151,17 @@ def evaluate(arrays, positions, cell, species, offsets, second, shifts, volume=N
         arrays.layer_sizes, arrays.activation, arrays.e0, n_centres, default_chunks(n_centres))
     check_overlap(closest)
     forces = gather_forces(offsets, second, pair_grad, n_atoms)
-    dE_dstrain = strain.sum(axis=0).reshape(3, 3)
-    dE_dstrain = 0.5 * (dE_dstrain + dE_dstrain.T)
+    return structure_results(energies, forces, -strain.reshape(n_atoms, 3, 3), volume)
+
+
+def structure_results(energies, forces, atom_virial, volume):
+    """The result dict of `evaluate` (shared with the CUDA backend) from per-atom energies (N,) eV,
+    forces (N, 3) eV/Å, per-atom virials (N, 3, 3) eV and the volume (Å^3, or None: no stress)."""
+    virial = atom_virial.sum(axis=0)
+    virial = 0.5 * (virial + virial.T)
     stress = None
     if volume:
-        s = dE_dstrain / volume
+        s = -virial / volume
         stress = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
     return {"energy": float(energies.sum()), "energies": energies, "forces": forces,
-            "virial": -dE_dstrain, "stress": stress, "atom_virial": -strain.reshape(n_atoms, 3, 3)}
+            "virial": virial, "stress": stress, "atom_virial": atom_virial}

@@ -26,7 +26,7 @@ import os
 
 import numpy as np
 
-from .energy import MIN_DISTANCE
+from .energy import check_overlap, structure_results
 
 MISSING_NUMBA_CUDA = "numba-cuda is not installed (pip install lattenb[cuda])"
 NO_GPU = "no usable NVIDIA GPU/driver found"
@@ -451,29 +451,15 @@ class CudaEvaluator:
         if n == 0:
             from .neighbors import _effective_cell
             _effective_cell(cell, pbc)
-            return {"energy": 0.0, "energies": np.zeros(0), "forces": np.zeros((0, 3)),
-                    "virial": np.zeros((3, 3)), "stress": np.zeros(6) if volume else None,
-                    "atom_virial": np.zeros((0, 3, 3))}
+            return structure_results(np.zeros(0), np.zeros((0, 3)), np.zeros((0, 3, 3)), volume)
         self.set_numbers(np.asarray(numbers))
         d_pos = self._upload_positions(positions)
         self._run(d_pos, cell, pbc)
         energies = self.energies.copy_to_host()
         forces = self.forces.copy_to_host()
         atom_virial = self.atom_virial.copy_to_host()
-        closest = self.closest.copy_to_host()
-        i = int(np.argmin(closest))
-        if closest[i] < MIN_DISTANCE:
-            raise ValueError(f"overlapping atoms: atom {i} has a neighbour {closest[i]:.3g} Å "
-                             f"away (closer than {MIN_DISTANCE} Å)")
-        dE_dstrain = -atom_virial.sum(axis=0).reshape(3, 3)
-        dE_dstrain = 0.5 * (dE_dstrain + dE_dstrain.T)
-        stress = None
-        if volume:
-            s = dE_dstrain / volume
-            stress = np.array([s[0, 0], s[1, 1], s[2, 2], s[1, 2], s[0, 2], s[0, 1]])
-        return {"energy": float(energies.sum()), "energies": energies, "forces": forces,
-                "virial": -dE_dstrain, "stress": stress,
-                "atom_virial": atom_virial.reshape(n, 3, 3)}
+        check_overlap(self.closest.copy_to_host())
+        return structure_results(energies, forces, atom_virial.reshape(n, 3, 3), volume)
 
     def _upload_positions(self, positions):
         n = positions.shape[0]
