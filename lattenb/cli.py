@@ -92,10 +92,12 @@ def cmd_fit(args):
     frames = _read(args.train)
     valid = _read([args.valid]) if args.valid else None
     weights = _floats(args.weights, 3, "weights")
+    output_weights = _floats(args.output_weights, 3, "output-weights") if args.output_weights else None
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     model = fit(frames, valid=valid, preset=args.preset, cutoff=args.cutoff, blocks=args.blocks,
                 hidden=hidden, activation=args.activation, weights=weights, l2=args.l2,
-                stress_offset=args.stress_offset, max_iter=args.max_iter, seed=args.seed,
+                stress_offset=args.stress_offset, output_weights=output_weights,
+                solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume=args.resume, max_time=args.max_time,
                 log=lambda line: print(line, flush=True), log_every=args.log_every)
@@ -136,8 +138,9 @@ def cmd_example(args):
     out = args.output or str(Path(tempfile.gettempdir()) / "lattenb-example.npz")
     train, test = str(DATA_DIR / "Cu_train_subset.xyz"), str(DATA_DIR / "Cu_test_subset.xyz")
     ns = argparse.Namespace(train=[train], valid=test, output=out, preset="fast", cutoff=None,
-                            blocks=None, hidden=None, activation="gaussian", weights="1,1,1",
-                            l2=1e-6, stress_offset=False, max_iter=args.max_iter, seed=0,
+                            blocks=None, hidden=None, activation="gaussian", weights="10,1,0.001",
+                            output_weights=None, no_output_solve=False, l2=1e-6,
+                            stress_offset=False, max_iter=args.max_iter, seed=0,
                             threads=None, checkpoint=None, checkpoint_every=50, resume=None,
                             log_every=10, max_time=None)
     code = cmd_fit(ns)
@@ -157,8 +160,13 @@ def build_parser():
     f.add_argument("--hidden", help="hidden layer sizes, e.g. 32,16")
     f.add_argument("--cutoff", type=float, help="cutoff radius in Angstrom")
     f.add_argument("--activation", default="gaussian", choices=["gaussian", "tanh", "silu"])
-    f.add_argument("--weights", default="1,1,1",
+    f.add_argument("--weights", default="10,1,0.001",
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
+    f.add_argument("--output-weights",
+                   help="weights E,F,S of the final exact solve of the output layer "
+                        "(default: --weights with the energy weight x100)")
+    f.add_argument("--no-output-solve", action="store_true",
+                   help="skip the final output-layer solve")
     f.add_argument("--l2", type=float, default=1e-6, help="L2 penalty on MLP weights")
     f.add_argument("--stress-offset", action="store_true",
                    help="fit stresses up to one isotropic offset (the Pulay stress of plane-wave "

@@ -13,7 +13,7 @@ import lattenb
 from lattenb import cli
 from lattenb.model import LatteModel
 from lattenb.training import (EV_A3_TO_GPA, LossWeights, loss_and_gradient, predict,
-                              prepare_dataset, stress_residuals)
+                              prepare_dataset, solve_output_layer, stress_residuals)
 
 DATA = Path(lattenb.__file__).parent / "data"
 BLOCKS = "2,-:2,i,i:1,ij,ij:1,ijk,ijk:1,i,j,ij:1,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
@@ -137,6 +137,40 @@ def test_stress_offset_removes_a_constant_isotropic_shift():
     assert plain1 > plain0 + 0.5 and l0 <= plain0
 
 
+@pytest.mark.parametrize("weights", [LossWeights(30.0, 1.0, 0.5, l2=1e-3, stress_offset=True),
+                                     LossWeights(1.0, 0.0, 0.0), LossWeights(1.0, 2.0, 1.0)])
+def test_output_layer_solve_is_the_exact_minimiser(weights):
+    """After the solve the loss gradient with respect to the output weights and e0 (computed by
+    the independent tangent/reverse kernel) vanishes, and the loss has not increased."""
+    rng = np.random.default_rng(21)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 8, 5.0, stress=False),
+              random_frame(rng, 3, 3.2), random_frame(rng, 4, 4.5, forces=False)]
+    model = small_model(seed=22)
+    data = prepare_dataset(frames, model)
+    K = int(model.layer_sizes[-2])
+    before, _, g0 = loss_and_gradient(model, data, weights)
+    bias = model.params["mlp"][:, -1].copy()
+    solve_output_layer(model, data, weights)
+    after, _, g1 = loss_and_gradient(model, data, weights)
+    assert after < before
+    scale = max(np.abs(g0["mlp"][:, -(K + 1):-1]).max(), np.abs(g0["e0"]).max())
+    assert np.abs(g1["mlp"][:, -(K + 1):-1]).max() < 1e-9 * scale
+    assert np.abs(g1["e0"]).max() < 1e-9 * scale
+    assert np.array_equal(model.params["mlp"][:, -1], bias)   # the bias duplicates e0: kept
+
+
+def test_output_layer_solve_leaves_absent_species_alone():
+    rng = np.random.default_rng(23)
+    frames = [random_frame(rng, 4, 4.0) for _ in range(3)]
+    for atoms in frames:
+        atoms.numbers[:] = 28                                  # Ni only; the model knows Mo too
+    model = small_model(seed=24)
+    mo = model.species.index("Mo")
+    mlp_mo, e0_mo = model.params["mlp"][mo].copy(), model.params["e0"][mo]
+    solve_output_layer(model, prepare_dataset(frames, model), LossWeights(10.0, 1.0, 0.1))
+    assert np.array_equal(model.params["mlp"][mo], mlp_mo) and model.params["e0"][mo] == e0_mo
+
+
 def test_gradient_non_periodic_cluster():
     rng = np.random.default_rng(5)
     frames = [random_frame(rng, 7, 4.5, pbc=False, stress=False)]
@@ -213,15 +247,16 @@ def test_fit_improves_is_deterministic_and_keeps_best_on_validation(tmp_path):
         assert np.array_equal(m1.params[name], m2.params[name]), name
     # without a validation set the fit returns its last iterate, which lowers the training loss
     # well below that of the initial model (0 iterations)
-    m0 = tiny_fit(tmp_path, max_iter=0, valid=None)
-    m3 = tiny_fit(tmp_path, max_iter=30, valid=None)
+    m0 = tiny_fit(tmp_path, max_iter=0, valid=None, solve_output=False)
+    m3 = tiny_fit(tmp_path, max_iter=30, valid=None, solve_output=False)
     d = prepare_dataset(frames, m1)
-    w = LossWeights(1, 1, 1)
+    w = LossWeights(10.0, 1.0, 0.001)                    # the default weights of `fit`
     assert loss_and_gradient(m3, d, w, False)[0] < 0.7 * loss_and_gradient(m0, d, w, False)[0]
     # with one, the parameters kept are those best on it: no worse than the last iterate's
     v = prepare_dataset(read(DATA / "Cu_test_subset.xyz", "::3"), m1)
-    m_last = tiny_fit(tmp_path, valid=None)
-    assert loss_and_gradient(m1, v, w, False)[0] <= loss_and_gradient(m_last, v, w, False)[0] + 1e-12
+    m_best = tiny_fit(tmp_path, solve_output=False)
+    m_last = tiny_fit(tmp_path, valid=None, solve_output=False)
+    assert loss_and_gradient(m_best, v, w, False)[0] <= loss_and_gradient(m_last, v, w, False)[0] + 1e-12
     # radial functions stay valid
     c, wd = m1.params["centres"], m1.params["widths"]
     assert np.all(c - wd >= -1e-9) and np.all(c + wd <= m1.cutoff + 1e-9) and np.all(wd >= 0.3 - 1e-12)
@@ -229,15 +264,35 @@ def test_fit_improves_is_deterministic_and_keeps_best_on_validation(tmp_path):
 
 
 def test_checkpoint_resume_reaches_the_same_model(tmp_path):
-    full = tiny_fit(tmp_path, max_iter=12)
+    # both runs end with the output-layer solve (at other weights); the checkpoint of the
+    # 6-iteration run holds the state before its solve, so the resumed run continues from there
+    full = tiny_fit(tmp_path, max_iter=12, output_weights=(30.0, 1.0, 1.0))
     ck = tmp_path / "ck.npz"
-    tiny_fit(tmp_path, max_iter=6, checkpoint=str(ck), checkpoint_every=3)
+    tiny_fit(tmp_path, max_iter=6, checkpoint=str(ck), checkpoint_every=3,
+             output_weights=(30.0, 1.0, 1.0))
     assert lattenb.load(ck).species == ("Cu",)          # a checkpoint is a loadable model
     frames = read(DATA / "Cu_train_subset.xyz", "::6")
     valid = read(DATA / "Cu_test_subset.xyz", "::3")
     resumed = lattenb.fit(frames, valid=valid, resume=str(ck), max_iter=12, log=None)
     for name in full.params:
         assert np.array_equal(full.params[name], resumed.params[name]), name
+
+
+def test_fit_continues_from_a_fitted_model(tmp_path):
+    """A fitted model passed to `fit` is refined, not re-initialised, and is not modified."""
+    frames = read(DATA / "Cu_train_subset.xyz", "::6")
+    first = tiny_fit(tmp_path, valid=None, max_iter=10, solve_output=False)
+    params = {n: v.copy() for n, v in first.params.items()}
+    w = LossWeights(100.0, 1.0, 0.0, l2=1e-6)
+    refined = lattenb.fit(frames, model=first, weights=(100.0, 1.0, 0.0),
+                          output_weights=(100.0, 1.0, 0.0), max_iter=0, log=None)
+    for name in params:
+        assert np.array_equal(first.params[name], params[name]), name
+    for name in ("g_mean", "g_std", "centres", "widths", "sigma"):
+        assert np.array_equal(refined.params[name], params[name]), name
+    d = prepare_dataset(frames, first)
+    # zero iterations leave only the final output-layer solve, the exact minimiser over it
+    assert loss_and_gradient(refined, d, w, False)[0] < loss_and_gradient(first, d, w, False)[0]
 
 
 def test_ctrl_c_keeps_best_model(tmp_path, monkeypatch):
@@ -302,6 +357,34 @@ def test_cli_fit_with_stress_offset(tmp_path, capsys):
     assert model.fit_info["stress_offset_GPa"] == pytest.approx(printed_offset, abs=1e-3)
     cli.main(["eval", str(out), str(train)])
     assert "isotropic offset of" in capsys.readouterr().out
+
+
+def test_cli_output_weights(tmp_path, capsys):
+    """--output-weights reaches the final solve (whose result is the exact minimiser at those
+    weights); --no-output-solve skips it; both are recorded in the model file."""
+    rng = np.random.default_rng(25)
+    frames = [random_frame(rng, 4, 4.0), random_frame(rng, 5, 4.2), random_frame(rng, 3, 3.6)]
+    train = tmp_path / "train.xyz"
+    write(train, frames)
+    common = [str(train), "--cutoff", "3.5", "--blocks", "2,-:2,i,i", "--hidden", "3",
+              "--max-iter", "3"]
+    solved, plain = tmp_path / "solved.npz", tmp_path / "plain.npz"
+    assert cli.main(["fit", *common, "-o", str(solved), "--output-weights", "50,1,0.01"]) == 0
+    assert "solving the output layer exactly at weights E,F,S = 50,1,0.01" in capsys.readouterr().out
+    assert cli.main(["fit", *common, "-o", str(plain), "--no-output-solve"]) == 0
+    assert "solving the output layer" not in capsys.readouterr().out
+    m_solved, m_plain = lattenb.load(solved), lattenb.load(plain)
+    assert m_solved.fit_info["output_weights"] == [50.0, 1.0, 0.01]
+    assert m_plain.fit_info["output_weights"] is None
+    K = int(m_solved.layer_sizes[-2])
+    data = prepare_dataset(read(train, ":"), m_solved)
+    w = LossWeights(50.0, 1.0, 0.01, l2=1e-6)
+    _, _, g_solved = loss_and_gradient(m_solved, data, w)
+    _, _, g_plain = loss_and_gradient(m_plain, data, w)
+    assert (np.abs(g_solved["mlp"][:, -(K + 1):-1]).max()
+            < 1e-8 * np.abs(g_plain["mlp"][:, -(K + 1):-1]).max())
+    with pytest.raises(SystemExit, match="output-weights"):
+        cli.main(["fit", *common, "-o", str(plain), "--output-weights", "1,2"])
 
 
 def test_cli_errors(tmp_path):
