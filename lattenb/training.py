@@ -576,6 +576,20 @@ class _Objective:
         return loss, g
 
 
+def _output_weights(weights, values):
+    """LossWeights of the final output-layer solve: `values` (energy, forces, stress) with the
+    L2 penalty and stress offset of `weights`; None gives the energy weight x OUTPUT_ENERGY_FACTOR."""
+    if values is None:
+        return replace(weights, energy=OUTPUT_ENERGY_FACTOR * weights.energy)
+    if isinstance(values, LossWeights):
+        return values
+    values = tuple(float(v) for v in values)
+    if len(values) != 3 or not all(np.isfinite(v) and v >= 0 for v in values):
+        raise ValueError(f"output_weights must be three finite non-negative numbers (energy, "
+                         f"forces, stress), got {values}")
+    return replace(weights, energy=values[0], forces=values[1], stress=values[2])
+
+
 def _final_output_solve(model, data, vdata, weights, log):
     """Replace the output layer weights and e0 by their exact minimiser of the training loss at
     `weights` (see `solve_output_layer`), logging train and validation errors before and after.
@@ -662,11 +676,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     t_start = time.perf_counter()
     if not isinstance(weights, LossWeights):
         weights = LossWeights(*weights, l2=l2, stress_offset=bool(stress_offset))
-    if output_weights is None:
-        output_weights = replace(weights, energy=OUTPUT_ENERGY_FACTOR * weights.energy)
-    elif not isinstance(output_weights, LossWeights):
-        output_weights = replace(weights, **dict(zip(("energy", "forces", "stress"),
-                                                     map(float, output_weights))))
+    output_weights = _output_weights(weights, output_weights)
     history, val_hist_init = None, []
     settings = {"preset": preset, "weights": [weights.energy, weights.forces, weights.stress],
                 "l2": weights.l2, "stress_offset": weights.stress_offset, "seed": seed,
@@ -687,8 +697,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         settings["output_weights"] = fit_info.get("output_weights")
         solve_output = settings["output_weights"] is not None
         if solve_output:
-            output_weights = replace(weights, **dict(zip(("energy", "forces", "stress"),
-                                                         settings["output_weights"])))
+            output_weights = _output_weights(weights, settings["output_weights"])
         history = (extra["fit_f"], list(extra["fit_g"]),
                    [bytes(h).decode("ascii") for h in extra["fit_xhash"]])
         val_hist_init = list(extra["fit_val"])

@@ -385,6 +385,10 @@ def test_cli_output_weights(tmp_path, capsys):
             < 1e-8 * np.abs(g_plain["mlp"][:, -(K + 1):-1]).max())
     with pytest.raises(SystemExit, match="output-weights"):
         cli.main(["fit", *common, "-o", str(plain), "--output-weights", "1,2"])
+    with pytest.raises(ValueError, match="output_weights must be three"):
+        lattenb.fit(read(train, ":"), output_weights=(1.0, 2.0), max_iter=1, log=None)
+    with pytest.raises(SystemExit, match="output_weights must be three"):
+        cli.main(["fit", *common, "-o", str(plain), "--output-weights", "1,-1,0"])
 
 
 def test_cli_errors(tmp_path):
