@@ -92,7 +92,8 @@ def cmd_fit(args):
     frames = _read(args.train)
     valid = _read([args.valid]) if args.valid else None
     weights = _floats(args.weights, 3, "weights")
-    output_weights = _floats(args.output_weights, 3, "output-weights") if args.output_weights else None
+    output_weights = (_floats(args.output_weights, 3, "output-weights") if args.output_weights
+                      else None)
     hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     model = fit(frames, valid=valid, preset=args.preset, cutoff=args.cutoff, blocks=args.blocks,
                 hidden=hidden, activation=args.activation, weights=weights, l2=args.l2,
@@ -137,12 +138,9 @@ def cmd_example(args):
     import tempfile
     out = args.output or str(Path(tempfile.gettempdir()) / "lattenb-example.npz")
     train, test = str(DATA_DIR / "Cu_train_subset.xyz"), str(DATA_DIR / "Cu_test_subset.xyz")
-    ns = argparse.Namespace(train=[train], valid=test, output=out, preset="fast", cutoff=None,
-                            blocks=None, hidden=None, activation="gaussian", weights="10,1,0.001",
-                            output_weights=None, no_output_solve=False, l2=1e-6,
-                            stress_offset=False, max_iter=args.max_iter, seed=0,
-                            threads=None, checkpoint=None, checkpoint_every=50, resume=None,
-                            log_every=10, max_time=None)
+    # through the parser, so the example runs with exactly the defaults of `lattenb fit`
+    ns = build_parser().parse_args(["fit", train, "--valid", test, "-o", out,
+                                    "--max-iter", str(args.max_iter)])
     code = cmd_fit(ns)
     cmd_eval(argparse.Namespace(model=out, files=[test], json=False))
     return code

@@ -364,23 +364,34 @@ def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_
 
 def solve_output_layer(model, data, weights=LossWeights(), n_chunks=None):
     """Set the output layer weights and e0 of every species to their exact minimiser of the
-    loss with everything else fixed; returns the loss parts after the solve.
+    loss with everything else fixed.
 
     The energy is linear in the output layer weights W (S, K) and in e0 (S,), and forces and
     stress are linear in W, so the loss is quadratic in them: one energy/force pass per hidden
-    unit of the last layer gives the columns of a weighted linear least-squares problem (with
+    unit of the last layer gives one column of a weighted linear least-squares problem (with
     the isotropic stress offset as one more unknown when `weights.stress_offset`, and the L2
     penalty on W as ridge rows). The output bias is left as it is: it duplicates e0.
     Gradient descent resolves these directions slowly when the energy term is a small part of
-    the loss, which is why `fit` solves them exactly."""
+    the loss, which is why `fit` solves them exactly. Memory: one (rows, S K + S + 1) matrix,
+    rows = frames with energy + 3 x atoms with forces + 6 x frames with stress + S K."""
     S, K = model.n_species, int(model.layer_sizes[-2])
     mlp0, e00 = model.params["mlp"].copy(), model.params["e0"].copy()
     n = data.n_atoms_per_frame.astype(np.float64)
-    me, ms = data.has_energy, data.has_stress
-    mf = np.repeat(data.has_forces[data.frame_of_atom], 3)
+    me = data.has_energy
+    mf = np.repeat(data.has_forces[data.frame_of_atom], 3) & (weights.forces > 0)
+    ms = data.has_stress & (weights.stress > 0)
     comp = data.composition(S)
-    n_unknown = S * K + S + 1                     # W, e0, stress offset
-    blocks_E, blocks_F, blocks_S = [], [], []
+    n_w = S * K
+    # row blocks (energy, forces, stress, ridge) of the one design matrix, filled in place
+    sizes = (int(me.sum()), int(mf.sum()), 6 * int(ms.sum()), n_w if weights.l2 > 0 else 0)
+    rE, rF, rS, rL = (slice(a, b) for a, b in zip(np.cumsum((0,) + sizes[:-1]), np.cumsum(sizes)))
+    A = np.zeros((sum(sizes), n_w + S + 1))
+    y = np.zeros(sum(sizes))
+
+    def put(column, E, F, St):
+        A[rE, column] = E[me] / n[me]
+        A[rF, column] = F.ravel()[mf]
+        A[rS, column] = St[ms].ravel() * EV_A3_TO_GPA
     try:
         for s in range(S):
             for k in range(K):
@@ -388,51 +399,33 @@ def solve_output_layer(model, data, weights=LossWeights(), n_chunks=None):
                 mlp[:, -(K + 1):] = 0.0
                 mlp[s, -(K + 1) + k] = 1.0
                 model.set_parameters(mlp=mlp, e0=np.zeros(S))
-                E, F, St, _ = predict(model, data, n_chunks)
-                blocks_E.append(E[me] / n[me])
-                blocks_F.append(F.ravel()[mf])
-                blocks_S.append(St[ms].ravel() * EV_A3_TO_GPA)
-        # the part that does not depend on W or e0: the output biases
+                put(s * K + k, *predict(model, data, n_chunks)[:3])
+        # what does not depend on W or e0 (the output biases) goes to the right-hand side
         mlp = mlp0.copy()
         mlp[:, -(K + 1):-1] = 0.0
         model.set_parameters(mlp=mlp, e0=np.zeros(S))
         E_b, F_b, S_b, _ = predict(model, data, n_chunks)
     finally:
         model.set_parameters(mlp=mlp0, e0=e00)
-    rows, rhs = [], []
-    ne = max(int(me.sum()), 1)
-    if me.any():
-        A = np.zeros((int(me.sum()), n_unknown))
-        A[:, :S * K] = np.stack(blocks_E, axis=1)
-        A[:, S * K:S * K + S] = comp[me] / n[me, None]
-        rows.append(np.sqrt(weights.energy / ne) * A)
-        rhs.append(np.sqrt(weights.energy / ne) * (data.energies[me] - E_b[me]) / n[me])
-    nf = max(int(mf.sum()), 1)
-    if mf.any() and weights.forces > 0:
-        A = np.zeros((int(mf.sum()), n_unknown))
-        A[:, :S * K] = np.stack(blocks_F, axis=1)
-        rows.append(np.sqrt(weights.forces / nf) * A)
-        rhs.append(np.sqrt(weights.forces / nf) * (data.forces.ravel()[mf] - F_b.ravel()[mf]))
-    ns = max(6 * int(ms.sum()), 1)
-    if ms.any() and weights.stress > 0:
-        A = np.zeros((6 * int(ms.sum()), n_unknown))
-        A[:, :S * K] = np.stack(blocks_S, axis=1)
-        if weights.stress_offset:
-            A[:, -1] = np.tile([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], int(ms.sum()))
-        rows.append(np.sqrt(weights.stress / ns) * A)
-        rhs.append(np.sqrt(weights.stress / ns)
-                   * (data.stresses[ms] - S_b[ms]).ravel() * EV_A3_TO_GPA)
-    if weights.l2 > 0:
-        A = np.zeros((S * K, n_unknown))
-        A[:, :S * K] = np.sqrt(weights.l2) * np.eye(S * K)
-        rows.append(A)
-        rhs.append(np.zeros(S * K))
-    x, *_ = np.linalg.lstsq(np.vstack(rows), np.concatenate(rhs), rcond=None)
+    A[rE, n_w:n_w + S] = comp[me] / n[me, None]
+    y[rE] = (data.energies[me] - E_b[me]) / n[me]
+    y[rF] = data.forces.ravel()[mf] - F_b.ravel()[mf]
+    y[rS] = (data.stresses[ms] - S_b[ms]).ravel() * EV_A3_TO_GPA
+    if weights.stress_offset:
+        A[rS, -1] = np.tile([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], int(ms.sum()))
+    if sizes[3]:
+        A[rL, :n_w] = np.eye(n_w)
+    # the loss weights and means of `loss_and_gradient` as row scales
+    for rows, scale in ((rE, weights.energy / max(sizes[0], 1)),
+                        (rF, weights.forces / max(sizes[1], 1)),
+                        (rS, weights.stress / max(sizes[2], 1)), (rL, weights.l2)):
+        A[rows] *= np.sqrt(scale)
+        y[rows] *= np.sqrt(scale)
+    x, *_ = np.linalg.lstsq(A, y, rcond=None)
     present = comp.sum(axis=0) > 0             # species absent from the data keep theirs
     mlp = mlp0.copy()
-    mlp[present, -(K + 1):-1] = x[:S * K].reshape(S, K)[present]
-    model.set_parameters(mlp=mlp, e0=np.where(present, x[S * K:S * K + S], e00))
-    return loss_and_gradient(model, data, weights, with_gradient=False, n_chunks=n_chunks)[1]
+    mlp[present, -(K + 1):-1] = x[:n_w].reshape(S, K)[present]
+    model.set_parameters(mlp=mlp, e0=np.where(present, x[n_w:n_w + S], e00))
 
 
 # --------------------------------------------------------------------------- fit

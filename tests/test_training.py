@@ -391,6 +391,18 @@ def test_cli_output_weights(tmp_path, capsys):
         cli.main(["fit", *common, "-o", str(plain), "--output-weights", "1,-1,0"])
 
 
+def test_cli_example_runs_with_the_fit_defaults(tmp_path, capsys):
+    out = tmp_path / "example.npz"
+    assert cli.main(["example", "--max-iter", "2", "-o", str(out)]) == 0
+    printed = capsys.readouterr().out
+    assert "Cu_test_subset.xyz" in printed and "Surface" in printed
+    defaults = cli.build_parser().parse_args(["fit", "x.xyz", "-o", "y.npz"])
+    model = lattenb.load(out)
+    assert model.fit_info["iterations"] == 2
+    weights = [float(v) for v in defaults.weights.split(",")]
+    assert model.fit_info["output_weights"] == [100 * weights[0]] + weights[1:]
+
+
 def test_cli_errors(tmp_path):
     with pytest.raises(SystemExit, match="no such file"):
         cli.main(["fit", str(tmp_path / "missing.xyz"), "-o", str(tmp_path / "m.npz")])
