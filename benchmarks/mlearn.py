@@ -37,8 +37,8 @@ PUBLISHED = {
 #: meV/atom at unchanged forces. hidden: a wider last hidden layer gives that solve more to work
 #: with: Ni, 500 iterations, test E/F MAE 0.57/0.031 with (32, 64), 0.51/0.032 with (32, 128).
 #: cutoff_per_nn: the cutoff is this multiple of the nearest-neighbour distance of the training
-#: file's lowest-energy structure, rounded to 0.1 Å, so that it spans the same coordination shells
-#: in every element: Ni 5.0, Cu 5.1, Li 6.0, Mo 5.4 Å. A fixed 5 Å cutoff is too short for Li
+#: file's lowest-energy structure, rounded to 0.1 Å, so that it scales with the lattice:
+#: Ni 5.0, Cu 5.1, Li 6.0, Mo 5.4 Å. A fixed 5 Å cutoff is too short for Li
 #: (bcc, nearest neighbours at 2.98 Å): on Li (1000 iterations) the test energy/force MAE was
 #: 0.77/0.019 at 5.0 Å, 0.55/0.015 at 5.5 Å and 0.47/0.014 at 6.0 Å, while 6.0 Å on Ni
 #: (500 iterations) gave 0.91/0.041 against 0.51/0.032 at 5.0 Å. Known flaw: twice the nearest-

@@ -574,8 +574,6 @@ def _output_weights(weights, values):
     L2 penalty and stress offset of `weights`; None gives the energy weight x OUTPUT_ENERGY_FACTOR."""
     if values is None:
         return replace(weights, energy=OUTPUT_ENERGY_FACTOR * weights.energy)
-    if isinstance(values, LossWeights):
-        return values
     values = tuple(float(v) for v in values)
     if len(values) != 3 or not all(np.isfinite(v) and v >= 0 for v in values):
         raise ValueError(f"output_weights must be three finite non-negative numbers (energy, "
