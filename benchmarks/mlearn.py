@@ -4,7 +4,7 @@
     python benchmarks/mlearn.py --elements Cu --max-time 300
 
 For each element: fit on ../shared/data/mlearn/<El>_train.xyz with one setting for all elements
-(below), keeping the parameters best on a validation split of the *training* file (every 10th
+(below; only the cutoff is per element), keeping the parameters best on a validation split of the *training* file (every 10th
 structure, never the test set), then evaluate on <El>_test.xyz with Zuo et al.'s metrics: energy MAE
 as |dE|/N per structure averaged over structures (meV/atom), force MAE over all Cartesian
 components (eV/Å). Prints a table next to the published GAP, MTP, SNAP and qSNAP numbers (from the
