@@ -41,8 +41,8 @@ PUBLISHED = {
 #: for all four. fcc Ni and Cu do best at 5.0 Å (Cu, 500 iterations, validation / test energy MAE:
 #: 0.39 / 0.50 at 5.0 Å, 0.67 / 0.56 at 5.4 Å; a full run at 5.1 Å gave 0.57 on test against 0.42
 #: at 5.0 Å; Ni, 500 iterations: 0.65 / 0.72 at 5.25 Å against 0.51 on test at 5.0 Å with a
-#: 32:128 MLP, and 1.08 / 0.56 at 4.85 Å against 1.02 / 0.47 at 5.0 Å with 32:256). bcc Li needs a longer one (nearest
-#: neighbours at 2.98 Å; 1000 iterations, test 0.77 at 5.0, 0.55 at 5.5, 0.47 at 6.0 Å; the
+#: 32:128 MLP, and 1.08 / 0.56 at 4.85 Å against 1.02 / 0.47 at 5.0 Å with 32:256). bcc Li
+#: needs a longer one (nearest neighbours at 2.98 Å; 1000 iterations, test 0.77 at 5.0, 0.55 at 5.5, 0.47 at 6.0 Å; the
 #: validation energy RMSE, 0.67 at 5.5 and 0.75 at 6.0 Å, did not separate the two) and Mo 5.4 Å
 #: (1000 iterations, test 3.00 at 5.0, 2.27 at 5.4, 3.13 at 6.0 Å; validation RMSE 4.04, 3.96,
 #: 4.75). Li's and Mo's were read off test errors of those short fits, a mild leak of the test set
