@@ -113,8 +113,13 @@ def main():
     args = ap.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"mlearn data not found at {DATA}")
+    elements = args.elements.split(",")
+    unknown = [e for e in elements if e not in SETTING["cutoffs"]]
+    if unknown:   # before any fit: a typo should not surface after 15 minutes of training
+        raise SystemExit(f"unknown element(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(SETTING['cutoffs'])}")
     rows = []
-    for element in args.elements.split(","):
+    for element in elements:
         rows.append(run(element, args.max_iter, args.max_time, SETTING))
         print(markdown(rows, SETTING), flush=True)
     RESULTS.mkdir(parents=True, exist_ok=True)
