@@ -2,6 +2,7 @@
 
     python benchmarks/bench_training.py                   # bundled Cu subset (3554 atoms)
     python benchmarks/bench_training.py --file ../shared/data/mlearn/Ni_train.xyz
+    python benchmarks/bench_training.py --hidden 32,256   # the MLP of the mlearn benchmark
 
 Both are timed on the same prepared dataset (neighbour lists built once, as in training), median
 of --repeats after JIT warm-up, in µs per atom. The loss + gradient covers energies, forces and
@@ -31,6 +32,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--file", default=str(ROOT / "lattenb" / "data" / "Cu_train_subset.xyz"))
     ap.add_argument("--preset", default="fast")
+    ap.add_argument("--hidden", default=None, help="hidden layer sizes, e.g. 32,256 (default: the preset's)")
     ap.add_argument("--repeats", type=int, default=5)
     args = ap.parse_args()
     import numba
@@ -41,7 +43,8 @@ def main():
                                   prepare_dataset, standardise)
     frames = read(args.file, ":")
     species = sorted({s for a in frames for s in a.get_chemical_symbols()})
-    model = LatteModel.preset(args.preset, species)
+    overrides = {"hidden": tuple(int(h) for h in args.hidden.split(","))} if args.hidden else {}
+    model = LatteModel.preset(args.preset, species, **overrides)
     t0 = time.perf_counter()
     data = prepare_dataset(frames, model)
     t_prep = time.perf_counter() - t0
@@ -54,7 +57,7 @@ def main():
     t_grad = median_time(lambda: loss_and_gradient(model, data, LossWeights(1, 1, 1),
                                                    n_chunks=TRAINING_CHUNKS), args.repeats)
     print(f"{args.file}: {len(frames)} structures, {n} atoms, {len(data.second) / n:.1f} pairs/atom, "
-          f"{args.preset} preset, {numba.get_num_threads()} threads")
+          f"{args.preset} preset, MLP {model.layer_sizes}, {numba.get_num_threads()} threads")
     print(f"dataset preparation (neighbour lists, once): {t_prep:.2f} s; first loss+gradient "
           f"(JIT compile or cache load included): {t_jit:.1f} s")
     print(f"energy + forces + stress : {t_fwd / n * 1e6:8.2f} us/atom")
