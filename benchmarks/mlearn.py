@@ -151,7 +151,11 @@ def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "mlearn.json").write_text(json.dumps({"setting": SETTING, "limits": limits, "rows": rows},
                                                        indent=2))
-    (RESULTS / "mlearn.md").write_text(markdown(rows, SETTING) + "\n")
+    text = markdown(rows, SETTING)
+    if kept:   # say which rows this invocation did not re-run
+        text += (f"\nRows kept from an earlier run with the same setting and limits: "
+                 f"{', '.join(r['element'] for r in kept)}.")
+    (RESULTS / "mlearn.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":
