@@ -43,7 +43,7 @@ def main():
                                   prepare_dataset, standardise)
     frames = read(args.file, ":")
     species = sorted({s for a in frames for s in a.get_chemical_symbols()})
-    overrides = {"hidden": tuple(int(h) for h in args.hidden.split(","))} if args.hidden else {}
+    overrides = {"hidden": args.hidden} if args.hidden else {}
     model = LatteModel.preset(args.preset, species, **overrides)
     t0 = time.perf_counter()
     data = prepare_dataset(frames, model)

@@ -135,7 +135,7 @@ def main():
     args = ap.parse_args()
     if not DATA.is_dir():
         raise SystemExit(f"mlearn data not found at {DATA}")
-    elements = args.elements.split(",")
+    elements = list(dict.fromkeys(e.strip() for e in args.elements.split(",")))   # one row each
     unknown = [e for e in elements if e not in SETTING["cutoffs"]]
     if unknown:   # before any fit: a typo should not surface after 15 minutes of training
         raise SystemExit(f"unknown element(s) {', '.join(unknown)}; choose from "

@@ -94,9 +94,8 @@ def cmd_fit(args):
     weights = _floats(args.weights, 3, "weights")
     output_weights = (_floats(args.output_weights, 3, "output-weights") if args.output_weights
                       else None)
-    hidden = tuple(int(h) for h in args.hidden.split(",")) if args.hidden else None
     model = fit(frames, valid=valid, preset=args.preset, cutoff=args.cutoff, blocks=args.blocks,
-                hidden=hidden, activation=args.activation, weights=weights, l2=args.l2,
+                hidden=args.hidden, activation=args.activation, weights=weights, l2=args.l2,
                 stress_offset=args.stress_offset, output_weights=output_weights,
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,

@@ -56,7 +56,8 @@ class LatteModel:
     """A LATTE potential: descriptor settings, parameters, and evaluation.
 
     species: chemical symbols (or atomic numbers) the model knows, in a fixed order.
-    cutoff: Å. blocks: block string (see `lattenb.blocks`). hidden: hidden layer sizes.
+    cutoff: Å. blocks: block string (see `lattenb.blocks`). hidden: hidden layer sizes, a tuple
+    or a comma-separated string ("32,16").
     activation: "gaussian" (exp(-x^2), default), "tanh" or "silu". width: initial radial width
     in Å (default cutoff / 4). seed: for the random initialisation.
     """
@@ -71,6 +72,12 @@ class LatteModel:
         self.cutoff = cutoff
         self.blocks = format_blocks(parse_blocks(blocks))
         self.layout = descriptor_layout(self.blocks)
+        if isinstance(hidden, str):   # "32,16", as on the command line
+            try:
+                hidden = tuple(int(h) for h in hidden.split(","))
+            except ValueError:
+                raise ValueError(f"hidden layer sizes must be comma-separated positive integers, "
+                                 f"got {hidden!r}") from None
         if isinstance(hidden, (int, np.integer)):
             hidden = (hidden,)
         if any(isinstance(h, bool) or not float(h).is_integer() or h <= 0 for h in hidden):

@@ -165,6 +165,18 @@ def test_bad_hidden_sizes(hidden):
         LatteModel(species=["Ni"], cutoff=4.0, blocks=BLOCKS, hidden=hidden)
 
 
+@pytest.mark.parametrize("hidden", ["32,a", "8,,4", "", "0", "8,-1", "2.5"])
+def test_bad_hidden_strings(hidden):
+    with pytest.raises(ValueError, match=r"hidden"):
+        LatteModel(species=["Ni"], cutoff=4.0, blocks=BLOCKS, hidden=hidden)
+
+
+def test_hidden_string_is_the_tuple():
+    model = LatteModel(species=["Ni"], cutoff=4.0, blocks=BLOCKS, hidden=" 8, 3")
+    assert model.hidden == (8, 3)
+    assert list(model.layer_sizes[1:]) == [8, 3, 1]
+
+
 @pytest.mark.parametrize("hidden", [(2.5,), (8, 3.7)])
 def test_fractional_hidden_sizes_are_rejected(hidden):
     """A layer of 2.5 units is a mistake; it must not silently become 2 units."""

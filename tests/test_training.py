@@ -417,6 +417,9 @@ def test_cli_errors(tmp_path):
     with pytest.raises(SystemExit, match="weights"):
         cli.main(["fit", str(DATA / "Cu_test_subset.xyz"), "-o", str(tmp_path / "m.npz"),
                   "--weights", "1,2"])
+    with pytest.raises(SystemExit, match="hidden layer sizes must be comma-separated"):
+        cli.main(["fit", str(DATA / "Cu_test_subset.xyz"), "-o", str(tmp_path / "m.npz"),
+                  "--hidden", "32,a"])
     nolabels = tmp_path / "nolabels.xyz"
     a = read(DATA / "Cu_test_subset.xyz", "0")
     a.calc = None
