@@ -72,7 +72,7 @@ def time_gpu(model, atoms, dtype, repeats, skin=0.0):
     """(first step s, median step s, host copy of the result) for compute_device."""
     from numba import cuda
 
-    from lattenb.gpu import CudaEvaluator
+    from lattenb.cuda import CudaEvaluator
     ev = CudaEvaluator(model, dtype=dtype, skin=skin)
     d_pos = cuda.to_device(np.ascontiguousarray(atoms.positions))
     cell, pbc = atoms.cell.array, atoms.pbc
@@ -115,7 +115,7 @@ def main(argv=None):
     import numba
 
     from lattenb import LatteModel
-    from lattenb.gpu import check_cuda
+    from lattenb.cuda import check_cuda
     device = check_cuda()          # RuntimeError naming what is missing
     model = LatteModel.preset("fast", ["Cu"])
     print(f"device: {device}; CPU threads: {numba.get_num_threads()}; model: fast preset "

@@ -39,8 +39,10 @@ def main():
     from ase.io import read
 
     from lattenb.model import LatteModel
-    from lattenb.training import (TRAINING_CHUNKS, LossWeights, loss_and_gradient, predict,
-                                  prepare_dataset, standardise)
+    from lattenb.dataset import prepare_dataset
+    from lattenb.loss import LossWeights, loss_and_gradient
+    from lattenb.predict import predict
+    from lattenb.steps import TRAINING_CHUNKS, standardise
     frames = read(args.file, ":")
     species = sorted({s for a in frames for s in a.get_chemical_symbols()})
     overrides = {"hidden": args.hidden} if args.hidden else {}

@@ -69,7 +69,7 @@ def run(element, max_iter, max_time, setting):
     from ase.io import read
 
     import lattenb
-    from lattenb.cli import evaluate_frames
+    from lattenb.evaluation import evaluate_frames
     frames = read(DATA / f"{element}_train.xyz", ":")
     test = read(DATA / f"{element}_test.xyz", ":")
     valid = frames[::10]

@@ -6,8 +6,8 @@
     model.save("model.npz"); same = lattenb.load("model.npz")
 """
 from .blocks import parse_blocks
-from .io import load_model as load
 from .model import PRESETS, LatteModel
+from .model import load_model as load
 from .training import fit
 
 __version__ = "0.1.0"

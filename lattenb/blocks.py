@@ -7,7 +7,7 @@ block. Example (the "fast" preset): ``8,-:8,i,i:8,ij,ij:8,i,j,ij``.
 
 For each pattern we build a table with one row per index assignment alpha in {0,1,2}^|L| and one
 column per body holding the flat (C-order) index into that body's 3^p array, so that
-``G = sum_rows prod_k A_k[table[row, k]]`` (design page, section 3).
+``G = sum_rows prod_k A_k[table[row, k]]`` (design page, §3).
 """
 import itertools
 import re
@@ -107,6 +107,8 @@ class DescriptorLayout:
     term_pattern (T,): pattern index of term t.
     pattern_rows (P,), pattern_table_start (P,): row count and start of the pattern's table in
     `tables` (row-major, n_bodies columns).
+    body_projection (B,): the linear map applied to body b's tensor between the moments and the
+    contraction, a code of `lattenb.projection` (0: none, the raw tensor; all bodies today).
     """
     blocks: tuple
     body_rank: np.ndarray
@@ -116,6 +118,7 @@ class DescriptorLayout:
     pattern_rows: np.ndarray
     pattern_table_start: np.ndarray
     tables: np.ndarray
+    body_projection: np.ndarray
 
     @property
     def n_terms(self):
@@ -132,7 +135,7 @@ class DescriptorLayout:
     def kernel_tuple(self):
         """The arrays the Numba kernels take, as one tuple."""
         return (self.body_rank, self.body_offset, self.term_body_start, self.term_pattern,
-                self.pattern_rows, self.pattern_table_start, self.tables)
+                self.pattern_rows, self.pattern_table_start, self.tables, self.body_projection)
 
 
 def descriptor_layout(blocks):
@@ -163,4 +166,5 @@ def descriptor_layout(blocks):
         pattern_rows=np.array(p_rows, dtype=np.int64),
         pattern_table_start=np.array(p_start, dtype=np.int64),
         tables=np.concatenate(tables).astype(np.int64),
+        body_projection=np.zeros(len(body_rank), dtype=np.int64),
     )

@@ -11,7 +11,10 @@ import json
 import sys
 from pathlib import Path
 
-import numpy as np
+from . import radial
+from .evaluation import evaluate_frames
+from .mlp import ACTIVATIONS
+from .model import PRESETS
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -37,36 +40,6 @@ def _floats(text, n, name):
     if len(values) != n:
         raise SystemExit(f"lattenb: --{name} takes {n} comma-separated numbers, got {text!r}")
     return values
-
-
-def evaluate_frames(model, frames, groups=True):
-    """MAE and RMSE of energy (meV/atom), forces (eV/Å), stress (GPa) overall and per config_type.
-
-    Energy errors are |dE|/N per structure averaged over structures (Zuo et al.'s metric);
-    force errors run over all Cartesian components. Returns {group: {metric: value}}."""
-    from .training import EV_A3_TO_GPA, predict, prepare_dataset
-    data = prepare_dataset(frames, model, require_energy=False)
-    E, F, S, _ = predict(model, data)
-    de = (E - data.energies) / data.n_atoms_per_frame * 1000.0
-    df = F - data.forces
-    ds = (S - data.stresses) * EV_A3_TO_GPA
-    labels = np.array(data.config_types)
-    out = {}
-    names = ["all"] + (sorted(set(labels)) if groups else [])
-    for name in names:
-        fm = np.ones(data.n_frames, bool) if name == "all" else labels == name
-        row = {"structures": int(fm.sum()), "atoms": int(data.n_atoms_per_frame[fm].sum())}
-        for key, err, mask in (("energy_meV_per_atom", de, fm & data.has_energy),
-                               ("stress_GPa", ds, fm & data.has_stress)):
-            e = err[mask]
-            row[key] = ({"mae": float(np.mean(np.abs(e))), "rmse": float(np.sqrt(np.mean(e ** 2)))}
-                        if e.size else None)
-        am = (fm & data.has_forces)[data.frame_of_atom]
-        e = df[am]
-        row["forces_eV_per_A"] = ({"mae": float(np.mean(np.abs(e))),
-                                   "rmse": float(np.sqrt(np.mean(e ** 2)))} if e.size else None)
-        out[name] = row
-    return out
 
 
 def _print_table(path, table):
@@ -95,7 +68,8 @@ def cmd_fit(args):
     output_weights = (_floats(args.output_weights, 3, "output-weights") if args.output_weights
                       else None)
     model = fit(frames, valid=valid, preset=args.preset, cutoff=args.cutoff, blocks=args.blocks,
-                hidden=args.hidden, activation=args.activation, weights=weights, l2=args.l2,
+                hidden=args.hidden, activation=args.activation, radial=args.radial,
+                weights=weights, l2=args.l2,
                 stress_offset=args.stress_offset, output_weights=output_weights,
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
@@ -110,7 +84,7 @@ def cmd_fit(args):
 
 
 def cmd_eval(args):
-    from .io import load_model
+    from .model import load_model
     try:
         model = load_model(args.model)
     except (ValueError, FileNotFoundError) as exc:
@@ -152,11 +126,13 @@ def build_parser():
     f.add_argument("train", nargs="+", help="training files (any ASE-readable format)")
     f.add_argument("--valid", help="validation file: the parameters best on it are kept")
     f.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
-    f.add_argument("--preset", default="fast", choices=["fast", "accurate"])
+    f.add_argument("--preset", default="fast", choices=sorted(PRESETS))
     f.add_argument("--blocks", help="descriptor block string, e.g. '8,-:8,i,i:8,ij,ij'")
     f.add_argument("--hidden", help="hidden layer sizes, e.g. 32,16")
     f.add_argument("--cutoff", type=float, help="cutoff radius in Angstrom")
-    f.add_argument("--activation", default="gaussian", choices=["gaussian", "tanh", "silu"])
+    f.add_argument("--activation", default="gaussian", choices=sorted(ACTIVATIONS))
+    f.add_argument("--radial", default=radial.DEFAULT, choices=radial.names(),
+                   help="radial family of the descriptor (default %(default)s)")
     f.add_argument("--weights", default="10,1,0.001",
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
     f.add_argument("--output-weights",

@@ -6,47 +6,40 @@ file that NumPy can read without unpickling anything:
     {"format": "lattenb", "format_version": 1, "species": [...], "cutoff": 5.0,
      "blocks": "...", "hidden": [...], "activation": "gaussian", "seed": 0,
      "units": {"energy": "eV", "length": "Angstrom"}}
+
+This module knows the file format only: `write_model_file` and `read_model_file` move a header
+dict and named arrays. The model's own fields are `lattenb.model.LatteModel.file_header` and
+`LatteModel.from_file_data`; `lattenb.model.load_model` / `read_model` read a model.
 """
 import json
 import zipfile
 
 import numpy as np
 
+from .conventions import UNITS  # noqa: F401  (formerly defined here)
+
 FORMAT_VERSION = 1
-UNITS = {"energy": "eV", "length": "Angstrom", "force": "eV/Angstrom", "stress": "eV/Angstrom^3"}
+
+
+def write_model_file(path, header, arrays):
+    """Write `header` (a JSON-serialisable dict, after the format fields) and `arrays` (name ->
+    array, in this order) to `path` (exactly that name; no suffix is added)."""
+    header = {"format": "lattenb", "format_version": FORMAT_VERSION, **header}
+    blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    with open(path, "wb") as fh:
+        np.savez(fh, header=blob, **arrays)
 
 
 def save_model(model, path, params=None, extra_arrays=None, extra_header=None):
-    """Write `model` to `path` (exactly that name; no suffix is added).
-
-    params: parameter arrays to write instead of model.params; extra_arrays / extra_header:
-    additional arrays and header fields (training checkpoints use them; readers ignore them)."""
-    header = {"format": "lattenb", "format_version": FORMAT_VERSION,
-              "species": list(model.species), "cutoff": model.cutoff, "blocks": model.blocks,
-              "hidden": list(model.hidden), "activation": model.activation, "seed": model.seed,
-              "units": UNITS, **(extra_header or {})}
-    fit_info = getattr(model, "fit_info", None)
-    if fit_info:
-        # strict JSON: a non-finite number (an infinite validation loss) is written as null
-        header["fit_info"] = {k: (v if not isinstance(v, float) or np.isfinite(v) else None)
-                              for k, v in fit_info.items()}
-    blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
-    with open(path, "wb") as fh:
-        np.savez(fh, header=blob, **(params if params is not None else model.params),
-                 **(extra_arrays or {}))
-
-
-def load_model(path, device="cpu", dtype=None):
-    """Read a model written by `save_model`; ValueError naming the problem if the file is bad.
-
-    device "cpu" or "cuda", dtype "float64" or "float32" (CUDA only): the model's defaults for
-    `compute` and `calculator` (see `LatteModel.to`)."""
-    return read_model_file(path)[0].to(device, dtype)
+    """Write `model` to `path`: the same as ``model.save(path, ...)`` (see `LatteModel.save`)."""
+    model.save(path, params=params, extra_arrays=extra_arrays, extra_header=extra_header)
 
 
 def read_model_file(path):
-    """(model, header dict, extra arrays dict) from a model or checkpoint file."""
-    from .model import PARAMETER_NAMES, LatteModel
+    """(header dict, arrays dict) of a model or checkpoint file, with the file and its header
+    checked (an .npz archive, JSON object header, format "lattenb", a version this code reads);
+    ValueError naming `path` and the problem otherwise. `lattenb.model.read_model` makes the
+    model of them."""
     try:
         data = np.load(path, allow_pickle=False)
         if not hasattr(data, "files"):
@@ -79,22 +72,4 @@ def read_model_file(path):
     if version > FORMAT_VERSION:
         raise ValueError(f"{path}: model format version {version} is newer than this lattenb "
                          f"reads (up to {FORMAT_VERSION}); upgrade lattenb")
-    missing = [n for n in PARAMETER_NAMES if n not in arrays]
-    if missing:
-        raise ValueError(f"{path}: model file lacks arrays {missing}")
-    try:
-        model = LatteModel(header["species"], cutoff=header["cutoff"], blocks=header["blocks"],
-                           hidden=header["hidden"], activation=header["activation"],
-                           seed=header.get("seed", 0))
-    except KeyError as exc:
-        raise ValueError(f"{path}: model header lacks the field {exc}") from None
-    shapes = model.parameter_shapes()
-    for name in PARAMETER_NAMES:
-        if arrays[name].shape != shapes[name]:
-            raise ValueError(f"{path}: array {name!r} has shape {arrays[name].shape}, expected "
-                             f"{shapes[name]} for this header")
-    model.set_parameters(**{n: arrays[n] for n in PARAMETER_NAMES})
-    if isinstance(header.get("fit_info"), dict):
-        model.fit_info = dict(header["fit_info"])
-    extra = {n: v for n, v in arrays.items() if n not in PARAMETER_NAMES}
-    return model, header, extra
+    return header, arrays

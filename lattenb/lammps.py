@@ -72,7 +72,9 @@ import traceback
 import numpy as np
 from ase.data import atomic_masses, atomic_numbers, chemical_symbols
 
+from .conventions import lammps_from_tensor, symmetrise
 from .neighbors import neighbor_list
+from .species import atomic_number
 
 __all__ = ["attach", "start_lammps", "preload_mpi", "mpiexec_path", "create_from_atoms",
            "gather", "LatteFix", "LatteLammpsError", "main"]
@@ -231,12 +233,10 @@ def _type_map(types, n_types, model):
     for t, s in types.items():
         if not isinstance(t, (int, np.integer)) or not 1 <= int(t) <= n_types:
             raise ValueError(f"LAMMPS atom type {t!r} does not exist (types are 1..{n_types})")
-        if isinstance(s, (int, np.integer)) and 0 < int(s) < len(chemical_symbols):
-            z = int(s)
-        elif isinstance(s, str) and s in atomic_numbers and s != "X":
-            z = atomic_numbers[s]
-        else:
-            raise ValueError(f"LAMMPS type {t}: unknown element {s!r}")
+        try:
+            z = atomic_number(s)
+        except ValueError:
+            raise ValueError(f"LAMMPS type {t}: unknown element {s!r}") from None
         if z not in model.numbers:
             raise ValueError(f"LAMMPS type {t} is {chemical_symbols[z]}, which the model does not "
                              f"know (it knows {list(model.species)})")
@@ -363,9 +363,9 @@ class LatteFix:
                 energy, virial, forces, energies, atom_virial = self._domain(nlocal)
             f[:] = forces
             lmp = self.lmp
-            w = 0.5 * (virial + virial.T)
             g = self._global
-            g[:] = energy, w[0, 0], w[1, 1], w[2, 2], w[0, 1], w[0, 2], w[1, 2]
+            g[0] = energy
+            g[1:] = lammps_from_tensor(symmetrise(virial))     # xx, yy, zz, xy, xz, yz
             if self._comm is not None:
                 send = g.copy()
                 self._comm.Allreduce(send, g, op=self._mpi_sum)
@@ -375,9 +375,7 @@ class LatteFix:
                 lmp.numpy.fix_external_set_energy_peratom(self.fix_id,
                                                           np.ascontiguousarray(energies))
             if nlocal and lmp.extract_global("vflag_atom") == step:
-                v = 0.5 * (atom_virial + atom_virial.transpose(0, 2, 1))
-                v6 = np.ascontiguousarray(np.stack(
-                    [v[:, 0, 0], v[:, 1, 1], v[:, 2, 2], v[:, 0, 1], v[:, 0, 2], v[:, 1, 2]], 1))
+                v6 = np.ascontiguousarray(lammps_from_tensor(symmetrise(atom_virial)))
                 lmp.numpy.fix_external_set_virial_peratom(self.fix_id, v6)
         except BaseException as exc:       # noqa: B902 -- must not escape into C
             self._fail(exc, f)
@@ -549,7 +547,7 @@ def attach(lmp, model, types=None, *, fix_id="lattenb", mode="auto", threads=Non
     ``compute pe/atom`` and ``compute stress/atom``.
     """
     if isinstance(model, (str, os.PathLike)):
-        from .io import load_model
+        from .model import load_model
         model = load_model(model)
     return LatteFix(lmp, model, types, fix_id=fix_id, mode=mode, threads=threads,
                     list_skin=list_skin)

@@ -192,7 +192,7 @@ def mlp_tangent_reverse(params, sizes, act, a, adot, z, zdot, ybar, ydotbar, gra
 
     Adds dJ/dparams to grad (n_parameters,) and writes dJ/dx to xbar and dJ/dxdot to xdotbar.
     For ydotbar = 1 the parameter gradient of ydot is the derivative of a Jacobian-vector
-    product, and xbar carries the Hessian-vector product H xdot (design page, section 5).
+    product, and xbar carries the Hessian-vector product H xdot (design page, §5).
     zbar, zdotbar, buf, bufdot: scratch of length max(sizes). Offsets and loop bounds are
     np.uint64 as in `mlp_tangent_forward`.
     """

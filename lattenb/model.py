@@ -14,14 +14,18 @@ Parameters (S species, B bodies, T terms), species-first so kernels read contigu
     g_mean, g_std (S, T)            descriptor standardisation, fixed at initialisation/fit
 """
 import numpy as np
-from ase.data import atomic_numbers, chemical_symbols
+from ase.data import chemical_symbols
 
+from . import radial as radial_families
 from .blocks import descriptor_layout, format_blocks, parse_blocks
-from .descriptor import descriptors_kernel
-from .energy import KernelArrays, check_overlap, default_chunks, evaluate
+from .conventions import UNITS
+from . import backends
+from .io import read_model_file, write_model_file
+from .kernels import KernelArrays
 from .mlp import activation_code, init_parameters, n_parameters
-from .neighbors import neighbor_list
-from .radial import radial_reciprocals, support_bins
+from .radial import support_bins
+from .species import parse_species, species_indices
+from .validate import check_inputs
 
 #: Documented presets. "fast" is the speed benchmark's model (issue 2, benchmarks/bench_md.py).
 PRESETS = {
@@ -30,26 +34,14 @@ PRESETS = {
                  "cutoff": 5.5, "hidden": (64, 32)},
 }
 
-MIN_WIDTH = 0.3          # Å: smallest radial width the fit may reach
-PARAMETER_NAMES = ("centres", "widths", "sigma", "mlp", "e0", "g_mean", "g_std")
+MIN_CUTOFF = 0.6         # Å: twice the polynomial family's smallest width (`radial.polynomial`)
+
+#: the parameters every model has, whatever its radial family (whose own come first)
+COMMON_PARAMETERS = ("sigma", "mlp", "e0", "g_mean", "g_std")
 
 
-def _species_numbers(species):
-    if isinstance(species, str) or not len(species):
-        raise ValueError(f"species must be a non-empty list of chemical symbols, got {species!r}")
-    numbers = []
-    for s in species:
-        if isinstance(s, (int, np.integer)):
-            if not 0 < int(s) < len(chemical_symbols):
-                raise ValueError(f"unknown atomic number {s}")
-            numbers.append(int(s))
-        elif s in atomic_numbers and s != "X":
-            numbers.append(atomic_numbers[s])
-        else:
-            raise ValueError(f"unknown chemical symbol {s!r}")
-    if len(set(numbers)) != len(numbers):
-        raise ValueError(f"species contains duplicates: {species!r}")
-    return np.array(numbers, dtype=np.int64)
+#: the species parser of `__init__` (see `lattenb.species.parse_species`)
+_species_numbers = parse_species
 
 
 class LatteModel:
@@ -58,17 +50,20 @@ class LatteModel:
     species: chemical symbols (or atomic numbers) the model knows, in a fixed order.
     cutoff: Å. blocks: block string (see `lattenb.blocks`). hidden: hidden layer sizes, a tuple
     or a comma-separated string ("32,16").
-    activation: "gaussian" (exp(-x^2), default), "tanh" or "silu". width: initial radial width
-    in Å (default cutoff / 4). seed: for the random initialisation.
+    activation: "gaussian" (exp(-x^2), default), "tanh" or "silu". radial: the radial family's
+    name (`lattenb.radial.names()`, default "polynomial"), saved with the model. width: initial
+    radial width in Å (default cutoff / 4). seed: for the random initialisation.
     """
 
     def __init__(self, species, cutoff=5.0, blocks=PRESETS["fast"]["blocks"], hidden=(32, 16),
-                 activation="gaussian", width=None, seed=0):
+                 activation="gaussian", width=None, seed=0, radial=radial_families.DEFAULT):
         self.numbers = _species_numbers(species)
         self.species = tuple(chemical_symbols[z] for z in self.numbers)
         cutoff = float(cutoff)
-        if not np.isfinite(cutoff) or cutoff <= 2 * MIN_WIDTH:
-            raise ValueError(f"cutoff must be a finite length above {2 * MIN_WIDTH} Å, got {cutoff}")
+        if not np.isfinite(cutoff) or cutoff <= MIN_CUTOFF:
+            raise ValueError(f"cutoff must be a finite length above {MIN_CUTOFF} Å, got {cutoff}")
+        self.radial_family = radial_families.get(radial)
+        self.radial = self.radial_family.name
         self.cutoff = cutoff
         self.blocks = format_blocks(parse_blocks(blocks))
         self.layout = descriptor_layout(self.blocks)
@@ -87,9 +82,6 @@ class LatteModel:
         activation_code(activation)
         self.activation = activation
         self.seed = int(seed)
-        width = cutoff / 4 if width is None else float(width)
-        if not MIN_WIDTH <= width <= cutoff / 2:
-            raise ValueError(f"width must lie in [{MIN_WIDTH}, cutoff/2 = {cutoff / 2}] Å, got {width}")
         self.params = self._initial_parameters(width, np.random.default_rng(self.seed))
         self._kernel_arrays = None
         self.device, self.dtype = "cpu", "float64"
@@ -116,8 +108,7 @@ class LatteModel:
     def _initial_parameters(self, width, rng):
         S, B, T = self.n_species, self.layout.n_bodies, self.layout.n_terms
         return {
-            "centres": rng.uniform(width, self.cutoff - width, size=(S, B)),
-            "widths": np.full((S, B), width),
+            **self.radial_family.initial_parameters(rng, S, B, self.cutoff, width),
             "sigma": rng.normal(0.0, 1.0, size=(S, S, B)),
             "mlp": np.stack([init_parameters(self.layer_sizes, rng) for _ in range(S)]),
             "e0": np.zeros(S),
@@ -127,7 +118,7 @@ class LatteModel:
 
     def parameter_shapes(self):
         S, B, T = self.n_species, self.layout.n_bodies, self.layout.n_terms
-        return {"centres": (S, B), "widths": (S, B), "sigma": (S, S, B),
+        return {**self.radial_family.parameter_shapes(S, B), "sigma": (S, S, B),
                 "mlp": (S, n_parameters(self.layer_sizes)), "e0": (S,),
                 "g_mean": (S, T), "g_std": (S, T)}
 
@@ -144,95 +135,67 @@ class LatteModel:
             if not np.all(np.isfinite(value)):
                 raise ValueError(f"parameter {name!r} contains NaN or infinite values")
             new[name] = value
-        c, w = new["centres"], new["widths"]
-        if np.any(w <= 0) or np.any(c - w < -1e-9) or np.any(c + w > self.cutoff + 1e-9):
-            raise ValueError("radial functions must satisfy 0 < w, w <= c and c + w <= cutoff")
+        self.radial_family.check(new, self.cutoff)
         if np.any(new["g_std"] <= 0):
             raise ValueError("g_std must be positive")
         self.params = new
         self._kernel_arrays = None
 
+    @property
+    def parameter_names(self):
+        """Names of the parameter arrays: the radial family's, then COMMON_PARAMETERS."""
+        return tuple(self.parameter_shapes())
+
     def kernel_arrays(self):
-        """The parameters as the plain arrays the Numba kernels take (cached until they change)."""
+        """The parameters as the `kernels.KernelArrays` the Numba kernels take (cached until they
+        change)."""
         if self._kernel_arrays is None:
             p = self.params
-            inv_w, inv_c2 = radial_reciprocals(p["centres"], p["widths"])
-            bin_ptr, bin_bodies, inv_bin = support_bins(p["centres"], p["widths"], self.cutoff,
+            family = self.radial_family
+            constants, scale = family.kernel_constants(p, self.cutoff)
+            lo, hi = family.support(p, self.cutoff)
+            bin_ptr, bin_bodies, inv_bin = support_bins(lo, hi, self.cutoff,
                                                         body_rank=self.layout.body_rank)
             self._kernel_arrays = KernelArrays(
-                cutoff=self.cutoff, layout=self.layout.kernel_tuple(),
+                cutoff=self.cutoff, layout=self.layout.kernel_tuple(), radial_family=family,
+                radial=constants, n_radial_slots=len(family.gradient_names),
                 sigma=np.ascontiguousarray(p["sigma"]),
-                sigma_c2=np.ascontiguousarray(p["sigma"] * inv_c2[:, None, :]),
-                centres=np.ascontiguousarray(p["centres"]),
-                inv_w=inv_w, inv_c2=inv_c2, bin_ptr=bin_ptr, bin_bodies=bin_bodies,
-                inv_bin=inv_bin, g_mean=np.ascontiguousarray(p["g_mean"]),
-                g_inv_std=1.0 / p["g_std"], mlp_params=np.ascontiguousarray(p["mlp"]),
-                layer_sizes=self.layer_sizes, activation=activation_code(self.activation),
-                e0=np.ascontiguousarray(p["e0"]))
+                sigma_scaled=np.ascontiguousarray(p["sigma"] * scale[:, None, :]),
+                bin_ptr=bin_ptr, bin_bodies=bin_bodies, inv_bin=inv_bin,
+                g_mean=np.ascontiguousarray(p["g_mean"]), g_inv_std=1.0 / p["g_std"],
+                mlp_params=np.ascontiguousarray(p["mlp"]), layer_sizes=self.layer_sizes,
+                activation=activation_code(self.activation), e0=np.ascontiguousarray(p["e0"]))
         return self._kernel_arrays
 
-    # ----------------------------------------------------------------- device
+    # ----------------------------------------------------------------- backends
     def to(self, device="cpu", dtype=None):
-        """Where `compute` and `calculator` run by default: "cpu" or "cuda" (an NVIDIA GPU,
-        needs the extra lattenb[cuda]); dtype "float64" (default) or "float32" (CUDA only).
-        Returns self. RuntimeError naming what is missing when CUDA is not usable."""
-        self.device, self.dtype = self._device(device, dtype)
+        """Where `compute` and `calculator` run by default: a backend name ("cpu", or "cuda" for
+        an NVIDIA GPU with the extra lattenb[cuda]; see `lattenb.backends`) and dtype "float64"
+        (default) or "float32" (CUDA only). Returns self. RuntimeError naming what is missing
+        when the backend cannot run here."""
+        backend = self.backend(device, dtype)
+        self.device, self.dtype = backend.name, backend.dtype
         return self
 
-    def _device(self, device=None, dtype=None):
-        """Validated (device, dtype), defaults from `to`; imports the CUDA code only for "cuda"."""
+    def backend(self, device=None, dtype=None):
+        """The `lattenb.backends.Backend` for `device` and `dtype` (default: the model's, see
+        `to`), created once per model; the CUDA code is imported only for "cuda"."""
         if device is None:
             device = self.device
             dtype = self.dtype if dtype is None else dtype
-        if device == "cuda":
-            from .gpu import check_cuda, dtype_name
-            check_cuda()
-            return "cuda", dtype_name(dtype)
-        if device != "cpu":
-            raise ValueError(f"device must be 'cpu' or 'cuda', got {device!r}")
-        if dtype not in (None, "float64", np.float64):
-            raise ValueError(f"dtype {dtype!r} needs device='cuda'; the CPU kernels are float64")
-        return "cpu", "float64"
+        return backends.get(device, self, dtype)
 
     # ----------------------------------------------------------------- evaluation
     def species_indices(self, numbers):
         """Map atomic numbers (N,) to indices into `self.species`; ValueError for unknown ones."""
-        numbers = np.asarray(numbers)
-        if numbers.ndim != 1 or not np.issubdtype(numbers.dtype, np.integer):
-            raise ValueError(f"numbers must be a 1-d integer array, got shape {numbers.shape} "
-                             f"and dtype {numbers.dtype}")
-        lookup = np.full(max(int(numbers.max(initial=0)), int(self.numbers.max())) + 1, -1, np.int64)
-        lookup[self.numbers] = np.arange(self.n_species)
-        if numbers.size and numbers.min() < 0:
-            raise ValueError("atomic numbers must be non-negative")
-        index = lookup[numbers]
-        if np.any(index < 0):
-            unknown = sorted({chemical_symbols[z] if z < len(chemical_symbols) else str(z)
-                              for z in numbers[index < 0]})
-            raise ValueError(f"species {unknown} not known to this model (it knows "
-                             f"{list(self.species)})")
-        return index
+        return species_indices(self.numbers, numbers)
 
-    def _prepare(self, positions, cell, pbc, numbers, neighbors):
-        positions = np.ascontiguousarray(positions, dtype=np.float64)
-        if positions.ndim != 2 or positions.shape[1] != 3:
-            raise ValueError(f"positions must have shape (N, 3), got {positions.shape}")
-        if not np.all(np.isfinite(positions)):
-            raise ValueError("positions contain NaN or infinite values")
-        cell = np.zeros((3, 3)) if cell is None else np.ascontiguousarray(cell, dtype=np.float64)
-        if cell.shape != (3, 3):
-            raise ValueError(f"cell must have shape (3, 3), got {cell.shape}")
-        pbc = np.broadcast_to(np.asarray(pbc, dtype=bool), (3,)).copy()
-        species = self.species_indices(numbers)
-        if species.shape[0] != positions.shape[0]:
-            raise ValueError(f"{positions.shape[0]} positions but {species.shape[0]} atomic numbers")
-        if neighbors is None:
-            offsets, second, shifts = neighbor_list(positions, cell, pbc, self.cutoff)
-        elif hasattr(neighbors, "get"):
-            offsets, second, shifts = neighbors.get(positions, cell, pbc)[:3]
-        else:
-            offsets, second, shifts = neighbors
-        return positions, cell, pbc, species, offsets, second, shifts
+    def prepare_inputs(self, positions, cell, pbc, numbers):
+        """Validated float64 positions (N, 3), cell (3, 3), pbc (3,) and species indices (N,)
+        (`lattenb.validate.check_inputs`); ValueError naming the problem."""
+        if numbers is None:
+            raise ValueError("numbers (atomic numbers of the atoms) are required")
+        return check_inputs(positions, cell, pbc, numbers, self.numbers)
 
     def compute(self, positions, cell=None, pbc=False, numbers=None, neighbors=None,
                 n_centres=None, device=None, dtype=None):
@@ -240,42 +203,26 @@ class LatteModel:
 
         positions (N, 3) Å; cell (3, 3) Å (rows are lattice vectors; None for a cluster);
         pbc bool or (3,) bools; numbers (N,) atomic numbers. neighbors: optional neighbour list
-        (offsets, second, shifts) or a `NeighborCache` to reuse between MD steps.
+        (offsets, second, shifts) or the backend's neighbour list object
+        (`backend().neighbor_list(skin)`, e.g. a `NeighborCache`) to reuse between MD steps.
         n_centres: if given, only atoms i < n_centres carry energy; the others act as
         neighbours only (ghost atoms of a spatial domain).
         Returns a dict: energy (eV), energies (N,) eV, forces (N, 3) eV/Å, virial (3, 3) eV
         (W = -dE/d(strain)), stress (6,) eV/Å^3 in ASE Voigt order, or None when the cell has
         no volume, atom_virial (N, 3, 3) eV (each atom's share of W).
-        device: "cpu" or "cuda" (default: the model's, see `to`); dtype "float64" or "float32"
-        (CUDA only). On "cuda" the GPU builds its own neighbour list (neighbors and n_centres
-        are not supported); see `lattenb.gpu.CudaEvaluator.compute_device` for device arrays.
+        device: a backend name, "cpu" or "cuda" (default: the model's, see `to`); dtype
+        "float64" or "float32" (CUDA only). On "cuda" the GPU builds its own neighbour list
+        (n_centres is not supported); see `lattenb.cuda.CudaEvaluator.compute_device` for
+        device arrays.
         """
         if numbers is None:
             raise ValueError("numbers (atomic numbers of the atoms) are required")
-        device, dtype = self._device(device, dtype)
-        if device == "cuda":
-            if neighbors is not None or n_centres is not None:
-                raise ValueError("neighbors and n_centres are not supported with device='cuda' "
-                                 "(the GPU builds and keeps its own neighbour list)")
-            from .gpu import get_evaluator
-            return get_evaluator(self, dtype).compute(positions, cell, pbc, numbers)
-        positions, cell, pbc, species, offsets, second, shifts = self._prepare(
-            positions, cell, pbc, numbers, neighbors)
-        volume = abs(np.linalg.det(cell))
-        return evaluate(self.kernel_arrays(), positions, cell, species, offsets, second, shifts,
-                        volume=volume if volume > 1e-12 else None, n_centres=n_centres)
+        return self.backend(device, dtype).compute(positions, cell, pbc, numbers,
+                                                   neighbors=neighbors, n_centres=n_centres)
 
     def descriptors(self, positions, cell=None, pbc=False, numbers=None, neighbors=None):
-        """Raw (unstandardised) descriptors G (N, T) from plain arrays."""
-        positions, cell, pbc, species, offsets, second, shifts = self._prepare(
-            positions, cell, pbc, numbers, neighbors)
-        k = self.kernel_arrays()
-        G, closest = descriptors_kernel(positions, cell[None], np.zeros(len(positions), np.int64),
-                                        offsets, second, shifts, species, k.cutoff, k.layout,
-                                        k.sigma_c2, k.centres, k.inv_w, k.bin_ptr,
-                                        k.bin_bodies, k.inv_bin, default_chunks(len(positions)))
-        check_overlap(closest)
-        return G
+        """Raw (unstandardised) descriptors G (N, T) from plain arrays (CPU)."""
+        return self.backend("cpu").descriptors(positions, cell, pbc, numbers, neighbors)
 
     def calculator(self, device=None, dtype=None, **kwargs):
         """An ASE calculator for this model (see `lattenb.calculator.LatteCalculator`);
@@ -283,11 +230,93 @@ class LatteModel:
         from .calculator import LatteCalculator
         return LatteCalculator(self, device=device, dtype=dtype, **kwargs)
 
-    def save(self, path):
-        """Write one .npz file (no pickle) with a JSON header; see `lattenb.io`."""
-        from .io import save_model
-        save_model(self, path)
+    def save(self, path, params=None, extra_arrays=None, extra_header=None):
+        """Write one .npz file (no pickle) with a JSON header (`file_header`); see `lattenb.io`.
+
+        params: parameter arrays to write instead of self.params; extra_arrays / extra_header:
+        additional arrays and header fields (training checkpoints use them; readers ignore them)."""
+        arrays = {**(params if params is not None else self.params), **(extra_arrays or {})}
+        write_model_file(path, self.file_header(extra_header), arrays)
+
+    def __deepcopy__(self, memo):
+        """A copy with its own parameters; the radial family is shared (it is stateless), the
+        kernel arrays and backends (which may hold GPU buffers) are made anew on first use."""
+        import copy
+        new = self.__class__.__new__(self.__class__)
+        memo[id(self)] = new
+        for name, value in self.__dict__.items():
+            if name == "_backends":
+                continue
+            setattr(new, name, value if name == "radial_family" else copy.deepcopy(value, memo))
+        new._kernel_arrays = None
+        return new
 
     def __repr__(self):
         return (f"LatteModel(species={list(self.species)}, cutoff={self.cutoff}, "
-                f"blocks={self.blocks!r}, hidden={self.hidden}, activation={self.activation!r})")
+                f"blocks={self.blocks!r}, hidden={self.hidden}, activation={self.activation!r}, "
+                f"radial={self.radial!r})")
+
+    # ----------------------------------------------------------------- model files
+    #: the constructor arguments a model file's header holds: header field (= keyword argument
+    #: and attribute name) -> value for files that lack it (REQUIRED: such a file is invalid)
+    REQUIRED = object()
+    FILE_FIELDS = {"species": REQUIRED, "cutoff": REQUIRED, "blocks": REQUIRED,
+                   "hidden": REQUIRED, "activation": REQUIRED, "seed": 0,
+                   "radial": radial_families.DEFAULT}
+
+    def file_header(self, extra=None):
+        """The JSON header of this model's file (see `lattenb.io`): the constructor arguments
+        (FILE_FIELDS), units, the `extra` fields, and fit_info (a non-finite number, e.g. an
+        infinite validation loss, written as null: strict JSON)."""
+        header = {name: list(value) if isinstance(value, tuple) else value
+                  for name, value in ((name, getattr(self, name)) for name in self.FILE_FIELDS)}
+        header.update(units=UNITS, **(extra or {}))
+        if self.fit_info:
+            header["fit_info"] = {k: (v if not isinstance(v, float) or np.isfinite(v) else None)
+                                  for k, v in self.fit_info.items()}
+        return header
+
+    @classmethod
+    def constructor_arguments(cls, header):
+        """The keyword arguments of `LatteModel` a file header holds (KeyError for a missing
+        required field)."""
+        return {name: header[name] if default is cls.REQUIRED else header.get(name, default)
+                for name, default in cls.FILE_FIELDS.items()}
+
+    @classmethod
+    def from_file_data(cls, header, arrays, path):
+        """The model a file holds, from its header and arrays (`lattenb.io.read_model_file`);
+        ValueError naming `path` and the problem (missing field or array, wrong shape, ...)."""
+        try:
+            model = cls(**cls.constructor_arguments(header))
+        except KeyError as exc:
+            raise ValueError(f"{path}: model header lacks the field {exc}") from None
+        shapes = model.parameter_shapes()
+        missing = [n for n in shapes if n not in arrays]
+        if missing:
+            raise ValueError(f"{path}: model file lacks arrays {missing}")
+        for name in shapes:
+            if arrays[name].shape != shapes[name]:
+                raise ValueError(f"{path}: array {name!r} has shape {arrays[name].shape}, expected "
+                                 f"{shapes[name]} for this header")
+        model.set_parameters(**{n: arrays[n] for n in shapes})
+        if isinstance(header.get("fit_info"), dict):
+            model.fit_info = dict(header["fit_info"])
+        return model
+
+
+def read_model(path):
+    """(model, header dict, extra arrays dict) from a model or checkpoint file; ValueError naming
+    the problem if the file is bad. The extra arrays are those that are not parameters."""
+    header, arrays = read_model_file(path)
+    model = LatteModel.from_file_data(header, arrays, path)
+    shapes = model.parameter_shapes()
+    return model, header, {n: v for n, v in arrays.items() if n not in shapes}
+
+
+def load_model(path, device="cpu", dtype=None):
+    """Read a model written by `LatteModel.save`; ValueError naming the problem if the file is bad.
+
+    device "cpu" or "cuda", dtype "float64" or "float32" (CUDA only): the model's defaults for
+    `compute` and `calculator` (see `LatteModel.to`)."""
+    return read_model(path)[0].to(device, dtype)

@@ -44,6 +44,8 @@ import math
 import numpy as np
 from numba import njit
 
+from .validate import check_cutoff, check_structure
+
 __all__ = ["neighbor_list", "pair_vectors", "first_indices", "NeighborCache"]
 
 # Relative safety margin used for the bin size and the image search range, so
@@ -289,40 +291,9 @@ def first_indices(offsets):
 # Python front end (validation + O(N) vectorised set-up)
 # --------------------------------------------------------------------------
 def _validate(positions, cell, pbc, cutoff):
-    try:
-        positions = np.asarray(positions, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"positions must be a numeric (N, 3) array: {exc}") from None
-    if positions.ndim != 2 or positions.shape[1] != 3:
-        raise ValueError(
-            f"positions must have shape (N, 3), got {positions.shape}")
-    if not np.all(np.isfinite(positions)):
-        raise ValueError("positions contain NaN or infinite values")
-    try:
-        cell = np.asarray(cell, dtype=np.float64)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"cell must be a numeric (3, 3) array: {exc}") from None
-    if cell.shape != (3, 3):
-        raise ValueError(f"cell must have shape (3, 3) (rows are lattice "
-                         f"vectors), got {cell.shape}")
-    if not np.all(np.isfinite(cell)):
-        raise ValueError("cell contains NaN or infinite values")
-    pbc_arr = np.asarray(pbc)
-    if pbc_arr.shape == ():
-        pbc_arr = np.full(3, bool(pbc_arr))
-    if pbc_arr.shape != (3,):
-        raise ValueError(f"pbc must be a bool or a sequence of 3 bools, "
-                         f"got shape {pbc_arr.shape}")
-    pbc_arr = pbc_arr.astype(bool)
-    try:
-        cutoff = float(cutoff)
-    except (TypeError, ValueError):
-        raise ValueError(f"cutoff must be a positive finite number, "
-                         f"got {cutoff!r}") from None
-    if not (math.isfinite(cutoff) and cutoff > 0.0):
-        raise ValueError(f"cutoff must be a positive finite number, got {cutoff!r}")
-    return (np.ascontiguousarray(positions), np.ascontiguousarray(cell),
-            pbc_arr, cutoff)
+    """(positions, cell, pbc, cutoff) checked and converted (see `lattenb.validate`)."""
+    positions, cell, pbc = check_structure(positions, cell, pbc)
+    return positions, cell, pbc, check_cutoff(cutoff)
 
 
 def _effective_cell(cell, pbc):
@@ -526,3 +497,22 @@ class NeighborCache:
         self._result = result
         self.n_builds += 1
         return (*result, True)
+
+    # -- lattenb.neighbor_protocol.NeighborList, shared with the GPU DeviceNeighborList
+    @property
+    def radius(self):
+        """Radius the list is built with (Å): ``cutoff + skin``."""
+        return self.cutoff + self.skin
+
+    def update(self, positions, cell, pbc, force=False):
+        """Rebuild the list if needed (always if ``force``); True when it was rebuilt.
+        Same as ``get(positions, cell, pbc)[3]``."""
+        if force:
+            self.reset()
+        return self.get(positions, cell, pbc)[3]
+
+    def to_host(self):
+        """``(offsets, second, shifts)`` of the current list (shared arrays: do not modify)."""
+        if self._result is None:
+            raise RuntimeError("no neighbour list yet: call update (or get) first")
+        return self._result

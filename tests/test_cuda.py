@@ -25,11 +25,13 @@ from ase import Atoms  # noqa: E402
 from ase.build import bulk  # noqa: E402
 
 import lattenb  # noqa: E402
-from lattenb import LatteModel, gpu  # noqa: E402
-from lattenb.neighbors import neighbor_list, pair_vectors  # noqa: E402
+from lattenb import LatteModel  # noqa: E402
+from lattenb.cuda import CudaEvaluator, DeviceNeighborList, probe  # noqa: E402
+from lattenb.neighbor_protocol import NeighborList  # noqa: E402
+from lattenb.neighbors import NeighborCache, neighbor_list, pair_vectors  # noqa: E402
 
 try:
-    gpu.check_cuda()
+    probe.check_cuda()
     NO_CUDA = None
 except RuntimeError as exc:          # e.g. NUMBA_ENABLE_CUDASIM=0 on a machine without a GPU
     NO_CUDA = str(exc)
@@ -120,7 +122,7 @@ def test_float64_matches_cpu(model, make, team_size):
     atoms = make()
     ref = cpu_result(model, atoms)
     assert np.abs(ref["forces"]).max() > 0.3          # a meaningful comparison
-    ev = gpu.CudaEvaluator(model, team_size=team_size)
+    ev = CudaEvaluator(model, team_size=team_size)
     out = ev.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
     assert set(out) == set(ref)
     assert isinstance(out["energy"], float)
@@ -132,7 +134,7 @@ def test_float64_matches_cpu(model, make, team_size):
 def test_other_activations(activation):
     m = make_model(activation)
     atoms = slab()
-    out = gpu.CudaEvaluator(m, team_size=8).compute(atoms.positions, atoms.cell.array,
+    out = CudaEvaluator(m, team_size=8).compute(atoms.positions, atoms.cell.array,
                                                     atoms.pbc, atoms.numbers)
     assert_same(out, cpu_result(m, atoms), TOL)
 
@@ -141,7 +143,7 @@ def test_other_activations(activation):
 def test_float32_close_to_cpu(model):
     atoms = periodic_triclinic()
     ref = cpu_result(model, atoms)
-    out = gpu.CudaEvaluator(model, dtype="float32").compute(
+    out = CudaEvaluator(model, dtype="float32").compute(
         atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
     fmax = np.abs(ref["forces"]).max()
     assert abs(out["energy"] - ref["energy"]) < 1e-5 * abs(ref["energy"])
@@ -158,7 +160,7 @@ def test_compute_device_md_steps(model):
     every step equal to the CPU; results are bitwise reproducible."""
     from numba import cuda
     atoms = periodic_triclinic()
-    ev = gpu.CudaEvaluator(model, skin=0.4)
+    ev = CudaEvaluator(model, skin=0.4)
     rng = np.random.default_rng(7)
     d_pos = cuda.to_device(atoms.positions)
     forces = None
@@ -210,7 +212,7 @@ def test_gpu_neighbor_list_matches_cpu(case):
         pbc = np.array([False, False, False])
     else:
         pos = rng.uniform(-8, 8, size=(10, 3))       # far outside the cell
-    nl = gpu.DeviceNeighborList(CUTOFF, skin=0.0)
+    nl = DeviceNeighborList(CUTOFF, skin=0.0)
     cuda = nl.cuda
     nl.update(cuda.to_device(pos), cell, pbc)
     got = nl.to_host()
@@ -222,12 +224,48 @@ def test_gpu_neighbor_list_matches_cpu(case):
     assert all((rev[i, :count[i]] >= 0).all() for i in range(len(pos)))
 
 
+def test_neighbor_lists_declare_the_shared_interface():
+    """CPU NeighborCache and GPU DeviceNeighborList have the members of NeighborList, with the
+    same signatures (checked on the classes: needs no CUDA target)."""
+    assert isinstance(NeighborCache(CUTOFF, skin=0.3), NeighborList)
+    for name in ("update", "reset", "to_host"):
+        want = list(inspect.signature(getattr(NeighborList, name)).parameters)
+        for cls in (NeighborCache, DeviceNeighborList):
+            assert list(inspect.signature(getattr(cls, name)).parameters) == want, (cls, name)
+
+
+@needs_cuda
+def test_neighbor_lists_share_interface_and_pairs():
+    """The same calls on both lists: same rebuild decisions, counters and pairs."""
+    from numba import cuda
+    atoms = periodic_triclinic()
+    pos, cell, pbc = atoms.positions, atoms.cell.array, atoms.pbc
+    lists = {"cpu": NeighborCache(CUTOFF, skin=0.3), "gpu": DeviceNeighborList(CUTOFF, skin=0.3)}
+    for name, nl in lists.items():
+        assert isinstance(nl, NeighborList), name
+        assert (nl.cutoff, nl.skin) == (CUTOFF, 0.3)
+        assert nl.radius == pytest.approx(CUTOFF + 0.3, rel=1e-7)
+        with pytest.raises(RuntimeError, match="no neighbour list yet"):
+            nl.to_host()
+        assert nl.update(pos, cell, pbc) is True and nl.n_builds == 1
+        assert nl.update(pos + 0.05, cell, pbc) is False and nl.n_builds == 1
+        assert nl.update(pos + 0.05, cell, pbc, force=True) is True and nl.n_builds == 2
+        assert nl.update(pos + 0.2, cell, pbc) is True and nl.n_builds == 3      # beyond skin/2
+        nl.reset()
+        assert nl.update(pos, cell, pbc) is True and nl.n_builds == 4
+    assert _pair_set(*lists["cpu"].to_host()) == _pair_set(*lists["gpu"].to_host())
+    offsets, second, shifts = lists["gpu"].to_host()
+    assert offsets.dtype == second.dtype == shifts.dtype == np.int64
+    # the GPU list also takes device arrays (what CudaEvaluator passes)
+    assert lists["gpu"].update(cuda.to_device(pos + 0.01), cell, pbc) is False
+
+
 # ----------------------------------------------------------------------------- errors
 @needs_cuda
 def test_overlapping_atoms_raise(model):
     atoms = Atoms("Cu2", positions=[[0, 0, 0], [0.05, 0, 0]])
     with pytest.raises(ValueError, match="overlapping atoms"):
-        gpu.CudaEvaluator(model, team_size=8).compute(atoms.positions, None, False,
+        CudaEvaluator(model, team_size=8).compute(atoms.positions, None, False,
                                                       atoms.numbers)
 
 
@@ -235,26 +273,26 @@ def test_overlapping_atoms_raise(model):
 def test_model_too_large_for_shared_memory():
     m = LatteModel(["Cu"], cutoff=4.0, blocks="60,ijk,ijk", hidden=(4,))
     with pytest.raises(ValueError, match="too large for the GPU kernels"):
-        gpu.CudaEvaluator(m)
+        CudaEvaluator(m)
 
 
 def test_check_cuda_names_missing_numba_cuda(monkeypatch):
-    monkeypatch.setattr(gpu, "_usable", None)
-    monkeypatch.setattr(gpu, "_simulator_requested", lambda: False)
-    monkeypatch.setattr(gpu, "_numba_cuda_installed", lambda: False)
+    monkeypatch.setattr(probe, "_usable", None)
+    monkeypatch.setattr(probe, "_simulator_requested", lambda: False)
+    monkeypatch.setattr(probe, "_numba_cuda_installed", lambda: False)
     with pytest.raises(RuntimeError) as info:
-        gpu.check_cuda()
+        probe.check_cuda()
     assert str(info.value) == "numba-cuda is not installed (pip install lattenb[cuda])"
 
 
 def test_check_cuda_names_missing_gpu(monkeypatch):
-    monkeypatch.setattr(gpu, "_usable", None)
-    monkeypatch.setattr(gpu, "_simulator_requested", lambda: False)
-    monkeypatch.setattr(gpu, "_numba_cuda_installed", lambda: True)
-    monkeypatch.setattr(gpu, "_is_simulator", lambda cuda: False)
-    monkeypatch.setattr(gpu, "_gpu_problem", lambda cuda: "CUDA driver library cannot be found.")
+    monkeypatch.setattr(probe, "_usable", None)
+    monkeypatch.setattr(probe, "_simulator_requested", lambda: False)
+    monkeypatch.setattr(probe, "_numba_cuda_installed", lambda: True)
+    monkeypatch.setattr(probe, "_is_simulator", lambda cuda: False)
+    monkeypatch.setattr(probe, "_gpu_problem", lambda cuda: "CUDA driver library cannot be found.")
     with pytest.raises(RuntimeError) as info:
-        gpu.check_cuda()
+        probe.check_cuda()
     assert str(info.value) == ("no usable NVIDIA GPU/driver found: "
                                "CUDA driver library cannot be found.")
 
@@ -269,7 +307,7 @@ def _run_python(code, **env):
 def test_check_cuda_without_simulator():
     """Without the simulator: a GPU with numba-cuda, or one of the two clear messages."""
     proc = _run_python("""
-        from lattenb.gpu import check_cuda
+        from lattenb.cuda import check_cuda
         try:
             print("OK", check_cuda())
         except RuntimeError as exc:
@@ -293,9 +331,25 @@ def test_cpu_path_never_imports_cuda():
         model.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
         atoms.calc = model.calculator()
         atoms.get_forces()
-        bad = [m for m in ("lattenb.gpu", "lattenb.cuda_kernels", "numba.cuda", "numba_cuda")
+        bad = [m for m in ("lattenb.cuda", "lattenb.cuda.kernels", "numba.cuda", "numba_cuda")
                if m in sys.modules]
         print(bad)
+        """)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
+def test_importing_lattenb_cuda_does_not_import_numba_cuda():
+    """The package, its probe, neighbour list and evaluator modules import without numba.cuda;
+    only check_cuda and creating a DeviceNeighborList or CudaEvaluator import it."""
+    proc = _run_python("""
+        import sys
+        import lattenb, lattenb.cuda
+        from lattenb.cuda import (MISSING_NUMBA_CUDA, NO_GPU, CudaEvaluator, DeviceNeighborList,
+                                  check_cuda, dtype_name, evaluator, neighbors,
+                                  probe)
+        assert dtype_name("float32") == "float32"
+        print([m for m in ("numba.cuda", "numba_cuda", "lattenb.cuda.kernels") if m in sys.modules])
         """)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[]"
@@ -341,9 +395,9 @@ def test_device_switch_rejects_unknown_device():
 
 @needs_wiring
 def test_device_cuda_error_when_unusable(monkeypatch):
-    monkeypatch.setattr(gpu, "_usable", None)
-    monkeypatch.setattr(gpu, "_simulator_requested", lambda: False)
-    monkeypatch.setattr(gpu, "_numba_cuda_installed", lambda: False)
+    monkeypatch.setattr(probe, "_usable", None)
+    monkeypatch.setattr(probe, "_simulator_requested", lambda: False)
+    monkeypatch.setattr(probe, "_numba_cuda_installed", lambda: False)
     m = make_model()
     with pytest.raises(RuntimeError, match=r"numba-cuda is not installed \(pip install "
                                            r"lattenb\[cuda\]\)"):

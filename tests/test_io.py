@@ -2,6 +2,7 @@
 files."""
 import json
 import zipfile
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -239,3 +240,23 @@ def test_plain_npy_file(tmp_path):
 def test_missing_file(tmp_path):
     with pytest.raises(FileNotFoundError):
         load(tmp_path / "does-not-exist.npz")
+
+
+# ----------------------------------------------------------------------------- old files
+FIXTURES = Path(__file__).parent / "data"
+
+
+def test_model_file_from_before_the_stage_layout_gives_bit_identical_results():
+    """tests/data/model_cfef4d2.npz and its outputs were written by commit cfef4d2, before the
+    code was reorganised by stage (and before model files named their radial family): the file
+    loads as the polynomial family and gives the same energies, forces, stress and descriptors to
+    the last bit."""
+    model = load(FIXTURES / "model_cfef4d2.npz")
+    assert model.radial == "polynomial"
+    with np.load(FIXTURES / "model_cfef4d2_outputs.npz", allow_pickle=False) as ref:
+        ref = {name: ref[name] for name in ref.files}
+    args = (ref["positions"], ref["cell"], ref["pbc"], ref["numbers"])
+    out = model.compute(*args)
+    for name in ("energy", "energies", "forces", "stress", "virial"):
+        assert np.array_equal(out[name], ref[name]), name
+    assert np.array_equal(model.descriptors(*args), ref["descriptors"])

@@ -10,7 +10,6 @@ from ase.calculators.calculator import PropertyNotImplementedError
 from lattenb import LatteModel
 from structures import random_atoms
 from lattenb.mlp import ACTIVATIONS, activate, mlp_forward, mlp_input_gradient, mlp_reference
-from lattenb.radial import radial_param_derivs, radial_value, radial_value_deriv
 
 ALL_PATTERNS = "3,-:2,i,i:2,ij,ij:2,ijk,ijk:2,i,j,ij:2,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
 CUTOFF = 4.0
@@ -104,6 +103,20 @@ def from_voigt(s):
     return np.array([[s[0], s[5], s[4]], [s[5], s[1], s[3]], [s[4], s[3], s[2]]])
 
 
+def forces_fd(m, atoms, h=1e-5):
+    """-dE/dx (N, 3) of every atom by the fourth-order stencil of `derivative`."""
+    fd = np.zeros((len(atoms), 3))
+    for i in range(len(atoms)):
+        for c in range(3):
+            def energy(t):
+                pos = atoms.positions.copy()
+                pos[i, c] += t
+                return compute(m, atoms, pos)["energy"]
+
+            fd[i, c] = -derivative(energy, h)
+    return fd
+
+
 def random_rotation(rng):
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
     q = q * np.sign(np.diag(r))
@@ -119,15 +132,7 @@ def test_forces_match_finite_differences(activation, name):
     m = make_model(activation)
     atoms = STRUCTURES[name]
     out = compute(m, atoms)
-    fd = np.zeros((len(atoms), 3))
-    for i in range(len(atoms)):
-        for c in range(3):
-            def energy(t):
-                pos = atoms.positions.copy()
-                pos[i, c] += t
-                return compute(m, atoms, pos)["energy"]
-
-            fd[i, c] = -derivative(energy, 1e-5)
+    fd = forces_fd(m, atoms)
     err = rel_err(out["forces"], fd)
     MAX_ERR["forces"] = max(MAX_ERR["forces"], err)
     print(f"\nFD forces  {activation:8s} {name:16s} max|F|={np.abs(fd).max():.3g} rel.err={err:.2e} "
@@ -415,56 +420,3 @@ def test_activation_derivatives(activation):
         fd2 = (activate(z + h, act)[1] - activate(z - h, act)[1]) / (2 * h)
         assert abs(d1 - fd1) <= 1e-8, (z, d1, fd1)
         assert abs(d2 - fd2) <= 1e-8, (z, d2, fd2)
-
-
-# ----------------------------------------------------------------------------- radial basis
-RADIAL_POINTS = [(2.0, 1.0, r) for r in (1.05, 1.4, 1.9, 2.0, 2.3, 2.95)] + \
-                [(1.0, 0.8, r) for r in (0.3, 0.9, 1.7)] + \
-                [(3.1, 0.9, r) for r in (2.25, 3.0, 3.95)]
-
-
-def ref_f(r, c, w):
-    t = max(0.0, 1.0 - ((r - c) / w) ** 2)
-    return t ** 3 / c ** 2
-
-
-@pytest.mark.parametrize("c, w, r", RADIAL_POINTS)
-def test_radial_param_derivs_finite_differences(c, w, r):
-    f, f_r, f_c, f_w, f_rc, f_rw = radial_param_derivs(r, c, w)
-    h = 1e-6
-    assert abs(f - ref_f(r, c, w)) <= 1e-14 * max(1.0, abs(f))
-    assert abs(f - radial_value(r, c, 1 / w, 1 / c ** 2)) <= 1e-14 * max(1.0, abs(f))
-    assert np.allclose(radial_value_deriv(r, c, 1 / w, 1 / c ** 2), (f, f_r), rtol=1e-13, atol=1e-15)
-    fd_r = (ref_f(r + h, c, w) - ref_f(r - h, c, w)) / (2 * h)
-    fd_c = (ref_f(r, c + h, w) - ref_f(r, c - h, w)) / (2 * h)
-    fd_w = (ref_f(r, c, w + h) - ref_f(r, c, w - h)) / (2 * h)
-    fd_rc = (radial_param_derivs(r, c + h, w)[1] - radial_param_derivs(r, c - h, w)[1]) / (2 * h)
-    fd_rw = (radial_param_derivs(r, c, w + h)[1] - radial_param_derivs(r, c, w - h)[1]) / (2 * h)
-    for name, got, fd in [("f_r", f_r, fd_r), ("f_c", f_c, fd_c), ("f_w", f_w, fd_w),
-                          ("f_rc", f_rc, fd_rc), ("f_rw", f_rw, fd_rw)]:
-        assert abs(got - fd) <= 1e-7 * max(1.0, abs(fd)), (name, got, fd)
-    # the cross derivatives are consistent with differentiating f_c, f_w in r
-    fd_cr = (radial_param_derivs(r + h, c, w)[2] - radial_param_derivs(r - h, c, w)[2]) / (2 * h)
-    fd_wr = (radial_param_derivs(r + h, c, w)[3] - radial_param_derivs(r - h, c, w)[3]) / (2 * h)
-    assert abs(f_rc - fd_cr) <= 1e-7 * max(1.0, abs(fd_cr))
-    assert abs(f_rw - fd_wr) <= 1e-7 * max(1.0, abs(fd_wr))
-
-
-@pytest.mark.parametrize("c, w", [(2.0, 1.0), (1.0, 0.8), (3.1, 0.9)])
-def test_radial_is_c2_at_support_edges(c, w):
-    for edge, inward in ((c + w, -1.0), (c - w, 1.0)):
-        # exactly at the edge and outside: everything vanishes
-        for r in (edge, edge - inward * 1e-3, edge - inward * 0.5):
-            assert radial_param_derivs(r, c, w) == (0.0,) * 6
-        # approaching from inside: f ~ d^3, f' ~ d^2, f'' ~ d (so all three tend to 0)
-        scaled = []
-        for d in (1e-2, 1e-3, 1e-4):
-            r = edge + inward * d
-            f, f_r = radial_param_derivs(r, c, w)[:2]
-            hh = d / 10
-            f_rr = (radial_param_derivs(r + hh, c, w)[1] - radial_param_derivs(r - hh, c, w)[1]) / (2 * hh)
-            assert f > 0
-            scaled.append((f / d ** 3, abs(f_r) / d ** 2, abs(f_rr) / d))
-        scaled = np.array(scaled)
-        assert np.all(scaled[-1] > 0)
-        assert np.all(np.abs(scaled[-1] - scaled[-2]) <= 0.05 * scaled[-1]), scaled

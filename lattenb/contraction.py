@@ -1,0 +1,205 @@
+"""Contractions: descriptor terms from the body tensors, and their adjoints (design page, §3-5).
+
+Term t contracts its bodies with its pattern's index table, G_t = sum_rows prod_k A_{b_k}[table[row,
+k]]; `contraction_indices` resolves the tables of `blocks.DescriptorLayout` to places in the
+per-atom moment vector A (M,) once per kernel call. `contract` and `contract_adjoint` serve the
+energy and forces, `contract_tangent` and `contract_tangent_adjoint` the training gradient.
+Two and three bodies, the common cases, get loops of fixed width.
+"""
+import numpy as np
+from numba import njit
+
+from ._numba import FASTMATH
+
+
+@njit(cache=True, error_model="numpy")
+def contraction_indices(layout):
+    """Every term's index table resolved to places in the per-atom moment vector, so that a
+    contraction loads each factor directly: term t (nb_t bodies) has rows
+    index[start[t] + row * nb_t : start[t] + (row + 1) * nb_t]. Returns (start (T + 1,), index)."""
+    body_offset, term_body_start, term_pattern, p_rows, p_start, tables = layout[1:7]
+    n_terms = term_pattern.shape[0]
+    start = np.zeros(n_terms + 1, np.int64)
+    for t in range(n_terms):
+        start[t + 1] = start[t] + p_rows[term_pattern[t]] * (term_body_start[t + 1]
+                                                             - term_body_start[t])
+    index = np.empty(start[n_terms], np.int64)
+    for t in range(n_terms):
+        b0 = term_body_start[t]
+        nb = term_body_start[t + 1] - b0
+        ts = p_start[term_pattern[t]]
+        for e in range(start[t + 1] - start[t]):
+            index[start[t] + e] = body_offset[b0 + e % nb] + tables[ts + e]
+    return start, index
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def contract(A, term_body_start, index_start, index, G):
+    """G_t = sum_rows prod_k A[row's k-th index] for every term t (`contraction_indices`).
+    Two and three bodies, the common cases, get loops of fixed width."""
+    for t in range(G.shape[0]):
+        nb = term_body_start[t + 1] - term_body_start[t]
+        total = 0.0
+        if nb == 2:
+            for e in range(index_start[t], index_start[t + 1], 2):
+                total += A[index[e]] * A[index[e + 1]]
+        elif nb == 3:
+            for e in range(index_start[t], index_start[t + 1], 3):
+                total += A[index[e]] * A[index[e + 1]] * A[index[e + 2]]
+        else:
+            for e in range(index_start[t], index_start[t + 1], nb):
+                prod = 1.0
+                for k in range(nb):
+                    prod *= A[index[e + k]]
+                total += prod
+        G[t] = total
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def contract_adjoint(A, Gbar, term_body_start, index_start, index, Abar):
+    """Abar = dG/dA^T Gbar: each row adds Gbar_t prod_{l != k} A[index_l] to Abar[index_k]."""
+    Abar[:] = 0.0
+    for t in range(Gbar.shape[0]):
+        gb = Gbar[t]
+        if gb == 0.0:
+            continue
+        nb = term_body_start[t + 1] - term_body_start[t]
+        if nb == 2:
+            for e in range(index_start[t], index_start[t + 1], 2):
+                i0 = index[e]
+                i1 = index[e + 1]
+                Abar[i0] += gb * A[i1]
+                Abar[i1] += gb * A[i0]
+        elif nb == 3:
+            for e in range(index_start[t], index_start[t + 1], 3):
+                i0 = index[e]
+                i1 = index[e + 1]
+                i2 = index[e + 2]
+                a0 = gb * A[i0]
+                a1 = A[i1]
+                a2 = A[i2]
+                Abar[i0] += gb * a1 * a2
+                Abar[i1] += a0 * a2
+                Abar[i2] += a0 * a1
+        else:
+            for e in range(index_start[t], index_start[t + 1], nb):
+                for k in range(nb):
+                    prod = gb
+                    for l in range(nb):
+                        if l != k:
+                            prod *= A[index[e + l]]
+                    Abar[index[e + k]] += prod
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def contract_tangent(A, Adot, term_body_start, index_start, index, G, Gdot):
+    """G = C(A) as in `contract` and its tangent Gdot = sum_rows sum_k Adot_k prod_{l != k} A_l
+    (A, Adot (M,); G, Gdot (T,)). One to three bodies get loops of fixed width."""
+    for t in range(G.shape[0]):
+        nb = term_body_start[t + 1] - term_body_start[t]
+        total = 0.0
+        total_dot = 0.0
+        if nb == 1:
+            for e in range(index_start[t], index_start[t + 1]):
+                total += A[index[e]]
+                total_dot += Adot[index[e]]
+        elif nb == 2:
+            for e in range(index_start[t], index_start[t + 1], 2):
+                i0 = index[e]
+                i1 = index[e + 1]
+                a0 = A[i0]
+                a1 = A[i1]
+                total += a0 * a1
+                total_dot += Adot[i0] * a1 + a0 * Adot[i1]
+        elif nb == 3:
+            for e in range(index_start[t], index_start[t + 1], 3):
+                i0 = index[e]
+                i1 = index[e + 1]
+                i2 = index[e + 2]
+                a0 = A[i0]
+                a1 = A[i1]
+                a2 = A[i2]
+                total += a0 * a1 * a2
+                total_dot += Adot[i0] * a1 * a2 + a0 * (Adot[i1] * a2 + a1 * Adot[i2])
+        else:
+            for e in range(index_start[t], index_start[t + 1], nb):
+                prod = 1.0
+                for k in range(nb):
+                    prod *= A[index[e + k]]
+                total += prod
+                for k in range(nb):
+                    others = Adot[index[e + k]]
+                    for l in range(nb):
+                        if l != k:
+                            others *= A[index[e + l]]
+                    total_dot += others
+        G[t] = total
+        Gdot[t] = total_dot
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, term_body_start, index_start, index, Abar,
+                             Adotbar):
+    """Reverse of `contract_tangent` for J = Gbar . G + Gdotbar . Gdot (Abar, Adotbar (M,)):
+
+    Abar[idx_l] += Gbar prod_{m != l} A_m + Gdotbar sum_{k != l} Adot_k prod_{m != k, l} A_m
+    Adotbar[idx_l] += Gdotbar prod_{m != l} A_m
+    """
+    Abar[:] = 0.0
+    Adotbar[:] = 0.0
+    for t in range(Gbar.shape[0]):
+        gb = Gbar[t]
+        gdb = Gdotbar[t]
+        nb = term_body_start[t + 1] - term_body_start[t]
+        if nb == 1:
+            for e in range(index_start[t], index_start[t + 1]):
+                Abar[index[e]] += gb
+                Adotbar[index[e]] += gdb
+        elif nb == 2:
+            for e in range(index_start[t], index_start[t + 1], 2):
+                i0 = index[e]
+                i1 = index[e + 1]
+                a0 = A[i0]
+                a1 = A[i1]
+                Abar[i0] += gb * a1 + gdb * Adot[i1]
+                Abar[i1] += gb * a0 + gdb * Adot[i0]
+                Adotbar[i0] += gdb * a1
+                Adotbar[i1] += gdb * a0
+        elif nb == 3:
+            for e in range(index_start[t], index_start[t + 1], 3):
+                i0 = index[e]
+                i1 = index[e + 1]
+                i2 = index[e + 2]
+                a0 = A[i0]
+                a1 = A[i1]
+                a2 = A[i2]
+                d0 = Adot[i0]
+                d1 = Adot[i1]
+                d2 = Adot[i2]
+                r0 = a1 * a2
+                r1 = a0 * a2
+                r2 = a0 * a1
+                Abar[i0] += gb * r0 + gdb * (d1 * a2 + a1 * d2)
+                Abar[i1] += gb * r1 + gdb * (d0 * a2 + a0 * d2)
+                Abar[i2] += gb * r2 + gdb * (d0 * a1 + a0 * d1)
+                Adotbar[i0] += gdb * r0
+                Adotbar[i1] += gdb * r1
+                Adotbar[i2] += gdb * r2
+        else:
+            for e in range(index_start[t], index_start[t + 1], nb):
+                for l in range(nb):
+                    rest = 1.0
+                    for m in range(nb):
+                        if m != l:
+                            rest *= A[index[e + m]]
+                    cross = 0.0
+                    for k in range(nb):
+                        if k == l:
+                            continue
+                        term = Adot[index[e + k]]
+                        for m in range(nb):
+                            if m != k and m != l:
+                                term *= A[index[e + m]]
+                        cross += term
+                    Abar[index[e + l]] += gb * rest + gdb * cross
+                    Adotbar[index[e + l]] += gdb * rest

@@ -1,0 +1,48 @@
+"""Errors of a model against reference data: `evaluate_frames` (MAE and RMSE overall and per
+config_type, what ``lattenb eval`` prints) and `rmse_report` (the RMSEs a fit logs)."""
+import numpy as np
+
+from .conventions import EV_A3_TO_GPA
+from .dataset import prepare_dataset
+from .predict import predict
+
+
+def evaluate_frames(model, frames, groups=True):
+    """MAE and RMSE of energy (meV/atom), forces (eV/Å), stress (GPa) overall and per config_type.
+
+    Energy errors are |dE|/N per structure averaged over structures (Zuo et al.'s metric);
+    force errors run over all Cartesian components. Returns {group: {metric: value}}."""
+    data = prepare_dataset(frames, model, require_energy=False)
+    E, F, S, _ = predict(model, data)
+    de = (E - data.energies) / data.n_atoms_per_frame * 1000.0
+    df = F - data.forces
+    ds = (S - data.stresses) * EV_A3_TO_GPA
+    labels = np.array(data.config_types)
+    out = {}
+    names = ["all"] + (sorted(set(labels)) if groups else [])
+    for name in names:
+        fm = np.ones(data.n_frames, bool) if name == "all" else labels == name
+        row = {"structures": int(fm.sum()), "atoms": int(data.n_atoms_per_frame[fm].sum())}
+        for key, err, mask in (("energy_meV_per_atom", de, fm & data.has_energy),
+                               ("stress_GPa", ds, fm & data.has_stress)):
+            e = err[mask]
+            row[key] = ({"mae": float(np.mean(np.abs(e))), "rmse": float(np.sqrt(np.mean(e ** 2)))}
+                        if e.size else None)
+        am = (fm & data.has_forces)[data.frame_of_atom]
+        e = df[am]
+        row["forces_eV_per_A"] = ({"mae": float(np.mean(np.abs(e))),
+                                   "rmse": float(np.sqrt(np.mean(e ** 2)))} if e.size else None)
+        out[name] = row
+    return out
+
+
+def rmse_report(model, data):
+    """Energy RMSE (meV/atom), force RMSE (eV/Å), stress RMSE (GPa) on a dataset (nan if absent)."""
+    E, F, S, _ = predict(model, data)
+    n = data.n_atoms_per_frame
+    me, ms = data.has_energy, data.has_stress
+    af = data.has_forces[data.frame_of_atom]
+    e = 1000 * np.sqrt(np.mean(((E - data.energies) / n)[me] ** 2)) if me.any() else np.nan
+    f = np.sqrt(np.mean((F - data.forces)[af] ** 2)) if af.any() else np.nan
+    s = (EV_A3_TO_GPA * np.sqrt(np.mean((S - data.stresses)[ms] ** 2))) if ms.any() else np.nan
+    return e, f, s

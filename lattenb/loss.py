@@ -1,0 +1,94 @@
+"""The training loss over a dataset and its exact gradient with respect to every parameter.
+
+Loss (design page, §5), residuals in eV/atom, eV/Å and GPa:
+
+    L = w_E mean_frames ((E - E_ref) / N)^2 + w_F mean_components (F - F_ref)^2
+        + w_S mean_{frames, voigt} (S - S_ref)^2 + l2 |W_MLP|^2
+
+Frames contribute only the targets they have. The gradient costs one energy/force pass plus one
+tangent + reverse pass: with delta_i = dL/dF_i and Delta = dL/d(dE/dstrain) the force and stress
+terms are the directional derivative Phi = sum_pairs vtilde_ij . dE/dv_ij along the fixed tangent
+vtilde_ij = delta_i - delta_j + Delta v_ij (because F_i = sum_j g_ij - sum_k g_ki and
+dE/dstrain = sum g (x) v), so dL/dtheta = sum_i dJ_i/dtheta with J_i = ebar_i e_i + edot_i, and
+no Jacobian is stored.
+"""
+from dataclasses import dataclass
+
+import numpy as np
+
+from .conventions import EV_A3_TO_GPA, strain_derivative_bar
+from .predict import predict
+
+
+@dataclass
+class LossWeights:
+    """Weights of the loss terms: energy per atom (1/eV^2), forces (Å^2/eV^2), stress (1/GPa^2),
+    and the L2 penalty on MLP weights (biases are not penalised).
+
+    stress_offset: compare stresses up to one isotropic offset p (GPa) per dataset, the value that
+    minimises the stress term (see `stress_residuals`). Plane-wave DFT stresses carry such a
+    constant Pulay stress from the finite basis; the energies do not, so fitting raw stresses pulls
+    the model's E(V) away from the DFT energies."""
+    energy: float = 1.0
+    forces: float = 1.0
+    stress: float = 1.0
+    l2: float = 0.0
+    stress_offset: bool = False
+
+
+def stress_residuals(S, data, fit_offset=False):
+    """Stress residuals (n_frames, 6) in GPa (zero for frames without stress) and the isotropic
+    offset p (GPa) removed from their diagonal: p = mean diagonal residual when `fit_offset`,
+    else 0. Because p minimises the squared residuals, dL/dS at fixed p is the exact gradient."""
+    ms = data.has_stress
+    res = np.where(ms[:, None], (np.nan_to_num(S) - data.stresses) * EV_A3_TO_GPA, 0.0)
+    offset = float(np.mean(res[ms, :3])) if fit_offset and ms.any() else 0.0
+    res[ms, :3] -= offset
+    return res, offset
+
+
+def mlp_weight_mask(layer_sizes):
+    """(n_parameters,) 1.0 for weights, 0.0 for biases."""
+    parts = []
+    for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:]):
+        parts += [np.ones(n_in * n_out), np.zeros(n_out)]
+    return np.concatenate(parts)
+
+
+def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_chunks=None):
+    """Loss (float), its parts (dict) and, if asked, dL/dparams as a dict of arrays shaped like
+    `model.params` (the radial family's, sigma, mlp, e0; g_mean and g_std are fixed buffers)."""
+    E, F, S, _ = predict(model, data)
+    n_per = data.n_atoms_per_frame
+    parts = {}
+    # energy per atom
+    me = data.has_energy
+    res_e = np.where(me, (E - np.where(me, data.energies, 0.0)) / n_per, 0.0)
+    ne = max(int(me.sum()), 1)
+    parts["energy"] = weights.energy * float(np.sum(res_e ** 2)) / ne
+    e_bar_frame = 2.0 * weights.energy * res_e / n_per / ne
+    # forces
+    atom_has_f = data.has_forces[data.frame_of_atom]
+    res_f = np.where(atom_has_f[:, None], F - data.forces, 0.0)
+    nf = max(3 * int(atom_has_f.sum()), 1)
+    parts["forces"] = weights.forces * float(np.sum(res_f ** 2)) / nf
+    delta = 2.0 * weights.forces * res_f / nf
+    # stress, residual in GPa
+    ms = data.has_stress
+    res_s, _ = stress_residuals(S, data, weights.stress_offset)
+    ns = max(6 * int(ms.sum()), 1)
+    parts["stress"] = weights.stress * float(np.sum(res_s ** 2)) / ns
+    s_bar = 2.0 * weights.stress * res_s * EV_A3_TO_GPA / ns                     # dL/dS (F, 6)
+    # S = sym(M)/V with M = sum g (x) v: dL/dM from dL/dS
+    strain_bar = strain_derivative_bar(s_bar, data.volumes)
+    mask = mlp_weight_mask(model.layer_sizes)
+    mlp = model.params["mlp"]
+    parts["l2"] = weights.l2 * float(np.sum((mlp * mask) ** 2))
+    loss = sum(parts.values())
+    if not with_gradient:
+        return loss, parts, None
+    e_bar = e_bar_frame[data.frame_of_atom]
+    grad = model.backend("cpu").parameter_gradients(data, e_bar, delta, strain_bar, n_chunks)
+    grad["mlp"] += 2.0 * weights.l2 * mlp * mask
+    grad["e0"] = np.bincount(data.species, weights=e_bar, minlength=model.n_species)
+    return loss, parts, grad

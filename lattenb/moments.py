@@ -1,0 +1,584 @@
+"""Moments: the body tensors of every atom, their reverse pass to per-pair forces, and the
+training passes (design page, §3-5).
+
+Per atom i and body b of rank p (b runs over all bodies of all terms):
+
+    A_b[beta] = sum_j sigma_b(s_i, s_j) f_b(r_ij) prod_{e<p} rhat_ij[beta_e]
+
+stored flat (C order, 3^p values) at `body_offset[b]` of one per-atom vector of length M. The radial
+functions f_b come from a radial family (`lattenb.radial`): the kernels take the family token and
+call its value / value_deriv / adjoint functions, with f_sb = scale_sb g_sb and sigma * scale folded
+into `sigma_scaled` (S, S, B) [central, neighbour, body].
+
+The kernels are body-major over the pairs sorted by `pairs.gather_pairs`: a body's radial support
+covers one contiguous run of pairs per neighbour species, along which sigma is constant.
+`atom_moments` sums the body's unique tensor components over the run in local accumulators, and
+`atom_pair_gradients` adds each body's share to per-pair weights. Both inner loops are branch-free
+(a family's functions vanish outside the support without a branch), so they vectorise.
+`atom_tangent_moments` and `atom_parameter_gradients` are the tangent and parameter-reverse passes
+of training (they read the per-pair tangent rows of `pairs.pair_tangents`).
+"""
+import numpy as np
+from numba import njit
+
+from ._numba import FASTMATH
+from .pairs import P_INV_R, P_R, P_UX, P_UY, P_UZ, T_D, T_D2, T_D3, T_R2, T_R3, T_RDOT
+from .radial import (radial_adjoint_finish, radial_adjoint_init, radial_adjoint_pair, radial_load,
+                     radial_value, radial_value_deriv)
+
+# Number of entries (3^p) of a body tensor of rank p = 0..3.
+RANK_SIZE = (1, 3, 9, 27)
+# Rows of the per-pair reverse weights Q (4, n): D (eV) and H (eV, a vector), see
+# `atom_pair_gradients`.
+Q_D, Q_HX, Q_HY, Q_HZ = 0, 1, 2, 3
+ONE_THIRD = 1.0 / 3.0
+
+
+def _canonical_index(rank):
+    """(3^rank,) int64: for every flat (C-order) index of a rank-`rank` tensor, the flat index of
+    its sorted index tuple. A symmetric tensor is fixed by its entries at these canonical places."""
+    shape = (3,) * rank
+    return np.array([np.ravel_multi_index(tuple(sorted(idx)), shape) for idx in np.ndindex(*shape)],
+                    dtype=np.int64)
+
+
+# Moments of rank 2 and 3 are symmetric: the kernels sum only their unique components (at the
+# canonical places xx, xy, xz, yy, yz, zz = 0, 1, 2, 4, 5, 8 and xxx, xxy, xxz, xyy, xyz, xzz,
+# yyy, yyz, yzz, zzz = 0, 1, 2, 4, 5, 8, 13, 14, 17, 26) and then mirror them.
+CANONICAL2 = _canonical_index(2)
+CANONICAL3 = _canonical_index(3)
+
+
+# ----------------------------------------------------------------------------- forward
+# Notes on the pair loops here and in `atom_pair_gradients`, all measured:
+# - they run over np.uint64 bounds: a provably non-negative index spares Numba's negative-index
+#   wraparound, which would otherwise keep LLVM from vectorising them;
+# - they are written out per rank inside the body loop rather than in helpers taking P: calling
+#   (or Numba-inlining) such a helper costs a call or atomic reference-count updates per
+#   (neighbour species, body), as much as a short loop itself;
+# - the neighbour species is the outer loop, so species absent around the atom cost nothing.
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_bins, sigma_scaled,
+                 radial, A):
+    """Body tensors A (M,) of an atom of species si from its pairs sorted by `gather_pairs`.
+
+    family: a radial family token (`lattenb.radial`) and radial (S, B, K) its kernel constants;
+    body_bins (S, B, 2): the support bins of every body (`pairs.support_bin_ranges`). For each
+    body and neighbour species, the unique components of sum_k g(r_k) rhat_k^(x)p over the pairs
+    of its support bins are summed in local accumulators, then scaled by sigma_scaled."""
+    A[:] = 0.0
+    for sj in range(sigma_scaled.shape[1]):
+        first = sj * n_bins
+        if key_start[first] == key_start[first + n_bins]:
+            continue                            # no neighbours of species sj
+        for b in range(body_rank.shape[0]):
+            lo = np.uint64(key_start[first + body_bins[si, b, 0]])
+            hi = np.uint64(key_start[first + body_bins[si, b, 1]])
+            if lo == hi:
+                continue
+            kb = radial_load(family, radial, si, b)
+            p = body_rank[b]
+            off = body_offset[b]
+            sc = sigma_scaled[si, sj, b]
+            if p == 0:
+                a0 = 0.0
+                for k in range(lo, hi):
+                    a0 += radial_value(family, P[P_R, k], kb)
+                A[off] += sc * a0
+            elif p == 1:
+                ax = ay = az = 0.0
+                for k in range(lo, hi):
+                    f = radial_value(family, P[P_R, k], kb)
+                    ax += f * P[P_UX, k]
+                    ay += f * P[P_UY, k]
+                    az += f * P[P_UZ, k]
+                A[off] += sc * ax
+                A[off + 1] += sc * ay
+                A[off + 2] += sc * az
+            elif p == 2:
+                axx = axy = axz = ayy = ayz = azz = 0.0
+                for k in range(lo, hi):
+                    f = radial_value(family, P[P_R, k], kb)
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    fx = f * ux
+                    fy = f * uy
+                    axx += fx * ux
+                    axy += fx * uy
+                    axz += fx * uz
+                    ayy += fy * uy
+                    ayz += fy * uz
+                    azz += f * uz * uz
+                A[off] += sc * axx
+                A[off + 1] += sc * axy
+                A[off + 2] += sc * axz
+                A[off + 4] += sc * ayy
+                A[off + 5] += sc * ayz
+                A[off + 8] += sc * azz
+            else:
+                axxx = axxy = axxz = axyy = axyz = axzz = ayyy = ayyz = ayzz = azzz = 0.0
+                for k in range(lo, hi):
+                    f = radial_value(family, P[P_R, k], kb)
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    fxx = f * ux * ux
+                    fxy = f * ux * uy
+                    fxz = f * ux * uz
+                    fyy = f * uy * uy
+                    fyz = f * uy * uz
+                    axxx += fxx * ux
+                    axxy += fxx * uy
+                    axxz += fxx * uz
+                    axyy += fxy * uy
+                    axyz += fxy * uz
+                    axzz += fxz * uz
+                    ayyy += fyy * uy
+                    ayyz += fyy * uz
+                    ayzz += fyz * uz
+                    azzz += f * uz * uz * uz
+                A[off] += sc * axxx
+                A[off + 1] += sc * axxy
+                A[off + 2] += sc * axxz
+                A[off + 4] += sc * axyy
+                A[off + 5] += sc * axyz
+                A[off + 8] += sc * axzz
+                A[off + 13] += sc * ayyy
+                A[off + 14] += sc * ayyz
+                A[off + 17] += sc * ayzz
+                A[off + 26] += sc * azzz
+    for b in range(body_rank.shape[0]):            # mirror the unique components
+        off = body_offset[b]
+        if body_rank[b] == 2:
+            for e in range(9):
+                A[off + e] = A[off + CANONICAL2[e]]
+        elif body_rank[b] == 3:
+            for e in range(27):
+                A[off + e] = A[off + CANONICAL3[e]]
+
+
+
+# ----------------------------------------------------------------------------- reverse
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _sym2_weights(a, s):
+    """The unique components of 2 s sym(a) for a (9,) (xx, xy, xz, yy, yz, zz)."""
+    return (2.0 * s * a[0], s * (a[1] + a[3]), s * (a[2] + a[6]), 2.0 * s * a[4],
+            s * (a[5] + a[7]), 2.0 * s * a[8])
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _sym3_weights(a, s):
+    """The unique components of 3 s sym(a) for a (27,) (xxx, xxy, ..., zzz): 3 s times the mean
+    of the entries sharing a component (1, 3 or 6 of them)."""
+    return (3.0 * s * a[0], s * (a[1] + a[3] + a[9]), s * (a[2] + a[6] + a[18]),
+            s * (a[4] + a[10] + a[12]), 0.5 * s * (a[5] + a[7] + a[11] + a[15] + a[19] + a[21]),
+            s * (a[8] + a[20] + a[24]), 3.0 * s * a[13], s * (a[14] + a[16] + a[22]),
+            s * (a[17] + a[23] + a[25]), 3.0 * s * a[26])
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _h2(m, ux, uy, uz):
+    """h = M rhat for the symmetric M with unique components m (xx, xy, xz, yy, yz, zz)."""
+    mxx, mxy, mxz, myy, myz, mzz = m
+    return (mxx * ux + mxy * uy + mxz * uz,
+            mxy * ux + myy * uy + myz * uz,
+            mxz * ux + myz * uy + mzz * uz)
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _h3(m, ux, uy, uz):
+    """h_g = sum_bc M_gbc rhat_b rhat_c for the symmetric M with unique components m
+    (xxx, xxy, xxz, xyy, xyz, xzz, yyy, yyz, yzz, zzz)."""
+    mxxx, mxxy, mxxz, mxyy, mxyz, mxzz, myyy, myyz, myzz, mzzz = m
+    xx = ux * ux
+    yy = uy * uy
+    zz = uz * uz
+    xy2 = 2.0 * ux * uy
+    xz2 = 2.0 * ux * uz
+    yz2 = 2.0 * uy * uz
+    return (mxxx * xx + mxyy * yy + mxzz * zz + mxxy * xy2 + mxxz * xz2 + mxyz * yz2,
+            mxxy * xx + myyy * yy + myzz * zz + mxyy * xy2 + mxyz * xz2 + myyz * yz2,
+            mxxz * xx + myyz * yy + mzzz * zz + mxyz * xy2 + mxzz * xz2 + myzz * yz2)
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_rank, body_offset,
+                        body_bins, sigma_scaled, radial, Abar, Q, pair_grad):
+    """dE/dv (eV/Å) for the n_kept sorted pairs of an atom of species si into
+    pair_grad[pair_q[k]], given Abar = dE/dA (M,); Q (4, n_max) scratch.
+
+    With R_k the r-hat powers of pair k, the design page's per-body formula sums to
+
+        dE/dv_k = D_k rhat_k + (H_k - (H_k . rhat_k) rhat_k) / r_k,
+        D_k = sum_b sigma_b f'_b(r_k) (Abar_b . R_k),   H_k = sum_b sigma_b f_b(r_k) h_b(rhat_k),
+
+    h_b,g = sum_e sum_{beta: beta_e = g} Abar_b[beta] prod_{e' != e} rhat[beta_e'], and
+    h_b . rhat = p_b (Abar_b . R). Only the symmetric part of Abar_b meets the symmetric r-hat
+    powers, so ranks 2 and 3 use its unique components.
+
+    Returns the atom's contribution to dE/d(strain) as 9 scalars sum_k g_a v_b (row-major ab)."""
+    for k in range(n_kept):
+        Q[Q_D, k] = 0.0
+        Q[Q_HX, k] = 0.0
+        Q[Q_HY, k] = 0.0
+        Q[Q_HZ, k] = 0.0
+    for sj in range(sigma_scaled.shape[1]):
+        first = sj * n_bins
+        if key_start[first] == key_start[first + n_bins]:
+            continue                            # no neighbours of species sj
+        for b in range(body_rank.shape[0]):
+            lo = np.uint64(key_start[first + body_bins[si, b, 0]])
+            hi = np.uint64(key_start[first + body_bins[si, b, 1]])
+            if lo == hi:
+                continue
+            kb = radial_load(family, radial, si, b)
+            p = body_rank[b]
+            off = body_offset[b]
+            sc = sigma_scaled[si, sj, b]
+            # D_k += g' (h . rhat) / p and H_k += g h with h = p sigma_scaled sym(Abar_b) .
+            # rhat^(x)(p-1) (see above; g, g' the family's value and d/dr; rank 0 has no h)
+            if p == 0:
+                w0 = sc * Abar[off]
+                for k in range(lo, hi):
+                    Q[Q_D, k] += w0 * radial_value_deriv(family, P[P_R, k], kb)[1]
+            elif p == 1:
+                hx = sc * Abar[off]
+                hy = sc * Abar[off + 1]
+                hz = sc * Abar[off + 2]
+                for k in range(lo, hi):
+                    f, fp = radial_value_deriv(family, P[P_R, k], kb)
+                    hu = hx * P[P_UX, k] + hy * P[P_UY, k] + hz * P[P_UZ, k]
+                    Q[Q_D, k] += fp * hu
+                    Q[Q_HX, k] += f * hx
+                    Q[Q_HY, k] += f * hy
+                    Q[Q_HZ, k] += f * hz
+            elif p == 2:
+                m2 = _sym2_weights(Abar[off:off + 9], sc)
+                for k in range(lo, hi):
+                    f, fp = radial_value_deriv(family, P[P_R, k], kb)
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    hx, hy, hz = _h2(m2, ux, uy, uz)
+                    Q[Q_D, k] += (0.5 * fp) * (hx * ux + hy * uy + hz * uz)
+                    Q[Q_HX, k] += f * hx
+                    Q[Q_HY, k] += f * hy
+                    Q[Q_HZ, k] += f * hz
+            else:
+                m3 = _sym3_weights(Abar[off:off + 27], sc)
+                for k in range(lo, hi):
+                    f, fp = radial_value_deriv(family, P[P_R, k], kb)
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    hx, hy, hz = _h3(m3, ux, uy, uz)
+                    Q[Q_D, k] += (ONE_THIRD * fp) * (hx * ux + hy * uy + hz * uz)
+                    Q[Q_HX, k] += f * hx
+                    Q[Q_HY, k] += f * hy
+                    Q[Q_HZ, k] += f * hz
+    s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = 0.0
+    for k in range(n_kept):
+        r = P[P_R, k]
+        ux = P[P_UX, k]
+        uy = P[P_UY, k]
+        uz = P[P_UZ, k]
+        inv_r = P[P_INV_R, k]
+        d = Q[Q_D, k]
+        hx = Q[Q_HX, k]
+        hy = Q[Q_HY, k]
+        hz = Q[Q_HZ, k]
+        hr = hx * ux + hy * uy + hz * uz
+        gx = d * ux + (hx - hr * ux) * inv_r
+        gy = d * uy + (hy - hr * uy) * inv_r
+        gz = d * uz + (hz - hr * uz) * inv_r
+        q = pair_q[k]
+        pair_grad[q, 0] = gx
+        pair_grad[q, 1] = gy
+        pair_grad[q, 2] = gz
+        vx = r * ux
+        vy = r * uy
+        vz = r * uz
+        s00 += gx * vx
+        s01 += gx * vy
+        s02 += gx * vz
+        s10 += gy * vx
+        s11 += gy * vy
+        s12 += gy * vz
+        s20 += gz * vx
+        s21 += gz * vy
+        s22 += gz * vz
+    return s00, s01, s02, s10, s11, s12, s20, s21, s22
+
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_offset, body_bins,
+                         sigma_scaled, radial, A, Adot):
+    """Body tensors A (M,) and their tangents Adot (M,) of an atom of species si, from its pairs
+    sorted by `gather_pairs` (P, key_start) and their tangent rows T (`pair_tangents`).
+
+    Adot_b = sigma_b sum_k (f'(r_k) rdot_k R_k + f(r_k) Rdot_k), R_k the r-hat powers: with the
+    family's g and g' = dg/dr (f = scale g), each pair of the body's support runs adds g R_k to
+    A's and g' rdot R_k + g Rdot_k to Adot's unique-component accumulators, which are then scaled
+    by sigma_scaled and mirrored as in `atom_moments`."""
+    A[:] = 0.0
+    Adot[:] = 0.0
+    for sj in range(sigma_scaled.shape[1]):
+        first = sj * n_bins
+        if key_start[first] == key_start[first + n_bins]:
+            continue                            # no neighbours of species sj
+        for b in range(body_rank.shape[0]):
+            lo = np.uint64(key_start[first + body_bins[si, b, 0]])
+            hi = np.uint64(key_start[first + body_bins[si, b, 1]])
+            if lo == hi:
+                continue
+            kb = radial_load(family, radial, si, b)
+            p = body_rank[b]
+            off = body_offset[b]
+            sc = sigma_scaled[si, sj, b]
+            if p == 0:
+                a0 = d0 = 0.0
+                for k in range(lo, hi):
+                    f, fp = radial_value_deriv(family, P[P_R, k], kb)
+                    a0 += f
+                    d0 += fp * T[T_RDOT, k]
+                A[off] += sc * a0
+                Adot[off] += sc * d0
+            elif p == 1:
+                ax = ay = az = dx = dy = dz = 0.0
+                for k in range(lo, hi):
+                    f, fp = radial_value_deriv(family, P[P_R, k], kb)
+                    g = fp * T[T_RDOT, k]
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    ax += f * ux
+                    ay += f * uy
+                    az += f * uz
+                    dx += g * ux + f * T[T_D, k]
+                    dy += g * uy + f * T[T_D + 1, k]
+                    dz += g * uz + f * T[T_D + 2, k]
+                A[off] += sc * ax
+                A[off + 1] += sc * ay
+                A[off + 2] += sc * az
+                Adot[off] += sc * dx
+                Adot[off + 1] += sc * dy
+                Adot[off + 2] += sc * dz
+            elif p == 2:
+                a0 = a1 = a2 = a3 = a4 = a5 = 0.0
+                d0 = d1 = d2 = d3 = d4 = d5 = 0.0
+                for k in range(lo, hi):
+                    f, fp = radial_value_deriv(family, P[P_R, k], kb)
+                    g = fp * T[T_RDOT, k]
+                    m0 = T[T_R2, k]
+                    m1 = T[T_R2 + 1, k]
+                    m2 = T[T_R2 + 2, k]
+                    m3 = T[T_R2 + 3, k]
+                    m4 = T[T_R2 + 4, k]
+                    m5 = T[T_R2 + 5, k]
+                    a0 += f * m0
+                    a1 += f * m1
+                    a2 += f * m2
+                    a3 += f * m3
+                    a4 += f * m4
+                    a5 += f * m5
+                    d0 += g * m0 + f * T[T_D2, k]
+                    d1 += g * m1 + f * T[T_D2 + 1, k]
+                    d2 += g * m2 + f * T[T_D2 + 2, k]
+                    d3 += g * m3 + f * T[T_D2 + 3, k]
+                    d4 += g * m4 + f * T[T_D2 + 4, k]
+                    d5 += g * m5 + f * T[T_D2 + 5, k]
+                A[off] += sc * a0
+                A[off + 1] += sc * a1
+                A[off + 2] += sc * a2
+                A[off + 4] += sc * a3
+                A[off + 5] += sc * a4
+                A[off + 8] += sc * a5
+                Adot[off] += sc * d0
+                Adot[off + 1] += sc * d1
+                Adot[off + 2] += sc * d2
+                Adot[off + 4] += sc * d3
+                Adot[off + 5] += sc * d4
+                Adot[off + 8] += sc * d5
+            else:
+                a0 = a1 = a2 = a3 = a4 = a5 = a6 = a7 = a8 = a9 = 0.0
+                d0 = d1 = d2 = d3 = d4 = d5 = d6 = d7 = d8 = d9 = 0.0
+                for k in range(lo, hi):
+                    f, fp = radial_value_deriv(family, P[P_R, k], kb)
+                    g = fp * T[T_RDOT, k]
+                    m0 = T[T_R3, k]
+                    m1 = T[T_R3 + 1, k]
+                    m2 = T[T_R3 + 2, k]
+                    m3 = T[T_R3 + 3, k]
+                    m4 = T[T_R3 + 4, k]
+                    m5 = T[T_R3 + 5, k]
+                    m6 = T[T_R3 + 6, k]
+                    m7 = T[T_R3 + 7, k]
+                    m8 = T[T_R3 + 8, k]
+                    m9 = T[T_R3 + 9, k]
+                    a0 += f * m0
+                    a1 += f * m1
+                    a2 += f * m2
+                    a3 += f * m3
+                    a4 += f * m4
+                    a5 += f * m5
+                    a6 += f * m6
+                    a7 += f * m7
+                    a8 += f * m8
+                    a9 += f * m9
+                    d0 += g * m0 + f * T[T_D3, k]
+                    d1 += g * m1 + f * T[T_D3 + 1, k]
+                    d2 += g * m2 + f * T[T_D3 + 2, k]
+                    d3 += g * m3 + f * T[T_D3 + 3, k]
+                    d4 += g * m4 + f * T[T_D3 + 4, k]
+                    d5 += g * m5 + f * T[T_D3 + 5, k]
+                    d6 += g * m6 + f * T[T_D3 + 6, k]
+                    d7 += g * m7 + f * T[T_D3 + 7, k]
+                    d8 += g * m8 + f * T[T_D3 + 8, k]
+                    d9 += g * m9 + f * T[T_D3 + 9, k]
+                A[off] += sc * a0
+                A[off + 1] += sc * a1
+                A[off + 2] += sc * a2
+                A[off + 4] += sc * a3
+                A[off + 5] += sc * a4
+                A[off + 8] += sc * a5
+                A[off + 13] += sc * a6
+                A[off + 14] += sc * a7
+                A[off + 17] += sc * a8
+                A[off + 26] += sc * a9
+                Adot[off] += sc * d0
+                Adot[off + 1] += sc * d1
+                Adot[off + 2] += sc * d2
+                Adot[off + 4] += sc * d3
+                Adot[off + 5] += sc * d4
+                Adot[off + 8] += sc * d5
+                Adot[off + 13] += sc * d6
+                Adot[off + 14] += sc * d7
+                Adot[off + 17] += sc * d8
+                Adot[off + 26] += sc * d9
+    for b in range(body_rank.shape[0]):            # mirror the unique components
+        off = body_offset[b]
+        if body_rank[b] == 2:
+            for e in range(9):
+                A[off + e] = A[off + CANONICAL2[e]]
+                Adot[off + e] = Adot[off + CANONICAL2[e]]
+        elif body_rank[b] == 3:
+            for e in range(27):
+                A[off + e] = A[off + CANONICAL3[e]]
+                Adot[off + e] = Adot[off + CANONICAL3[e]]
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _class_sums2(a, off):
+    """Sums of a rank-2 tensor a[off:off + 9] over the entries of each unique component (xx,
+    xy, xz, yy, yz, zz): a . rhat^(x)2 = sum over components of these sums times the monomials."""
+    return (a[off], a[off + 1] + a[off + 3], a[off + 2] + a[off + 6], a[off + 4],
+            a[off + 5] + a[off + 7], a[off + 8])
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _class_sums3(a, off):
+    """As `_class_sums2` for a rank-3 tensor a[off:off + 27] (xxx, xxy, ..., zzz)."""
+    return (a[off], a[off + 1] + a[off + 3] + a[off + 9], a[off + 2] + a[off + 6] + a[off + 18],
+            a[off + 4] + a[off + 10] + a[off + 12],
+            a[off + 5] + a[off + 7] + a[off + 11] + a[off + 15] + a[off + 19] + a[off + 21],
+            a[off + 8] + a[off + 20] + a[off + 24], a[off + 13],
+            a[off + 14] + a[off + 16] + a[off + 22], a[off + 17] + a[off + 23] + a[off + 25],
+            a[off + 26])
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, body_offset,
+                             body_bins, sigma_scaled, radial, Abar, Adotbar, g_sigma, g_radial):
+    """Add the parameter gradient of J = Abar . A + Adotbar . Adot (Abar, Adotbar (M,)) for an
+    atom of species si (pairs and tangent rows as in `atom_tangent_moments`) to g_sigma (S, S, B)
+    and the radial family's gradient slots g_radial (S, B, n_slots) (the rows of species si).
+
+    With p_k = Abar_b . R_k + Adotbar_b . Rdot_k and q_k = rdot_k (Adotbar_b . R_k) for the pairs
+    k of neighbour species sj in body b's support, f' = df/dr and f'_theta = d2f/(dr dtheta):
+
+        dJ/dsigma_b(si, sj) = sum_k (f p_k + f' q_k)
+        dJ/dtheta_b = sum_sj sigma_b(si, sj) sum_k (f_theta p_k + f'_theta q_k).
+
+    One pass over the body's pairs hands (r_k, p_k, q_k) to the family's accumulators
+    (`radial_adjoint_pair`), and `radial_adjoint_finish` turns them into dJ/dsigma and dJ/dtheta.
+    Only the symmetric parts of Abar_b and Adotbar_b meet the symmetric R_k and Rdot_k, so ranks
+    2 and 3 dot their class sums (`_class_sums2`, `_class_sums3`) with the unique-monomial rows of
+    T."""
+    for sj in range(sigma_scaled.shape[1]):
+        first = sj * n_bins
+        if key_start[first] == key_start[first + n_bins]:
+            continue                            # no neighbours of species sj
+        for b in range(body_rank.shape[0]):
+            lo = np.uint64(key_start[first + body_bins[si, b, 0]])
+            hi = np.uint64(key_start[first + body_bins[si, b, 1]])
+            if lo == hi:
+                continue
+            kb = radial_load(family, radial, si, b)
+            p = body_rank[b]
+            off = body_offset[b]
+            acc = radial_adjoint_init(family)
+            if p == 0:
+                wa = Abar[off]
+                wd = Adotbar[off]
+                for k in range(lo, hi):
+                    acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, wa, wd * T[T_RDOT, k])
+            elif p == 1:
+                ax = Abar[off]
+                ay = Abar[off + 1]
+                az = Abar[off + 2]
+                dx = Adotbar[off]
+                dy = Adotbar[off + 1]
+                dz = Adotbar[off + 2]
+                for k in range(lo, hi):
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    pk = (ax * ux + ay * uy + az * uz + dx * T[T_D, k] + dy * T[T_D + 1, k]
+                          + dz * T[T_D + 2, k])
+                    qk = T[T_RDOT, k] * (dx * ux + dy * uy + dz * uz)
+                    acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, pk, qk)
+            elif p == 2:
+                a0, a1, a2, a3, a4, a5 = _class_sums2(Abar, off)
+                d0, d1, d2, d3, d4, d5 = _class_sums2(Adotbar, off)
+                for k in range(lo, hi):
+                    m0 = T[T_R2, k]
+                    m1 = T[T_R2 + 1, k]
+                    m2 = T[T_R2 + 2, k]
+                    m3 = T[T_R2 + 3, k]
+                    m4 = T[T_R2 + 4, k]
+                    m5 = T[T_R2 + 5, k]
+                    pk = (a0 * m0 + a1 * m1 + a2 * m2 + a3 * m3 + a4 * m4 + a5 * m5
+                          + d0 * T[T_D2, k] + d1 * T[T_D2 + 1, k] + d2 * T[T_D2 + 2, k]
+                          + d3 * T[T_D2 + 3, k] + d4 * T[T_D2 + 4, k] + d5 * T[T_D2 + 5, k])
+                    qk = T[T_RDOT, k] * (d0 * m0 + d1 * m1 + d2 * m2 + d3 * m3 + d4 * m4
+                                         + d5 * m5)
+                    acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, pk, qk)
+            else:
+                a0, a1, a2, a3, a4, a5, a6, a7, a8, a9 = _class_sums3(Abar, off)
+                d0, d1, d2, d3, d4, d5, d6, d7, d8, d9 = _class_sums3(Adotbar, off)
+                for k in range(lo, hi):
+                    m0 = T[T_R3, k]
+                    m1 = T[T_R3 + 1, k]
+                    m2 = T[T_R3 + 2, k]
+                    m3 = T[T_R3 + 3, k]
+                    m4 = T[T_R3 + 4, k]
+                    m5 = T[T_R3 + 5, k]
+                    m6 = T[T_R3 + 6, k]
+                    m7 = T[T_R3 + 7, k]
+                    m8 = T[T_R3 + 8, k]
+                    m9 = T[T_R3 + 9, k]
+                    pk = (a0 * m0 + a1 * m1 + a2 * m2 + a3 * m3 + a4 * m4 + a5 * m5 + a6 * m6
+                          + a7 * m7 + a8 * m8 + a9 * m9
+                          + d0 * T[T_D3, k] + d1 * T[T_D3 + 1, k] + d2 * T[T_D3 + 2, k]
+                          + d3 * T[T_D3 + 3, k] + d4 * T[T_D3 + 4, k] + d5 * T[T_D3 + 5, k]
+                          + d6 * T[T_D3 + 6, k] + d7 * T[T_D3 + 7, k] + d8 * T[T_D3 + 8, k]
+                          + d9 * T[T_D3 + 9, k])
+                    qk = T[T_RDOT, k] * (d0 * m0 + d1 * m1 + d2 * m2 + d3 * m3 + d4 * m4
+                                         + d5 * m5 + d6 * m6 + d7 * m7 + d8 * m8 + d9 * m9)
+                    acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, pk, qk)
+            gs, gt = radial_adjoint_finish(family, acc, kb, sigma_scaled[si, sj, b])
+            g_sigma[si, sj, b] += gs
+            for m in range(len(gt)):
+                g_radial[si, b, m] += gt[m]
