@@ -71,6 +71,15 @@ def _setup(offsets, layout, bin_ptr, bin_bodies, sorted_count):
 
 
 @njit(cache=True, error_model="numpy")
+def _atom_scratch(m, n_terms, n_act, widest):
+    """One set of per-atom buffers (allocated per chunk): moments and their adjoint (m,), the
+    descriptor, its standardised form and adjoint (n_terms,), MLP activations and
+    pre-activations (n_act,), two MLP backward buffers (widest,)."""
+    return (np.empty(m), np.empty(m), np.empty(n_terms), np.empty(n_terms), np.empty(n_terms),
+            np.empty(n_act), np.empty(n_act), np.empty(widest), np.empty(widest))
+
+
+@njit(cache=True, error_model="numpy")
 def _moment_size(body_rank, body_offset):
     return body_offset[-1] + RANK_SIZE[body_rank[-1]]
 
@@ -182,15 +191,7 @@ def _energy_forces(n_centres, n_chunks, positions, cells, frame_of_atom, offsets
         lo = chunk * n_centres // n_chunks
         hi = (chunk + 1) * n_centres // n_chunks
         # per-chunk scratch, reused by every atom of the chunk
-        A = np.empty(m)
-        Abar = np.empty(m)
-        G = np.empty(n_terms)
-        x = np.empty(n_terms)
-        xbar = np.empty(n_terms)
-        a = np.empty(n_act)
-        z = np.empty(n_act)
-        buf_out = np.empty(widest)
-        buf_in = np.empty(widest)
+        A, Abar, G, x, xbar, a, z, buf_out, buf_in = _atom_scratch(m, n_terms, n_act, widest)
         P, pair_q, key_start, work = pair_scratch(n_max, sigma.shape[1] * n_bins)
         Q = np.empty((4, n_max))
         for i in range(lo, hi):
@@ -268,24 +269,9 @@ def _tangent_reverse(e_bar, delta, strain_bar, n_chunks, positions, cells, frame
     for chunk in prange(n_chunks):
         lo = chunk * n_atoms // n_chunks
         hi = (chunk + 1) * n_atoms // n_chunks
-        A = np.empty(m)
-        Adot = np.empty(m)
-        Abar = np.empty(m)
-        Adotbar = np.empty(m)
-        G = np.empty(n_terms)
-        Gdot = np.empty(n_terms)
-        x = np.empty(n_terms)
-        xdot = np.empty(n_terms)
-        xbar = np.empty(n_terms)
-        xdotbar = np.empty(n_terms)
-        a = np.empty(n_act)
-        adot = np.empty(n_act)
-        z = np.empty(n_act)
-        zdot = np.empty(n_act)
-        zbar = np.empty(widest)
-        zdotbar = np.empty(widest)
-        buf = np.empty(widest)
-        bufdot = np.empty(widest)
+        A, Abar, G, x, xbar, a, z, zbar, buf = _atom_scratch(m, n_terms, n_act, widest)
+        Adot, Adotbar, Gdot, xdot, xdotbar, adot, zdot, zdotbar, bufdot = _atom_scratch(
+            m, n_terms, n_act, widest)
         P, pair_q, key_start, work = pair_scratch(n_max, n_species * n_bins)
         T = np.empty((TANGENT_ROWS, n_max))
         for i in range(lo, hi):

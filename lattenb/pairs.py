@@ -180,15 +180,9 @@ def pair_tangents(i, n_kept, P, pair_q, second, delta, strain_bar, max_rank, T):
             T[T_D2 + 3, k] = 2.0 * dy * uy
             T[T_D2 + 4, k] = dy * uz + uy * dz
             T[T_D2 + 5, k] = 2.0 * dz * uz
-    if max_rank >= 3:
-        # each cubic monomial is u_a times a quadratic one, its tangent d_a m + u_a dm
-        for k in range(n_kept):
-            ux = P[P_UX, k]
-            uy = P[P_UY, k]
-            uz = P[P_UZ, k]
-            dx = T[T_D, k]
-            dy = T[T_D + 1, k]
-            dz = T[T_D + 2, k]
+            if max_rank < 3:
+                continue
+            # each cubic monomial is u_a times a quadratic one, its tangent d_a m + u_a dm
             for e in range(6):                      # xxx, xxy, xxz, xyy, xyz, xzz = x * (xx .. zz)
                 T[T_R3 + e, k] = ux * T[T_R2 + e, k]
                 T[T_D3 + e, k] = dx * T[T_R2 + e, k] + ux * T[T_D2 + e, k]
@@ -197,7 +191,6 @@ def pair_tangents(i, n_kept, P, pair_q, second, delta, strain_bar, max_rank, T):
                 T[T_D3 + 6 + e, k] = dy * T[T_R2 + 3 + e, k] + uy * T[T_D2 + 3 + e, k]
             T[T_R3 + 9, k] = uz * T[T_R2 + 5, k]    # zzz
             T[T_D3 + 9, k] = dz * T[T_R2 + 5, k] + uz * T[T_D2 + 5, k]
-
 
 
 # ----------------------------------------------------------------------------- sorted once
