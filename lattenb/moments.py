@@ -49,13 +49,60 @@ CANONICAL2 = _canonical_index(2)
 CANONICAL3 = _canonical_index(3)
 
 
+# The unique components of r-hat powers: their flat places in a 3^p tensor (xx, xy, xz, yy, yz,
+# zz and xxx, xxy, xxz, xyy, xyz, xzz, yyy, yyz, yzz, zzz), and scalar helpers that add
+# f rhat^(x)p to register accumulators (tuples) and store them, shared by `atom_moments`' rank
+# branches. Same arithmetic as written out (bit-identical moments); 0.2 % more instructions per
+# MD step (callgrind, fast preset, Cu 864).
+UNIQUE1 = (0, 1, 2)
+UNIQUE2 = (0, 1, 2, 4, 5, 8)
+UNIQUE3 = (0, 1, 2, 4, 5, 8, 13, 14, 17, 26)
+ZERO3 = (0.0,) * 3
+ZERO6 = (0.0,) * 6
+ZERO10 = (0.0,) * 10
+_INLINE = dict(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+
+
+@njit(**_INLINE)
+def _add_unique1(acc, f, ux, uy, uz):
+    return (acc[0] + f * ux, acc[1] + f * uy, acc[2] + f * uz)
+
+
+@njit(**_INLINE)
+def _add_unique2(acc, f, ux, uy, uz):
+    fx = f * ux
+    fy = f * uy
+    return (acc[0] + fx * ux, acc[1] + fx * uy, acc[2] + fx * uz, acc[3] + fy * uy,
+            acc[4] + fy * uz, acc[5] + f * uz * uz)
+
+
+@njit(**_INLINE)
+def _add_unique3(acc, f, ux, uy, uz):
+    fxx = f * ux * ux
+    fxy = f * ux * uy
+    fxz = f * ux * uz
+    fyy = f * uy * uy
+    fyz = f * uy * uz
+    return (acc[0] + fxx * ux, acc[1] + fxx * uy, acc[2] + fxx * uz, acc[3] + fxy * uy,
+            acc[4] + fxy * uz, acc[5] + fxz * uz, acc[6] + fyy * uy, acc[7] + fyy * uz,
+            acc[8] + fyz * uz, acc[9] + f * uz * uz * uz)
+
+
+@njit(**_INLINE)
+def _store_unique(A, off, sc, acc, places):
+    """A[off + places[e]] += sc acc[e]: a body's accumulated unique components."""
+    for e in range(len(acc)):
+        A[off + places[e]] += sc * acc[e]
+
+
 # ----------------------------------------------------------------------------- forward
 # Notes on the pair loops here and in `atom_pair_gradients`, all measured:
 # - they run over np.uint64 bounds: a provably non-negative index spares Numba's negative-index
 #   wraparound, which would otherwise keep LLVM from vectorising them;
-# - they are written out per rank inside the body loop rather than in helpers taking P: calling
-#   (or Numba-inlining) such a helper costs a call or atomic reference-count updates per
-#   (neighbour species, body), as much as a short loop itself;
+# - the per-rank loops stay inside the body loop rather than in helpers taking P: calling (or
+#   Numba-inlining) such a helper costs a call or atomic reference-count updates per (neighbour
+#   species, body), as much as a short loop itself; helpers that take and return only scalars
+#   and tuples (`_add_unique2`, ...) cost nothing of the kind;
 # - the neighbour species is the outer loop, so species absent around the atom cost nothing.
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_bins, sigma_scaled,
@@ -86,68 +133,23 @@ def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_
                     a0 += radial_value(family, P[P_R, k], kb)
                 A[off] += sc * a0
             elif p == 1:
-                ax = ay = az = 0.0
+                acc1 = ZERO3
                 for k in range(lo, hi):
-                    f = radial_value(family, P[P_R, k], kb)
-                    ax += f * P[P_UX, k]
-                    ay += f * P[P_UY, k]
-                    az += f * P[P_UZ, k]
-                A[off] += sc * ax
-                A[off + 1] += sc * ay
-                A[off + 2] += sc * az
+                    acc1 = _add_unique1(acc1, radial_value(family, P[P_R, k], kb), P[P_UX, k],
+                                        P[P_UY, k], P[P_UZ, k])
+                _store_unique(A, off, sc, acc1, UNIQUE1)
             elif p == 2:
-                axx = axy = axz = ayy = ayz = azz = 0.0
+                acc2 = ZERO6
                 for k in range(lo, hi):
-                    f = radial_value(family, P[P_R, k], kb)
-                    ux = P[P_UX, k]
-                    uy = P[P_UY, k]
-                    uz = P[P_UZ, k]
-                    fx = f * ux
-                    fy = f * uy
-                    axx += fx * ux
-                    axy += fx * uy
-                    axz += fx * uz
-                    ayy += fy * uy
-                    ayz += fy * uz
-                    azz += f * uz * uz
-                A[off] += sc * axx
-                A[off + 1] += sc * axy
-                A[off + 2] += sc * axz
-                A[off + 4] += sc * ayy
-                A[off + 5] += sc * ayz
-                A[off + 8] += sc * azz
+                    acc2 = _add_unique2(acc2, radial_value(family, P[P_R, k], kb), P[P_UX, k],
+                                        P[P_UY, k], P[P_UZ, k])
+                _store_unique(A, off, sc, acc2, UNIQUE2)
             else:
-                axxx = axxy = axxz = axyy = axyz = axzz = ayyy = ayyz = ayzz = azzz = 0.0
+                acc3 = ZERO10
                 for k in range(lo, hi):
-                    f = radial_value(family, P[P_R, k], kb)
-                    ux = P[P_UX, k]
-                    uy = P[P_UY, k]
-                    uz = P[P_UZ, k]
-                    fxx = f * ux * ux
-                    fxy = f * ux * uy
-                    fxz = f * ux * uz
-                    fyy = f * uy * uy
-                    fyz = f * uy * uz
-                    axxx += fxx * ux
-                    axxy += fxx * uy
-                    axxz += fxx * uz
-                    axyy += fxy * uy
-                    axyz += fxy * uz
-                    axzz += fxz * uz
-                    ayyy += fyy * uy
-                    ayyz += fyy * uz
-                    ayzz += fyz * uz
-                    azzz += f * uz * uz * uz
-                A[off] += sc * axxx
-                A[off + 1] += sc * axxy
-                A[off + 2] += sc * axxz
-                A[off + 4] += sc * axyy
-                A[off + 5] += sc * axyz
-                A[off + 8] += sc * axzz
-                A[off + 13] += sc * ayyy
-                A[off + 14] += sc * ayyz
-                A[off + 17] += sc * ayzz
-                A[off + 26] += sc * azzz
+                    acc3 = _add_unique3(acc3, radial_value(family, P[P_R, k], kb), P[P_UX, k],
+                                        P[P_UY, k], P[P_UZ, k])
+                _store_unique(A, off, sc, acc3, UNIQUE3)
     for b in range(body_rank.shape[0]):            # mirror the unique components
         off = body_offset[b]
         if body_rank[b] == 2:
