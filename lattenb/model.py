@@ -7,7 +7,8 @@
     model.save("model.npz"); same = lattenb.load("model.npz")
 
 Parameters (S species, B bodies, T terms), species-first so kernels read contiguous memory:
-    centres, widths (S, B) Å       radial centre and width of every body, per central species
+    the radial family's arrays     e.g. centres, widths (S, B) Å of the "polynomial" family: the
+                                    radial function of every body, per central species
     sigma (S, S, B)                 species weight per (central, neighbour) species and body
     mlp (S, n_parameters)           flat MLP parameters per species (see `lattenb.mlp`)
     e0 (S,) eV                      per-species reference energy
