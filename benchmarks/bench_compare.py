@@ -41,8 +41,10 @@ for _ in range(int(sys.argv[2])):
         model.compute(pos, cell, pbc, numbers)
     md.append((time.perf_counter() - t0) / (len(traj) * len(atoms)) * 1e6)
 try:                                          # the stage layout
+    from functools import partial
     from lattenb.dataset import prepare_dataset
     from lattenb.loss import LossWeights, loss_and_gradient
+    prepare_dataset = partial(prepare_dataset, keep_pairs=True)   # as `fit` does
 except ImportError:                           # before it
     from lattenb.training import LossWeights, loss_and_gradient, prepare_dataset
 from pathlib import Path

@@ -48,7 +48,7 @@ def main():
     overrides = {"hidden": args.hidden} if args.hidden else {}
     model = LatteModel.preset(args.preset, species, **overrides)
     t0 = time.perf_counter()
-    data = prepare_dataset(frames, model)
+    data = prepare_dataset(frames, model, keep_pairs=True)
     t_prep = time.perf_counter() - t0
     standardise(model, data)
     n = len(data.positions)

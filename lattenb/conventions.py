@@ -34,16 +34,6 @@ def voigt_from_tensor(t):
     return np.asarray(t)[..., _VOIGT_ROWS, _VOIGT_COLS]
 
 
-def tensor_from_voigt(s):
-    """(..., 3, 3) symmetric tensors from (..., 6) Voigt components (xx, yy, zz, yz, xz, xy)."""
-    s = np.asarray(s)
-    t = np.empty(s.shape[:-1] + (3, 3), dtype=s.dtype)
-    for k, (a, b) in enumerate(VOIGT_PAIRS):
-        t[..., a, b] = s[..., k]
-        t[..., b, a] = s[..., k]
-    return t
-
-
 def lammps_from_tensor(t):
     """(..., 6) components in LAMMPS's virial order (xx, yy, zz, xy, xz, yz) of (..., 3, 3) tensors."""
     return np.asarray(t)[..., _LAMMPS_ROWS, _LAMMPS_COLS]

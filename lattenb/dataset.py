@@ -10,7 +10,7 @@ import numpy as np
 from .conventions import MIN_VOLUME, voigt_from_tensor
 from .kernels import System, default_chunks
 from .neighbors import neighbor_list
-from .pairs import sort_dataset_pairs
+from .pairs import no_sorted_pairs, sort_dataset_pairs
 
 
 def _targets(atoms):
@@ -53,6 +53,7 @@ class Dataset:
     has_forces: np.ndarray
     has_stress: np.ndarray
     config_types: list
+    keep_pairs: bool = False
     _sorted: tuple = field(default=(None, None), repr=False, compare=False)
 
     @property
@@ -65,10 +66,14 @@ class Dataset:
 
     def kernel_inputs(self, arrays):
         """(`kernels.System`, `pairs.SortedPairs`) of the whole dataset for a model's
-        `KernelArrays`: every atom's pairs are sorted on first use and kept (they depend on the
-        cutoff, the distance bins and the species, not on the parameters)."""
+        `KernelArrays`. With `keep_pairs` (a training set, evaluated every iteration) every atom's
+        pairs are sorted on first use and kept, since they depend on the cutoff, the distance
+        bins and the species, not on the parameters; otherwise (one-off predictions) the kernels
+        sort them as they go and nothing is kept."""
         system = System(self.positions, self.cells, self.frame_of_atom, self.offsets, self.second,
                         self.shifts, self.species)
+        if not self.keep_pairs:
+            return system, no_sorted_pairs()
         n_bins = arrays.bin_ptr.shape[1] - 1
         key = (arrays.cutoff, n_bins, arrays.inv_bin, arrays.sigma.shape[0])
         if self._sorted[0] != key:
@@ -84,8 +89,10 @@ class Dataset:
         return counts
 
 
-def prepare_dataset(frames, model, require_energy=True):
-    """Build a `Dataset` from ASE Atoms for `model` (neighbour lists computed once here)."""
+def prepare_dataset(frames, model, require_energy=True, keep_pairs=False):
+    """Build a `Dataset` from ASE Atoms for `model` (neighbour lists computed once here).
+    keep_pairs: sort every atom's pairs once and keep them (48 bytes per pair) for the many
+    evaluations of training (see `Dataset.kernel_inputs`)."""
     if not len(frames):
         raise ValueError("no structures given")
     pos, spec, frame_idx, cells, vols, starts = [], [], [], [], [], [0]
@@ -142,4 +149,4 @@ def prepare_dataset(frames, model, require_energy=True):
         shifts=np.concatenate(shifts) if shifts else np.zeros((0, 3), np.int64),
         energies=np.array(energies), forces=np.concatenate(forces), stresses=np.array(stresses),
         has_energy=np.array(he), has_forces=np.array(hf), has_stress=np.array(hs),
-        config_types=ctypes)
+        config_types=ctypes, keep_pairs=bool(keep_pairs))

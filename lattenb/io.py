@@ -30,11 +30,6 @@ def write_model_file(path, header, arrays):
         np.savez(fh, header=blob, **arrays)
 
 
-def save_model(model, path, params=None, extra_arrays=None, extra_header=None):
-    """Write `model` to `path`: the same as ``model.save(path, ...)`` (see `LatteModel.save`)."""
-    model.save(path, params=params, extra_arrays=extra_arrays, extra_header=extra_header)
-
-
 def read_model_file(path):
     """(header dict, arrays dict) of a model or checkpoint file, with the file and its header
     checked (an .npz archive, JSON object header, format "lattenb", a version this code reads);

@@ -37,13 +37,6 @@ PRESETS = {
 
 MIN_CUTOFF = 0.6         # Å: twice the polynomial family's smallest width (`radial.polynomial`)
 
-#: the parameters every model has, whatever its radial family (whose own come first)
-COMMON_PARAMETERS = ("sigma", "mlp", "e0", "g_mean", "g_std")
-
-
-#: the species parser of `__init__` (see `lattenb.species.parse_species`)
-_species_numbers = parse_species
-
 
 class LatteModel:
     """A LATTE potential: descriptor settings, parameters, and evaluation.
@@ -58,7 +51,7 @@ class LatteModel:
 
     def __init__(self, species, cutoff=5.0, blocks=PRESETS["fast"]["blocks"], hidden=(32, 16),
                  activation="gaussian", width=None, seed=0, radial=radial_families.DEFAULT):
-        self.numbers = _species_numbers(species)
+        self.numbers = parse_species(species)
         self.species = tuple(chemical_symbols[z] for z in self.numbers)
         cutoff = float(cutoff)
         if not np.isfinite(cutoff) or cutoff <= MIN_CUTOFF:
@@ -144,7 +137,8 @@ class LatteModel:
 
     @property
     def parameter_names(self):
-        """Names of the parameter arrays: the radial family's, then COMMON_PARAMETERS."""
+        """Names of the parameter arrays: the radial family's, then sigma, mlp, e0, g_mean,
+        g_std."""
         return tuple(self.parameter_shapes())
 
     def kernel_arrays(self):
@@ -216,8 +210,6 @@ class LatteModel:
         (n_centres is not supported); see `lattenb.cuda.CudaEvaluator.compute_device` for
         device arrays.
         """
-        if numbers is None:
-            raise ValueError("numbers (atomic numbers of the atoms) are required")
         return self.backend(device, dtype).compute(positions, cell, pbc, numbers,
                                                    neighbors=neighbors, n_centres=n_centres)
 

@@ -202,10 +202,15 @@ SortedPairs = namedtuple("SortedPairs", ["rows", "pair_q", "start", "count", "ke
                                          "closest"])
 
 
+_NO_SORTED_PAIRS = SortedPairs(np.zeros((PAIR_ROWS, 0)), np.zeros(0, np.int64),
+                               np.zeros(1, np.int64), np.zeros(0, np.int64),
+                               np.zeros((0, 1), np.int32), np.zeros(0))
+
+
 def no_sorted_pairs():
-    """The empty `SortedPairs`: the kernels then sort every atom's pairs as they go (MD)."""
-    return SortedPairs(np.zeros((PAIR_ROWS, 0)), np.zeros(0, np.int64), np.zeros(1, np.int64),
-                       np.zeros(0, np.int64), np.zeros((0, 1), np.int32), np.zeros(0))
+    """The empty `SortedPairs` (one shared instance; the kernels only read its sizes): the kernels
+    then sort every atom's pairs as they go (MD, one-off predictions)."""
+    return _NO_SORTED_PAIRS
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)

@@ -25,7 +25,6 @@ from .species import species_in
 from .steps import (TRAINING_CHUNKS, ParameterVector, _Objective, _output_weights,
                     fit_reference_energies, solve_output_layer, standardise, zero_output_layer)
 
-#: the parameters L-BFGS-B changes (the standardisation g_mean, g_std stays as it is)
 #: the fixed buffers of a model (set by `standardise`), not trained by L-BFGS
 BUFFERS = ("g_mean", "g_std")
 
@@ -249,8 +248,8 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     # a model whose standardisation is set has been fitted: continue from it as it is
     fitted = resume is None and not (np.all(model.params["g_mean"] == 0.0)
                                      and np.all(model.params["g_std"] == 1.0))
-    data = prepare_dataset(frames, model)
-    vdata = prepare_dataset(valid, model) if valid else None
+    data = prepare_dataset(frames, model, keep_pairs=True)
+    vdata = prepare_dataset(valid, model, keep_pairs=True) if valid else None
     vector = ParameterVector(model, train_radial=train_radial)
 
     # step 1: the starting point
