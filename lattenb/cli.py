@@ -11,6 +11,8 @@ import json
 import sys
 from pathlib import Path
 
+import numpy as np
+
 from . import radial
 from .evaluation import evaluate_frames
 from .mlp import ACTIVATIONS
@@ -56,28 +58,93 @@ def _print_table(path, table):
               f"{fmt(row['forces_eV_per_A'], 7)}  {fmt(row['stress_GPa'], 7)}")
 
 
+def parse_duration(text):
+    """Seconds from "90", "90s", "30m", "2h" or "1.5h"."""
+    text = str(text).strip().lower()
+    scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:], None)
+    number = text[:-1] if scale else text
+    try:
+        value = float(number) * (scale or 1.0)
+    except ValueError:
+        raise ValueError(f"not a duration: {text!r} (use e.g. 900, 30m, 2h)") from None
+    if not np.isfinite(value) or value <= 0:
+        raise ValueError(f"duration must be positive, got {text!r}")
+    return value
+
+
+def fit_settings(args, frames, log=print):
+    """The settings of `lattenb fit` that are chosen from the training data when not given
+    (see `lattenb.auto`): validation split, isolated-atom energies, cutoff, stress offset.
+    Returns (train, valid, keyword arguments of `fit`)."""
+    from .auto import choose_cutoff, has_stress, isolated_atom_energies, read_e0, split_validation
+    e0, frames = isolated_atom_energies(frames)
+    if args.e0:
+        e0 = read_e0(args.e0)
+        log(f"isolated-atom energies from {args.e0}: {e0}")
+    elif e0:
+        log(f"isolated-atom energies from the training files: {e0}")
+    if args.valid:
+        train, valid = frames, _read([args.valid])
+    elif args.resume:
+        train, valid = frames, None
+    else:
+        train, valid = split_validation(frames)
+        if valid:
+            log(f"validation: every 10th training structure ({len(valid)} of {len(frames)}); "
+                f"give --valid FILE to choose")
+    cutoff = args.cutoff
+    if cutoff is None and not args.resume:
+        cutoff, why = choose_cutoff(train)
+        log(f"cutoff {cutoff:.1f} Å ({why}); give --cutoff to choose")
+    offset = args.stress_offset
+    if offset is None:
+        offset = has_stress(train)
+        if offset:
+            log("fitting stresses up to an isotropic offset (--no-stress-offset to fit them as "
+                "they are)")
+    return train, valid, {"cutoff": cutoff, "stress_offset": offset, "e0": e0 or None}
+
+
+def write_learning_curve(model, output, log=print):
+    """The fit's learning curve next to the model: OUTPUT.curve.csv and, with matplotlib,
+    OUTPUT.curve.png."""
+    from . import plots
+    rows = getattr(model, "fit_curve", [])
+    if not rows:
+        return
+    stem = str(output)[:-4] if str(output).endswith(".npz") else str(output)
+    plots.write_csv(rows, stem + ".curve.csv")
+    try:
+        plots.learning_curve(rows, stem + ".curve.png")
+        log(f"learning curve: {stem}.curve.csv, {stem}.curve.png")
+    except ImportError:
+        log(f"learning curve: {stem}.curve.csv (install matplotlib, pip install "
+            f"'lattenb[plot]', for the picture)")
+
+
 def cmd_fit(args):
     import numba
 
     from .training import fit
     if args.threads:
         numba.set_num_threads(args.threads)
-    frames = _read(args.train)
-    valid = _read([args.valid]) if args.valid else None
+    log = lambda line: print(line, flush=True)   # noqa: E731
+    train, valid, auto = fit_settings(args, _read(args.train), log)
     weights = _floats(args.weights, 3, "weights")
     output_weights = (_floats(args.output_weights, 3, "output-weights") if args.output_weights
                       else None)
-    model = fit(frames, valid=valid, preset=args.preset, cutoff=args.cutoff, blocks=args.blocks,
+    max_time = args.max_time if args.max_time is not None else parse_duration(args.time)
+    model = fit(train, valid=valid, preset=args.preset, blocks=args.blocks,
                 hidden=args.hidden, activation=args.activation, radial=args.radial,
-                weights=weights, l2=args.l2,
-                stress_offset=args.stress_offset, output_weights=output_weights,
+                weights=weights, l2=args.l2, output_weights=output_weights,
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                resume=args.resume, max_time=args.max_time,
-                log=lambda line: print(line, flush=True), log_every=args.log_every)
+                resume=args.resume, max_time=max_time, log=log, log_every=args.log_every, **auto)
     model.save(args.output)
     info = model.fit_info
-    print(f"wrote {args.output} ({info['iterations']} iterations, {info['wall_time_s']:.1f} s)")
+    print(f"wrote {args.output} ({info['iterations']} iterations, {info['wall_time_s']:.1f} s, "
+          f"stopped: {info['stopped']})")
+    write_learning_curve(model, args.output, log)
     if model.interrupted:
         return 130
     return 0
@@ -90,8 +157,18 @@ def cmd_eval(args):
     except (ValueError, FileNotFoundError) as exc:
         raise SystemExit(f"lattenb: {exc}")
     results = {}
+    frames = {}
     for path in args.files:
-        results[path] = evaluate_frames(model, _read([path]))
+        frames[path] = _read([path])
+        results[path] = evaluate_frames(model, frames[path])
+    if getattr(args, "plot", None):
+        from . import plots
+        every = [a for path in args.files for a in frames[path]]
+        try:
+            plots.parity(model, every, args.plot, title=f"{args.model} on {', '.join(args.files)}")
+        except ImportError as exc:
+            raise SystemExit(f"lattenb: {exc}")
+        print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         json.dump(results, sys.stdout, indent=2)
         print()
@@ -115,7 +192,7 @@ def cmd_example(args):
     ns = build_parser().parse_args(["fit", train, "--valid", test, "-o", out,
                                     "--max-iter", str(args.max_iter)])
     code = cmd_fit(ns)
-    cmd_eval(argparse.Namespace(model=out, files=[test], json=False))
+    cmd_eval(argparse.Namespace(model=out, files=[test], json=False, plot=None))
     return code
 
 
@@ -124,12 +201,14 @@ def build_parser():
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("fit", help="fit a model to structures with energies/forces/stress")
     f.add_argument("train", nargs="+", help="training files (any ASE-readable format)")
-    f.add_argument("--valid", help="validation file: the parameters best on it are kept")
+    f.add_argument("--valid", help="validation file: the parameters best on it are kept "
+                                   "(default: every 10th training structure)")
     f.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
     f.add_argument("--preset", default="fast", choices=sorted(PRESETS))
     f.add_argument("--blocks", help="descriptor block string, e.g. '8,-:8,i,i:8,ij,ij'")
     f.add_argument("--hidden", help="hidden layer sizes, e.g. 32,16")
-    f.add_argument("--cutoff", type=float, help="cutoff radius in Angstrom")
+    f.add_argument("--cutoff", type=float, help="cutoff radius in Angstrom (default: from the "
+                                                "neighbour shells of the training structures)")
     f.add_argument("--activation", default="gaussian", choices=sorted(ACTIVATIONS))
     f.add_argument("--radial", default=radial.DEFAULT, choices=radial.names(),
                    help="radial family of the descriptor (default %(default)s)")
@@ -141,22 +220,33 @@ def build_parser():
     f.add_argument("--no-output-solve", action="store_true",
                    help="skip the final output-layer solve")
     f.add_argument("--l2", type=float, default=1e-6, help="L2 penalty on MLP weights")
-    f.add_argument("--stress-offset", action="store_true",
+    f.add_argument("--stress-offset", dest="stress_offset", action="store_true", default=None,
                    help="fit stresses up to one isotropic offset (the Pulay stress of plane-wave "
-                        "DFT); the fitted offset is printed at the end")
-    f.add_argument("--max-iter", type=int, default=500)
+                        "DFT; the default when the training data has stresses); the fitted "
+                        "offset is printed at the end")
+    f.add_argument("--no-stress-offset", dest="stress_offset", action="store_false", default=None,
+                   help="fit the reference stresses as they are")
+    f.add_argument("--e0", help="isolated-atom energies: a JSON file {\"H\": -13.6, ...} (eV) or "
+                                "a file of one-atom frames (default: frames of config_type "
+                                "IsolatedAtom in the training files, else fitted on composition)")
+    f.add_argument("--time", default="30m",
+                   help="time budget of the fit, e.g. 900, 30m, 2h (default %(default)s); it also "
+                        "stops when the validation loss has converged")
+    f.add_argument("--max-iter", type=int, help="stop after this many L-BFGS iterations")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
     f.add_argument("--checkpoint", help="checkpoint file, written every --checkpoint-every iterations")
     f.add_argument("--checkpoint-every", type=int, default=50)
     f.add_argument("--resume", help="continue from a checkpoint file")
     f.add_argument("--log-every", type=int, default=10)
-    f.add_argument("--max-time", type=float, help="stop after this many seconds (best model kept)")
+    f.add_argument("--max-time", type=float, help="time budget in seconds (overrides --time)")
     f.set_defaults(func=cmd_fit)
     e = sub.add_parser("eval", help="MAE/RMSE of a model on files, overall and per config_type")
     e.add_argument("model")
     e.add_argument("files", nargs="+")
     e.add_argument("--json", action="store_true", help="machine-readable output")
+    e.add_argument("--plot", metavar="PNG", help="write energy and force parity plots, coloured "
+                                                 "by config_type (needs matplotlib)")
     e.set_defaults(func=cmd_eval)
     x = sub.add_parser("example", help="fit and evaluate on the bundled Cu example data")
     x.add_argument("-o", "--output", help="model file to write (default: a temporary file)")

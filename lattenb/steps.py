@@ -39,15 +39,27 @@ def zero_output_layer(model):
     model.set_parameters(mlp=mlp)
 
 
-def fit_reference_energies(model, data):
-    """e0 by linear least squares of (E_ref - current MLP energy) on composition."""
-    model.set_parameters(e0=np.zeros(model.n_species))
+def fit_reference_energies(model, data, fixed_e0=False):
+    """e0 by linear least squares of (E_ref - current energy) on composition; with `fixed_e0`
+    (isolated-atom energies given) e0 stays and the per-species constants go into the output
+    biases instead."""
+    fixed = model.params["e0"].copy() if fixed_e0 else np.zeros(model.n_species)
+    mlp = model.params["mlp"].copy()
+    if fixed_e0:
+        mlp[:, -1] = 0.0
+        model.set_parameters(mlp=mlp)
+    else:
+        model.set_parameters(e0=fixed)
     E, _, _, _ = predict(model, data)
     m = data.has_energy
     comp = data.composition(model.n_species)[m]
-    e0, *_ = np.linalg.lstsq(comp, data.energies[m] - E[m], rcond=None)
+    shift, *_ = np.linalg.lstsq(comp, data.energies[m] - E[m], rcond=None)
     present = comp.sum(axis=0) > 0
-    model.set_parameters(e0=np.where(present, e0, 0.0))
+    if fixed_e0:
+        mlp[:, -1] = np.where(present, shift, 0.0)
+        model.set_parameters(mlp=mlp)
+    else:
+        model.set_parameters(e0=np.where(present, shift, 0.0))
 
 
 class ParameterVector:
@@ -58,7 +70,7 @@ class ParameterVector:
     [0, 1], which keeps 0 <= c - w and c + w <= r_cut), sigma.
     """
 
-    def __init__(self, model, train_radial=True, train_sigma=True):
+    def __init__(self, model, train_radial=True, train_sigma=True, train_e0=True):
         self.model = model
         self.rc = model.cutoff
         self.family = model.radial_family
@@ -77,7 +89,8 @@ class ParameterVector:
         self.frozen = np.zeros(sum(self.sizes), bool)
         start = 0
         for (name, _), n in zip(self.shapes, self.sizes):
-            if (name in self.radial_names and not train_radial) or (name == "sigma" and not train_sigma):
+            if ((name in self.radial_names and not train_radial) or (name == "sigma" and not train_sigma)
+                    or (name == "e0" and not train_e0)):
                 self.frozen[start:start + n] = True
             start += n
 
@@ -155,9 +168,10 @@ def _output_weights(weights, values):
     return replace(weights, energy=values[0], forces=values[1], stress=values[2])
 
 
-def solve_output_layer(model, data, weights=LossWeights(), n_chunks=None):
+def solve_output_layer(model, data, weights=LossWeights(), n_chunks=None, fixed_e0=False):
     """Set the output layer weights and e0 of every species to their exact minimiser of the
-    loss with everything else fixed.
+    loss with everything else fixed (with `fixed_e0`, the isolated-atom e0 stays and the
+    per-species constant goes into the output bias).
 
     The energy is linear in the output layer weights W (S, K) and in e0 (S,), and forces and
     stress are linear in W, so the loss is quadratic in them: one energy/force pass per hidden
@@ -218,4 +232,8 @@ def solve_output_layer(model, data, weights=LossWeights(), n_chunks=None):
     present = comp.sum(axis=0) > 0             # species absent from the data keep theirs
     mlp = mlp0.copy()
     mlp[present, -(K + 1):-1] = x[:n_w].reshape(S, K)[present]
-    model.set_parameters(mlp=mlp, e0=np.where(present, x[n_w:n_w + S], e00))
+    if fixed_e0:     # the solved per-species constant x_e0 = output bias shift + e0, e0 kept
+        mlp[present, -1] += x[n_w:n_w + S][present] - e00[present]
+        model.set_parameters(mlp=mlp)
+    else:
+        model.set_parameters(mlp=mlp, e0=np.where(present, x[n_w:n_w + S], e00))

@@ -21,6 +21,7 @@ from .evaluation import rmse_report
 from .loss import LossWeights, loss_and_gradient, stress_residuals
 from .model import LatteModel, read_model
 from .predict import predict
+from .auto import isolated_atom_energies
 from .species import species_in
 from .steps import (TRAINING_CHUNKS, ParameterVector, _Objective, _output_weights,
                     fit_reference_energies, solve_output_layer, standardise, zero_output_layer)
@@ -28,16 +29,34 @@ from .steps import (TRAINING_CHUNKS, ParameterVector, _Objective, _output_weight
 #: the fixed buffers of a model (set by `standardise`), not trained by L-BFGS
 BUFFERS = ("g_mean", "g_std")
 
+#: convergence: stop when the best validation loss improved by less than CONVERGENCE_TOL
+#: (relative) over the last CONVERGENCE_WINDOW iterations (or the last third of the run)
+CONVERGENCE_WINDOW = 200
+CONVERGENCE_TOL = 1e-3
+
+#: L-BFGS-B memory (correction pairs kept)
+LBFGS_MEMORY = 20
+
 
 # --------------------------------------------------------------------------- step 1
-def _initialise(model, data, vector):
+def _initialise(model, data, vector, fixed_e0=False):
     """Starting point of a new model: standardisation from the data, a zero output layer (so the
-    first predictions are exactly the composition fit) and e0 by least squares on composition.
+    first predictions are exactly the composition fit) and e0 by least squares on composition
+    (with `fixed_e0`, the isolated-atom e0 stays and the output biases take the fit).
     Returns the packed parameters."""
     standardise(model, data)
     zero_output_layer(model)
-    fit_reference_energies(model, data)
+    fit_reference_energies(model, data, fixed_e0)
     return vector.get()
+
+
+def set_reference_energies(model, e0):
+    """Set e0 from {symbol: eV} (isolated-atom energies); every species of the model needs one."""
+    missing = [s for s in model.species if s not in e0]
+    if missing:
+        raise ValueError(f"no isolated-atom energy for {', '.join(missing)} (given for "
+                         f"{', '.join(sorted(e0)) or 'none'})")
+    model.set_parameters(e0=np.array([float(e0[s]) for s in model.species]))
 
 
 # --------------------------------------------------------------------------- step 2
@@ -61,6 +80,9 @@ class _LbfgsRun:
         self.checkpoint, self.checkpoint_every = checkpoint, checkpoint_every
         self.max_time, self.log, self.log_every = max_time, log, log_every
         self.t_start = time.perf_counter() if t_start is None else t_start
+        self.best_hist = []              # best validation loss after each iteration
+        self.curve = []                  # learning curve rows, one per log line
+        self.stop_reason = None
 
     def validate(self, x):
         """Validation loss at x (replayed when resuming); keeps the best parameters."""
@@ -76,16 +98,34 @@ class _LbfgsRun:
             self.vector.set(x)
             self.best_val = val
             self.best = {n: v.copy() for n, v in self.model.params.items()}
+        self.best_hist.append(self.best_val)
+
+    def converged(self):
+        """True when the best validation loss (training loss without validation data) improved
+        by less than CONVERGENCE_TOL (relative) over the last CONVERGENCE_WINDOW iterations
+        (or a third of the run, if longer)."""
+        it = len(self.best_hist)
+        window = max(CONVERGENCE_WINDOW, it // 3)
+        if it <= window:
+            return False
+        before, now = self.best_hist[it - 1 - window], self.best_hist[-1]
+        return now > (1.0 - CONVERGENCE_TOL) * before
 
     def progress_line(self, it):
-        """The log line of iteration `it` (the model holds its parameters)."""
+        """The log line of iteration `it` (the model holds its parameters); also a row of the
+        learning curve."""
         e, f, _ = rmse_report(self.model, self.data)
+        elapsed = time.perf_counter() - self.t_start
+        row = {"iteration": it, "time_s": elapsed, "loss": self.objective.f_hist[-1],
+               "train_energy_meV_per_atom": e, "train_forces_eV_per_A": f}
         line = (f"iter {it:5d}  loss {self.objective.f_hist[-1]:.6e}  train E {e:7.3f} meV/atom"
                 f"  F {f:.4f} eV/A")
         if self.vdata is not None:
             ve, vf, _ = rmse_report(self.model, self.vdata)
             line += f"  valid E {ve:7.3f}  F {vf:.4f}"
-        return line + f"  {time.perf_counter() - self.t_start:7.1f} s"
+            row.update(valid_energy_meV_per_atom=ve, valid_forces_eV_per_A=vf)
+        self.curve.append(row)
+        return line + f"  {elapsed:7.1f} s"
 
     def callback(self, x):
         """Called by SciPy after every iteration: validation, log line, checkpoint, time limit."""
@@ -98,21 +138,31 @@ class _LbfgsRun:
         if self.checkpoint and it > self.replay and it % self.checkpoint_every == 0:
             self.save_checkpoint(self.checkpoint)
         if self.max_time is not None and time.perf_counter() - self.t_start > self.max_time:
+            self.stop_reason = f"time limit of {self.max_time:.0f} s reached"
+        elif it > self.replay and self.converged():
+            self.stop_reason = (f"converged (best {'validation' if self.vdata is not None else 'training'}"
+                                f" loss improved by less than {CONVERGENCE_TOL:g} in the last "
+                                f"{max(CONVERGENCE_WINDOW, it // 3)} iterations)")
+        if self.stop_reason is not None:
             if self.log is not None:
-                self.log(f"stopping at iteration {it}: time limit of {self.max_time:.0f} s reached")
+                if it % self.log_every:
+                    self.vector.set(x)
+                    self.log(self.progress_line(it))
+                self.log(f"stopping at iteration {it}: {self.stop_reason}")
             raise StopIteration
 
     def minimise(self, max_iter):
-        """Run L-BFGS-B for at most `max_iter` iterations; Ctrl-C stops it and sets
-        `model.interrupted`."""
+        """Run L-BFGS-B for at most `max_iter` iterations (None: until the time limit or
+        convergence); Ctrl-C stops it and sets `model.interrupted`."""
         from scipy.optimize import minimize
         self.model.interrupted = False
+        max_iter = 10 ** 9 if max_iter is None else max_iter
         try:
             if max_iter > 0:       # L-BFGS-B would still take a step with maxiter=0
                 minimize(self.objective, self.x0, jac=True, method="L-BFGS-B",
                          bounds=self.vector.bounds, callback=self.callback,
                          options={"maxiter": int(max_iter), "maxfun": 4 * int(max_iter) + 20,
-                                  "ftol": 1e-14, "gtol": 1e-12, "maxcor": 20})
+                                  "ftol": 1e-14, "gtol": 1e-12, "maxcor": LBFGS_MEMORY})
         except KeyboardInterrupt:
             self.model.interrupted = True
             if self.log is not None:
@@ -132,7 +182,7 @@ class _LbfgsRun:
 
 
 # --------------------------------------------------------------------------- step 3
-def _final_output_solve(model, data, vdata, weights, log):
+def _final_output_solve(model, data, vdata, weights, log, fixed_e0=False):
     """Replace the output layer weights and e0 by their exact minimiser of the training loss at
     `weights` (see `solve_output_layer`), logging train and validation errors before and after.
 
@@ -156,7 +206,7 @@ def _final_output_solve(model, data, vdata, weights, log):
             f"{weights.forces:g},{weights.stress:g}")
     report("before")
     try:
-        solve_output_layer(model, data, weights, TRAINING_CHUNKS)
+        solve_output_layer(model, data, weights, TRAINING_CHUNKS, fixed_e0)
     except KeyboardInterrupt:
         model.set_parameters(**before)
         model.interrupted = True
@@ -192,7 +242,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         hidden=None, activation="gaussian", radial=None, weights=(10.0, 1.0, 0.001), l2=1e-6, max_iter=500,
         stress_offset=False, seed=0, train_radial=True, output_weights=None, solve_output=True,
         checkpoint=None, checkpoint_every=50, resume=None, max_time=None, log=print,
-        log_every=10):
+        log_every=10, e0=None):
     """Fit a LATTE model to structures with energies (and forces/stress where present).
 
     frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
@@ -210,21 +260,33 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     `solve_output=False` skips it). L-BFGS makes good progress only while forces dominate the
     loss, and then resolves the energy directions slowly; the energy is linear in the output
     layer, so a solve with a larger energy weight places the energies without retraining.
-    max_iter: L-BFGS-B iterations. checkpoint: path written every `checkpoint_every` iterations
+    max_iter: L-BFGS-B iterations (None: no limit). checkpoint: path written every `checkpoint_every` iterations
     (a loadable model file holding the best parameters so far plus the optimiser history);
     resume: a checkpoint path to continue from (reaches the same model as an uninterrupted run).
     max_time: stop after this many seconds of wall time (the best parameters so far are kept).
+    The fit also stops when it has converged (`CONVERGENCE_WINDOW`, `CONVERGENCE_TOL`).
+    e0: isolated-atom reference energies {symbol: eV}, kept fixed (the MLP learns the binding
+    energy). Frames marked as isolated atoms (config_type IsolatedAtom / isolated_atom) are taken
+    out of `frames` and give e0 when it is not given; without either, e0 is fitted on composition.
+    The learning curve (one row per log line) is `model.fit_curve`.
     Returns the model with the parameters best on `valid` (the last ones without `valid`).
     Ctrl-C stops the fit cleanly and returns the best model so far (attribute `interrupted`).
     """
     t_start = time.perf_counter()
+    isolated, frames = isolated_atom_energies(frames)
+    if valid:
+        valid = isolated_atom_energies(valid)[1]
+    if e0 is None and isolated:
+        e0 = isolated
+    if not frames:
+        raise ValueError("no training structures (besides isolated atoms)")
     if not isinstance(weights, LossWeights):
         weights = LossWeights(*weights, l2=l2, stress_offset=bool(stress_offset))
     output_weights = _output_weights(weights, output_weights)
     history, val_hist, x0 = None, [], None
     settings = {"preset": preset, "weights": [weights.energy, weights.forces, weights.stress],
                 "l2": weights.l2, "stress_offset": weights.stress_offset, "seed": seed,
-                "train_radial": bool(train_radial), "max_iter": int(max_iter),
+                "train_radial": bool(train_radial), "max_iter": None if max_iter is None else int(max_iter),
                 "output_weights": [output_weights.energy, output_weights.forces,
                                    output_weights.stress] if solve_output else None}
     if resume is not None:           # the settings of the checkpoint's run replace these
@@ -235,6 +297,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         settings.update({k: fit_info[k] for k in ("preset", "weights", "l2", "seed", "train_radial")})
         settings["stress_offset"] = weights.stress_offset
         settings["output_weights"] = fit_info.get("output_weights")
+        e0 = fit_info.get("e0")
         solve_output = settings["output_weights"] is not None
         if solve_output:
             output_weights = _output_weights(weights, settings["output_weights"])
@@ -245,12 +308,16 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         model = LatteModel.preset(preset, species, activation=activation, seed=seed, **overrides)
     else:
         model = copy.deepcopy(model)
+    fixed_e0 = e0 is not None
+    if fixed_e0:
+        set_reference_energies(model, e0)
+        settings["e0"] = {sym: float(v) for sym, v in zip(model.species, model.params["e0"])}
     # a model whose standardisation is set has been fitted: continue from it as it is
     fitted = resume is None and not (np.all(model.params["g_mean"] == 0.0)
                                      and np.all(model.params["g_std"] == 1.0))
     data = prepare_dataset(frames, model, keep_pairs=True)
     vdata = prepare_dataset(valid, model, keep_pairs=True) if valid else None
-    vector = ParameterVector(model, train_radial=train_radial)
+    vector = ParameterVector(model, train_radial=train_radial, train_e0=not fixed_e0)
 
     # step 1: the starting point
     if resume is not None:
@@ -258,7 +325,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     elif fitted:
         x0 = vector.get()               # continue from the given model's parameters
     else:
-        x0 = _initialise(model, data, vector)
+        x0 = _initialise(model, data, vector, fixed_e0)
 
     # step 2: L-BFGS-B, keeping the parameters best on the validation set
     run = _LbfgsRun(vector, data, vdata, weights, x0, settings, history, val_hist,
@@ -273,11 +340,16 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
 
     # step 3: the exact solve of the output layer
     if solve_output and not model.interrupted:
-        _final_output_solve(model, data, vdata, output_weights, log)
+        _final_output_solve(model, data, vdata, output_weights, log, fixed_e0)
 
     model.fit_info = {"iterations": run.iteration, "best_valid_loss": run.best_val,
                       "output_weights": settings["output_weights"],
-                      "wall_time_s": time.perf_counter() - t_start}
+                      "wall_time_s": time.perf_counter() - t_start,
+                      "stopped": run.stop_reason or ("interrupted" if model.interrupted
+                                                     else "iteration limit")}
+    if fixed_e0:
+        model.fit_info["e0_isolated_atoms"] = settings["e0"]
+    model.fit_curve = run.curve
     if weights.stress_offset and data.has_stress.any():
         offset = stress_residuals(predict(model, data)[2], data, True)[1]
         model.fit_info["stress_offset_GPa"] = offset

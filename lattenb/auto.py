@@ -1,0 +1,153 @@
+"""Settings chosen from the training data, so that plain ``lattenb fit TRAIN -o MODEL`` needs no
+flag that depends on the system (none of these looks at a test set):
+
+- `split_validation`: a validation split taken from the training structures;
+- `isolated_atom_energies` / `read_e0`: the isolated-atom reference energies e0, from frames
+  marked as isolated atoms (``config_type`` IsolatedAtom / isolated_atom, as MACE reads its E0s)
+  or from a file;
+- `choose_cutoff`: the cutoff from the structures' neighbour shells;
+- `has_stress`: whether the stress offset applies.
+"""
+import json
+from pathlib import Path
+
+import numpy as np
+from ase.data import atomic_numbers, chemical_symbols
+
+#: config_type values that mark a frame as one isolated atom (MACE's E0 convention and ours)
+ISOLATED_ATOM_TYPES = ("isolatedatom", "isolated_atom")
+
+#: every VALIDATION_EVERY-th structure of the training files is held out for validation
+VALIDATION_EVERY = 10
+
+#: cutoff of non-periodic data (molecules, clusters), Å: there is no shell structure to read,
+#: and a molecule of up to a few tens of atoms is then seen whole by every atom
+MOLECULE_CUTOFF = 5.0
+
+#: shells: the cutoff is NEIGHBOUR_SHELLS x d1, rounded to 0.1 Å, within CUTOFF_RANGE, with d1
+#: the NN_PERCENTILE-th percentile of the atoms' nearest-neighbour distances. On the mlearn data
+#: 2 x the ground-state d1 is within 0.1 Å of the best cutoff of short fits for all four
+#: elements (benchmarks/mlearn.py, SETTING). Thermal, strained and surface frames shorten an
+#: atom's nearest distance (the median is 2.37, 2.43, 2.65, 2.58 Å for Ni, Cu, Li, Mo against
+#: ground states of 2.49, 2.56, 2.98, 2.73 Å); the 90th percentile, 2.48, 2.56, 2.85, 2.71 Å,
+#: gives cutoffs 5.0, 5.1, 5.7, 5.4 Å against the short fits' best 5.0, 5.0, 6.0, 5.4 Å.
+NEIGHBOUR_SHELLS = 2.0
+NN_PERCENTILE = 90
+CUTOFF_RANGE = (3.0, 8.0)
+
+
+def is_isolated_atom(atoms):
+    """True for a one-atom frame marked config_type IsolatedAtom / isolated_atom."""
+    ctype = str(atoms.info.get("config_type", "")).lower()
+    return len(atoms) == 1 and ctype in ISOLATED_ATOM_TYPES
+
+
+def _energy(atoms):
+    if atoms.calc is not None and "energy" in atoms.calc.results:
+        return float(atoms.calc.results["energy"])
+    if "energy" in atoms.info:
+        return float(atoms.info["energy"])
+    raise ValueError(f"isolated-atom frame of {atoms.get_chemical_formula()} has no energy")
+
+
+def isolated_atom_energies(frames):
+    """(e0 {symbol: eV} from the isolated-atom frames, the other frames). Two frames of one
+    element with different energies are an error (which one would be meant?)."""
+    e0, rest = {}, []
+    for atoms in frames:
+        if not is_isolated_atom(atoms):
+            rest.append(atoms)
+            continue
+        symbol, energy = atoms.get_chemical_symbols()[0], _energy(atoms)
+        if symbol in e0 and abs(e0[symbol] - energy) > 1e-6:
+            raise ValueError(f"two isolated-atom energies for {symbol}: {e0[symbol]} and {energy} eV")
+        e0[symbol] = energy
+    return e0, rest
+
+
+def read_e0(path):
+    """Isolated-atom energies from a file: a JSON object {"H": -13.6, ...} (symbols or atomic
+    numbers as keys, eV), or any ASE-readable file of one-atom frames with energies."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"e0 file {path} not found")
+    text = path.read_text(errors="replace").lstrip()
+    if text.startswith("{"):
+        try:
+            raw = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise ValueError(f"{path}: not valid JSON ({exc})") from None
+        out = {}
+        for key, value in raw.items():
+            symbol = chemical_symbols[int(key)] if str(key).isdigit() else str(key)
+            if symbol not in atomic_numbers:
+                raise ValueError(f"{path}: unknown element {key!r}")
+            try:
+                out[symbol] = float(value)
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}: energy of {key!r} is not a number: {value!r}") from None
+        return out
+    from ase.io import read
+    frames = read(str(path), ":")
+    bad = [k for k, a in enumerate(frames) if len(a) != 1]
+    if bad:
+        raise ValueError(f"{path}: frames {bad[:5]} are not single atoms")
+    out = {}
+    for atoms in frames:
+        out[atoms.get_chemical_symbols()[0]] = _energy(atoms)
+    return out
+
+
+def split_validation(frames, every=VALIDATION_EVERY):
+    """(train, valid): every `every`-th structure held out for validation (deterministic, spread
+    over the files so MD runs and config types are sampled evenly). Fewer than 2 * every
+    structures give no split: (frames, None)."""
+    if len(frames) < 2 * every:
+        return list(frames), None
+    valid = [a for k, a in enumerate(frames) if k % every == every - 1]
+    train = [a for k, a in enumerate(frames) if k % every != every - 1]
+    return train, valid
+
+
+def has_stress(frames):
+    """True when any frame carries a stress (as a calculator result or in info)."""
+    for atoms in frames:
+        if atoms.calc is not None and "stress" in atoms.calc.results:
+            return True
+        if "stress" in atoms.info:
+            return True
+    return False
+
+
+def nearest_neighbour_distances(frames, max_frames=200, r_max=6.0):
+    """Nearest-neighbour distance of every atom (Å) in up to `max_frames` evenly spaced frames
+    (atoms with no neighbour within r_max are left out)."""
+    from ase.neighborlist import neighbor_list
+    step = max(1, len(frames) // max_frames)
+    out = []
+    for atoms in frames[::step]:
+        if len(atoms) < 2 and not atoms.pbc.any():
+            continue
+        i, d = neighbor_list("id", atoms, r_max)
+        if len(i) == 0:
+            continue
+        nearest = np.full(len(atoms), np.inf)
+        np.minimum.at(nearest, i, d)
+        out.append(nearest[np.isfinite(nearest)])
+    return np.concatenate(out) if out else np.zeros(0)
+
+
+def choose_cutoff(frames):
+    """(cutoff Å, reason): NEIGHBOUR_SHELLS x the NN_PERCENTILE-th percentile of the atoms'
+    nearest-neighbour distances for data with periodic structures (rounded to 0.1 Å, within CUTOFF_RANGE); MOLECULE_CUTOFF for
+    non-periodic data."""
+    periodic = [a for a in frames if a.pbc.any()]
+    if not periodic:
+        return MOLECULE_CUTOFF, "non-periodic structures"
+    d1 = nearest_neighbour_distances(periodic)
+    if d1.size == 0:
+        return MOLECULE_CUTOFF, "no neighbours within 6 Å"
+    d = float(np.percentile(d1, NN_PERCENTILE))
+    cutoff = float(np.clip(np.round(NEIGHBOUR_SHELLS * d, 1), *CUTOFF_RANGE))
+    return cutoff, (f"{NEIGHBOUR_SHELLS:g} x the nearest-neighbour distance {d:.3f} Å "
+                    f"({NN_PERCENTILE}th percentile over atoms)")

@@ -1,0 +1,164 @@
+"""Settings chosen from the training data (`lattenb.auto`), isolated-atom reference energies,
+the convergence stop, the learning curve and parity plot of the CLI."""
+import json
+
+import numpy as np
+import pytest
+from ase import Atoms
+from ase.build import bulk, molecule
+from ase.calculators.singlepoint import SinglePointCalculator
+from ase.io import read, write
+
+import lattenb
+from lattenb import auto, cli, training
+from lattenb.dataset import prepare_dataset
+from lattenb.loss import LossWeights, loss_and_gradient
+from lattenb.steps import solve_output_layer
+
+from test_training import random_frame, small_model
+
+
+def isolated(symbol, energy, ctype="IsolatedAtom"):
+    atoms = Atoms(symbol, positions=[[0.0, 0.0, 0.0]])
+    atoms.info["config_type"] = ctype
+    atoms.calc = SinglePointCalculator(atoms, energy=energy)
+    return atoms
+
+
+def test_isolated_atom_frames_give_e0_and_leave_the_training_set():
+    rng = np.random.default_rng(1)
+    frames = [random_frame(rng, 4, 4.0), isolated("Ni", -1.5), random_frame(rng, 5, 4.2),
+              isolated("Mo", -2.25, "isolated_atom")]
+    e0, rest = auto.isolated_atom_energies(frames)
+    assert e0 == {"Ni": -1.5, "Mo": -2.25}
+    assert len(rest) == 2 and all(len(a) > 1 for a in rest)
+    # a one-atom frame without the marker is a training structure like any other
+    plain = isolated("Ni", -1.0, ctype="bulk")
+    assert auto.isolated_atom_energies([plain])[1] == [plain]
+    with pytest.raises(ValueError, match="two isolated-atom energies for Ni"):
+        auto.isolated_atom_energies([isolated("Ni", -1.5), isolated("Ni", -1.7)])
+
+
+def test_read_e0_json_and_xyz(tmp_path):
+    path = tmp_path / "e0.json"
+    path.write_text(json.dumps({"H": -13.6, "8": -2041.5}))
+    assert auto.read_e0(path) == {"H": -13.6, "O": -2041.5}
+    xyz = tmp_path / "e0.xyz"
+    write(xyz, [isolated("C", -1030.0), isolated("H", -13.5)])
+    assert auto.read_e0(xyz) == {"C": -1030.0, "H": -13.5}
+    path.write_text('{"Xx": 1.0}')
+    with pytest.raises(ValueError, match="unknown element"):
+        auto.read_e0(path)
+    path.write_text('{"H": 1.0,')
+    with pytest.raises(ValueError, match="not valid JSON"):
+        auto.read_e0(path)
+    with pytest.raises(ValueError, match="not found"):
+        auto.read_e0(tmp_path / "missing.json")
+
+
+def test_fit_keeps_isolated_atom_e0_fixed_and_its_output_solve_is_exact():
+    rng = np.random.default_rng(2)
+    frames = [random_frame(rng, n, 4.0 + 0.1 * n, stress=False) for n in (3, 4, 5, 4, 6)]
+    e0 = {"Ni": -0.7, "Mo": 0.4}
+    model = lattenb.fit(frames + [isolated("Ni", e0["Ni"]), isolated("Mo", e0["Mo"])],
+                        cutoff=3.5, blocks="2,-:2,i,i", hidden=(4,), max_iter=5, log=None)
+    assert np.array_equal(model.params["e0"], [e0[s] for s in model.species])
+    assert model.fit_info["e0_isolated_atoms"] == e0
+    # the final solve is the exact minimiser over the output weights and biases with e0 fixed
+    data = prepare_dataset(frames, model)
+    w = LossWeights(1000.0, 1.0, 0.001, l2=1e-6)
+    K = int(model.layer_sizes[-2])
+    _, _, g = loss_and_gradient(model, data, w)
+    scale = np.abs(g["mlp"]).max()
+    assert np.abs(g["mlp"][:, -(K + 1):]).max() < 1e-7 * scale
+    with pytest.raises(ValueError, match="no isolated-atom energy for Mo"):
+        lattenb.fit(frames, e0={"Ni": -0.7}, cutoff=3.5, blocks="2,-:2,i,i", hidden=(4,),
+                    max_iter=1, log=None)
+
+
+def test_solve_with_fixed_e0_moves_the_bias_not_e0():
+    rng = np.random.default_rng(3)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 4, 4.5), random_frame(rng, 3, 3.5)]
+    model = small_model(seed=4)
+    data = prepare_dataset(frames, model)
+    w = LossWeights(30.0, 1.0, 0.5, l2=1e-3)
+    e0 = model.params["e0"].copy()
+    before = loss_and_gradient(model, data, w)[0]
+    solve_output_layer(model, data, w, fixed_e0=True)
+    after, _, g = loss_and_gradient(model, data, w)
+    assert np.array_equal(model.params["e0"], e0) and after < before
+    K = int(model.layer_sizes[-2])
+    assert np.abs(g["mlp"][:, -(K + 1):]).max() < 1e-9 * np.abs(g["mlp"]).max()
+
+
+def test_split_validation_and_has_stress():
+    frames = [bulk("Cu", "fcc", a=3.6 + 0.01 * k) for k in range(25)]
+    train, valid = auto.split_validation(frames)
+    assert [f.cell[0, 1] for f in valid] == [frames[9].cell[0, 1], frames[19].cell[0, 1]]
+    assert len(train) == 23 and not any(f is v for f in train for v in valid)
+    assert auto.split_validation(frames[:19]) == (frames[:19], None)
+    assert not auto.has_stress(frames)
+    frames[3].calc = SinglePointCalculator(frames[3], energy=0.0, stress=np.zeros(6))
+    assert auto.has_stress(frames)
+
+
+def test_choose_cutoff_from_neighbour_shells():
+    # fcc Cu at a = 3.61 Å: nearest neighbours at a / sqrt(2) = 2.553 Å, so 2 d1 = 5.1 Å
+    rng = np.random.default_rng(5)
+    frames = []
+    for _ in range(4):
+        atoms = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(2)
+        atoms.positions += rng.normal(0, 0.005, atoms.positions.shape)
+        frames.append(atoms)
+    cutoff, why = auto.choose_cutoff(frames)
+    assert cutoff == pytest.approx(5.1) and "nearest-neighbour" in why
+    assert auto.choose_cutoff([molecule("CH3CH2OH")])[0] == auto.MOLECULE_CUTOFF
+
+
+def test_fit_stops_on_convergence(monkeypatch):
+    monkeypatch.setattr(training, "CONVERGENCE_WINDOW", 5)
+    monkeypatch.setattr(training, "CONVERGENCE_TOL", 0.5)   # "converged" once progress slows
+    rng = np.random.default_rng(6)
+    frames = [random_frame(rng, 4, 4.0, stress=False) for _ in range(3)]
+    lines = []
+    model = lattenb.fit(frames, cutoff=3.5, blocks="2,-:2,i,i", hidden=(4,), max_iter=1000,
+                        log=lines.append, log_every=1000)
+    assert model.fit_info["iterations"] < 1000
+    assert model.fit_info["stopped"].startswith("converged")
+    assert any("stopping at iteration" in line for line in lines)
+    assert model.fit_curve and model.fit_curve[-1]["iteration"] == model.fit_info["iterations"]
+
+
+def test_parse_duration():
+    assert cli.parse_duration("90") == 90.0
+    assert cli.parse_duration("30m") == 1800.0
+    assert cli.parse_duration("1.5h") == 5400.0
+    for bad in ("soon", "-5m", "0"):
+        with pytest.raises(ValueError):
+            cli.parse_duration(bad)
+
+
+def test_cli_fit_defaults_split_e0_curve_and_parity_plot(tmp_path, capsys):
+    rng = np.random.default_rng(7)
+    frames = [random_frame(rng, 4, 4.0 + 0.05 * k) for k in range(20)]
+    train = tmp_path / "train.xyz"
+    write(train, frames + [isolated("Ni", -0.5), isolated("Mo", 0.25)])
+    out = tmp_path / "m.npz"
+    assert cli.main(["fit", str(train), "-o", str(out), "--blocks", "2,-:2,i,i", "--hidden", "4",
+                     "--max-iter", "4", "--log-every", "1"]) == 0
+    text = capsys.readouterr().out
+    assert "validation: every 10th training structure (2 of 20)" in text
+    assert "isolated-atom energies from the training files" in text
+    assert "cutoff" in text and "fitting stresses up to an isotropic offset" in text
+    model = lattenb.load(out)
+    assert model.fit_info["e0_isolated_atoms"] == {"Ni": -0.5, "Mo": 0.25}
+    assert model.fit_info["stopped"] == "iteration limit"
+    curve = (tmp_path / "m.curve.csv").read_text().splitlines()
+    assert curve[0].startswith("iteration,time_s,loss") and len(curve) == 1 + 4
+    assert (tmp_path / "m.curve.png").stat().st_size > 1000
+    png = tmp_path / "parity.png"
+    assert cli.main(["eval", str(out), str(train), "--plot", str(png)]) == 0
+    assert png.read_bytes()[:4] == b"\x89PNG"
+    assert "valid_forces_eV_per_A" in curve[0]
+    with pytest.raises(SystemExit, match="not a duration"):
+        cli.main(["fit", str(train), "-o", str(out), "--time", "soon"])
