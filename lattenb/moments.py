@@ -139,7 +139,8 @@ def _add_tangent10(acc_a, acc_d, f, g, m, dm):
 # - the per-rank loops stay inside the body loop rather than in helpers taking P: calling (or
 #   Numba-inlining) such a helper costs a call or atomic reference-count updates per (neighbour
 #   species, body), as much as a short loop itself; helpers that take and return only scalars
-#   and tuples (`_add_unique2`, ...) cost nothing of the kind;
+#   and tuples (`_add_unique2`, ...) cost nothing of the kind, nor does `_add_q`, called per pair
+#   with Q (callgrind: the same instructions as its lines written out in each rank branch);
 # - the neighbour species is the outer loop, so species absent around the atom cost nothing.
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_bins, sigma_scaled,
@@ -241,6 +242,16 @@ def _h3(m, ux, uy, uz):
             mxxz * xx + myyz * yy + mzzz * zz + mxyz * xy2 + mxzz * xz2 + myzz * yz2)
 
 
+@njit(**_INLINE)
+def _add_q(Q, k, c, f, fp, hx, hy, hz, ux, uy, uz):
+    """Q[:, k] += (c fp (h . rhat), f h): one body's share of pair k's D and H, with c = 1/p
+    (h . rhat = p sigma_scaled (Abar_b . R_k) for a rank-p body)."""
+    Q[Q_D, k] += (c * fp) * (hx * ux + hy * uy + hz * uz)
+    Q[Q_HX, k] += f * hx
+    Q[Q_HY, k] += f * hy
+    Q[Q_HZ, k] += f * hz
+
+
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_rank, body_offset,
                         body_bins, sigma_scaled, radial, Abar, Q, pair_grad):
@@ -287,11 +298,7 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
                 hz = sc * Abar[off + 2]
                 for k in range(lo, hi):
                     f, fp = radial_value_deriv(family, P[P_R, k], kb)
-                    hu = hx * P[P_UX, k] + hy * P[P_UY, k] + hz * P[P_UZ, k]
-                    Q[Q_D, k] += fp * hu
-                    Q[Q_HX, k] += f * hx
-                    Q[Q_HY, k] += f * hy
-                    Q[Q_HZ, k] += f * hz
+                    _add_q(Q, k, 1.0, f, fp, hx, hy, hz, P[P_UX, k], P[P_UY, k], P[P_UZ, k])
             elif p == 2:
                 m2 = _sym2_weights(Abar[off:off + 9], sc)
                 for k in range(lo, hi):
@@ -300,10 +307,7 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
                     uy = P[P_UY, k]
                     uz = P[P_UZ, k]
                     hx, hy, hz = _h2(m2, ux, uy, uz)
-                    Q[Q_D, k] += (0.5 * fp) * (hx * ux + hy * uy + hz * uz)
-                    Q[Q_HX, k] += f * hx
-                    Q[Q_HY, k] += f * hy
-                    Q[Q_HZ, k] += f * hz
+                    _add_q(Q, k, 0.5, f, fp, hx, hy, hz, ux, uy, uz)
             else:
                 m3 = _sym3_weights(Abar[off:off + 27], sc)
                 for k in range(lo, hi):
@@ -312,10 +316,7 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
                     uy = P[P_UY, k]
                     uz = P[P_UZ, k]
                     hx, hy, hz = _h3(m3, ux, uy, uz)
-                    Q[Q_D, k] += (ONE_THIRD * fp) * (hx * ux + hy * uy + hz * uz)
-                    Q[Q_HX, k] += f * hx
-                    Q[Q_HY, k] += f * hy
-                    Q[Q_HZ, k] += f * hz
+                    _add_q(Q, k, ONE_THIRD, f, fp, hx, hy, hz, ux, uy, uz)
     s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = 0.0
     for k in range(n_kept):
         r = P[P_R, k]
@@ -474,7 +475,9 @@ def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, bod
     (`radial_adjoint_pair`), and `radial_adjoint_finish` turns them into dJ/dsigma and dJ/dtheta.
     Only the symmetric parts of Abar_b and Adotbar_b meet the symmetric R_k and Rdot_k, so ranks
     2 and 3 dot their class sums (`_class_sums2`, `_class_sums3`) with the unique-monomial rows of
-    T (`_pair_weights`; -0.2 % instructions per training gradient against writing them out)."""
+    T, and rank 1 dots Abar_b, Adotbar_b with rhat_k and its tangent rows, all through
+    `_pair_weights` (-0.2 % and -0.1 % instructions per training gradient against writing ranks
+    2-3 and rank 1 out)."""
     for sj in range(sigma_scaled.shape[1]):
         first = sj * n_bins
         if key_start[first] == key_start[first + n_bins]:
@@ -494,19 +497,12 @@ def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, bod
                 for k in range(lo, hi):
                     acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, wa, wd * T[T_RDOT, k])
             elif p == 1:
-                ax = Abar[off]
-                ay = Abar[off + 1]
-                az = Abar[off + 2]
-                dx = Adotbar[off]
-                dy = Adotbar[off + 1]
-                dz = Adotbar[off + 2]
+                wa = (Abar[off], Abar[off + 1], Abar[off + 2])
+                wd = (Adotbar[off], Adotbar[off + 1], Adotbar[off + 2])
                 for k in range(lo, hi):
-                    ux = P[P_UX, k]
-                    uy = P[P_UY, k]
-                    uz = P[P_UZ, k]
-                    pk = (ax * ux + ay * uy + az * uz + dx * T[T_D, k] + dy * T[T_D + 1, k]
-                          + dz * T[T_D + 2, k])
-                    qk = T[T_RDOT, k] * (dx * ux + dy * uy + dz * uz)
+                    pk, qk = _pair_weights(wa, wd, T[T_RDOT, k],
+                                           (P[P_UX, k], P[P_UY, k], P[P_UZ, k]),
+                                           (T[T_D, k], T[T_D + 1, k], T[T_D + 2, k]))
                     acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, pk, qk)
             elif p == 2:
                 wa = _class_sums2(Abar, off)
