@@ -52,9 +52,10 @@ CANONICAL3 = _canonical_index(3)
 # The unique components of r-hat powers: their flat places in a 3^p tensor (xx, xy, xz, yy, yz,
 # zz and xxx, xxy, xxz, xyy, xyz, xzz, yyy, yyz, yzz, zzz), and scalar helpers that add
 # f rhat^(x)p to register accumulators (tuples) and store them, shared by `atom_moments`' rank
-# branches (and, with `_add_tangent6` / `_add_tangent10`, by `atom_tangent_moments`': -0.5 %
-# instructions per training gradient, callgrind with NUMBA_CPU_NAME=generic). Same arithmetic as written out (bit-identical moments); 0.2 % more instructions per
-# MD step (callgrind, fast preset, Cu 864).
+# branches (and, with `_add_tangent3` / `_add_tangent6` / `_add_tangent10`, by
+# `atom_tangent_moments`': -0.5 % instructions per training gradient for ranks 2-3, rank 1 the
+# same as written out, callgrind with NUMBA_CPU_NAME=generic). Same arithmetic as written out
+# (bit-identical moments); 0.2 % more instructions per MD step (callgrind, fast preset, Cu 864).
 UNIQUE1 = (0, 1, 2)
 UNIQUE2 = (0, 1, 2, 4, 5, 8)
 UNIQUE3 = (0, 1, 2, 4, 5, 8, 13, 14, 17, 26)
@@ -110,8 +111,17 @@ def _pair_weights(wa, wd, rdot, m, dm):
 
 
 @njit(**_INLINE)
+def _add_tangent3(acc_a, acc_d, f, g, m, dm):
+    """acc_a += f m and acc_d += g m + f dm over the 3 components of a rank-1 body (m = rhat,
+    dm its tangent)."""
+    return ((acc_a[0] + f * m[0], acc_a[1] + f * m[1], acc_a[2] + f * m[2]),
+            (acc_d[0] + g * m[0] + f * dm[0], acc_d[1] + g * m[1] + f * dm[1],
+             acc_d[2] + g * m[2] + f * dm[2]))
+
+
+@njit(**_INLINE)
 def _add_tangent6(acc_a, acc_d, f, g, m, dm):
-    """acc_a += f m and acc_d += g m + f dm over the 6 unique rank-2 components."""
+    """As `_add_tangent3` over the 6 unique rank-2 components."""
     return ((acc_a[0] + f * m[0], acc_a[1] + f * m[1], acc_a[2] + f * m[2], acc_a[3] + f * m[3],
              acc_a[4] + f * m[4], acc_a[5] + f * m[5]),
             (acc_d[0] + g * m[0] + f * dm[0], acc_d[1] + g * m[1] + f * dm[1],
@@ -386,21 +396,14 @@ def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_of
                 A[off] += sc * a0
                 Adot[off] += sc * d0
             elif p == 1:
-                ax = ay = az = dx = dy = dz = 0.0
+                acc_a = acc_d = ZERO3
                 for k in range(lo, hi):
                     f, fp = radial_value_deriv(family, P[P_R, k], kb)
-                    g = fp * T[T_RDOT, k]
-                    ux = P[P_UX, k]
-                    uy = P[P_UY, k]
-                    uz = P[P_UZ, k]
-                    ax += f * ux
-                    ay += f * uy
-                    az += f * uz
-                    dx += g * ux + f * T[T_D, k]
-                    dy += g * uy + f * T[T_D + 1, k]
-                    dz += g * uz + f * T[T_D + 2, k]
-                _store_unique(A, off, sc, (ax, ay, az), UNIQUE1)
-                _store_unique(Adot, off, sc, (dx, dy, dz), UNIQUE1)
+                    acc_a, acc_d = _add_tangent3(
+                        acc_a, acc_d, f, fp * T[T_RDOT, k], (P[P_UX, k], P[P_UY, k], P[P_UZ, k]),
+                        (T[T_D, k], T[T_D + 1, k], T[T_D + 2, k]))
+                _store_unique(A, off, sc, acc_a, UNIQUE1)
+                _store_unique(Adot, off, sc, acc_d, UNIQUE1)
             elif p == 2:
                 acc_a = acc_d = ZERO6
                 for k in range(lo, hi):
