@@ -183,8 +183,8 @@ def main():
            "dihedral_rmse_meV": curves["dihedral scan"][2],
            "cost_us_per_atom_step": cost_us_per_atom(model),
            "cutoff": model.cutoff, "blocks": model.blocks, "hidden": list(model.hidden),
-           "date": str(date.today()), "machine": f"{platform.machine()}, {platform.processor() or ''}"
-                                                 f" {numba.config.NUMBA_DEFAULT_NUM_THREADS} cores"}
+           "date": str(date.today()),
+           "machine": f"{platform.machine()}, {numba.config.NUMBA_DEFAULT_NUM_THREADS} cores"}
     try:
         plot_curves(curves, RESULTS / f"acac_{args.tag}.png")
     except ImportError as exc:

@@ -34,8 +34,11 @@ BUFFERS = ("g_mean", "g_std")
 CONVERGENCE_WINDOW = 200
 CONVERGENCE_TOL = 1e-3
 
-#: L-BFGS-B memory (correction pairs kept)
-LBFGS_MEMORY = 20
+#: L-BFGS-B memory (correction pairs kept). On AcAc (fast preset, 1 thread) 50 pairs reached the
+#: validation force RMSE of 20 pairs in about 25 % fewer iterations (0.087 against 0.107 eV/Å at
+#: iteration 1000, 0.073 at 1500 against 0.071 at 2000) at no measurable cost per iteration;
+#: checkpoints record theirs (20 before this was raised) so that they resume exactly.
+LBFGS_MEMORY = 50
 
 
 # --------------------------------------------------------------------------- step 1
@@ -162,7 +165,8 @@ class _LbfgsRun:
                 minimize(self.objective, self.x0, jac=True, method="L-BFGS-B",
                          bounds=self.vector.bounds, callback=self.callback,
                          options={"maxiter": int(max_iter), "maxfun": 4 * int(max_iter) + 20,
-                                  "ftol": 1e-14, "gtol": 1e-12, "maxcor": LBFGS_MEMORY})
+                                  "ftol": 1e-14, "gtol": 1e-12,
+                                  "maxcor": self.settings["lbfgs_memory"]})
         except KeyboardInterrupt:
             self.model.interrupted = True
             if self.log is not None:
@@ -287,6 +291,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     settings = {"preset": preset, "weights": [weights.energy, weights.forces, weights.stress],
                 "l2": weights.l2, "stress_offset": weights.stress_offset, "seed": seed,
                 "train_radial": bool(train_radial), "max_iter": None if max_iter is None else int(max_iter),
+                "lbfgs_memory": LBFGS_MEMORY,
                 "output_weights": [output_weights.energy, output_weights.forces,
                                    output_weights.stress] if solve_output else None}
     if resume is not None:           # the settings of the checkpoint's run replace these
@@ -298,6 +303,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         settings["stress_offset"] = weights.stress_offset
         settings["output_weights"] = fit_info.get("output_weights")
         e0 = fit_info.get("e0")
+        settings["lbfgs_memory"] = fit_info.get("lbfgs_memory", 20)   # 20 before it was recorded
         solve_output = settings["output_weights"] is not None
         if solve_output:
             output_weights = _output_weights(weights, settings["output_weights"])
