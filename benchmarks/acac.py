@@ -71,7 +71,6 @@ def cost_us_per_atom(model, steps=20, repeats=5):
     """µs/atom/step of energy + forces + stress on one thread, 64 molecules 10 Å apart."""
     import numba
     from ase.io import read
-
     from bench_md import time_lattenb
     mol = read(DATA / "test_MD_300K.xyz", 0)
     mol.positions -= mol.positions.mean(axis=0)
@@ -118,12 +117,12 @@ def markdown(row):
     for name, p in PUBLISHED.items():
         lines.append(f"| {name} (published) | {p['300K'][0]} | {p['300K'][1]} | {p['600K'][0]} | "
                      f"{p['600K'][1]} | GPU message passing | many GPU hours |")
-    lines += ["", f"RMSE: energy in meV per molecule, forces in meV/Å (components). "
+    lines += ["", (f"RMSE: energy in meV per molecule, forces in meV/Å (components). "
                   f"Proton transfer curve RMSE {row['h_transfer_rmse_meV']:.1f} meV, dihedral scan "
                   f"{row['dihedral_rmse_meV']:.1f} meV (relative energies). Validation RMSE "
                   f"{row['valid'][0]:.2f} meV/molecule, {row['valid'][1]:.1f} meV/Å. "
                   f"{row['iterations']} L-BFGS iterations. Setting: {row['setting']}. "
-                  f"{row['date']}, {row['machine']}."]
+                  f"{row['date']}, {row['machine']}.")]
     return "\n".join(lines)
 
 

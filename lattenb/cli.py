@@ -112,7 +112,7 @@ def write_learning_curve(model, output, log=print):
     rows = getattr(model, "fit_curve", [])
     if not rows:
         return
-    stem = str(output)[:-4] if str(output).endswith(".npz") else str(output)
+    stem = str(output).removesuffix(".npz")
     plots.write_csv(rows, stem + ".curve.csv")
     try:
         plots.learning_curve(rows, stem + ".curve.png")
@@ -128,7 +128,7 @@ def cmd_fit(args):
     from .training import fit
     if args.threads:
         numba.set_num_threads(args.threads)
-    log = lambda line: print(line, flush=True)   # noqa: E731
+    log = lambda line: print(line, flush=True)
     train, valid, auto = fit_settings(args, _read(args.train), log)
     weights = _floats(args.weights, 3, "weights")
     output_weights = (_floats(args.output_weights, 3, "output-weights") if args.output_weights

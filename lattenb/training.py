@@ -16,12 +16,12 @@ from dataclasses import replace
 
 import numpy as np
 
+from .auto import isolated_atom_energies
 from .dataset import prepare_dataset
 from .evaluation import rmse_report
 from .loss import LossWeights, loss_and_gradient, stress_residuals
 from .model import LatteModel, read_model
 from .predict import predict
-from .auto import isolated_atom_energies
 from .species import species_in
 from .steps import (TRAINING_CHUNKS, ParameterVector, _Objective, _output_weights,
                     fit_reference_energies, solve_output_layer, standardise, zero_output_layer)

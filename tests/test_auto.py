@@ -7,15 +7,14 @@ import pytest
 from ase import Atoms
 from ase.build import bulk, molecule
 from ase.calculators.singlepoint import SinglePointCalculator
-from ase.io import read, write
+from ase.io import write
+from test_training import random_frame, small_model
 
 import lattenb
 from lattenb import auto, cli, training
 from lattenb.dataset import prepare_dataset
 from lattenb.loss import LossWeights, loss_and_gradient
 from lattenb.steps import solve_output_layer
-
-from test_training import random_frame, small_model
 
 
 def isolated(symbol, energy, ctype="IsolatedAtom"):
