@@ -85,9 +85,7 @@ def fit_settings(args, frames, log=print):
         log(f"isolated-atom energies from the training files: {e0}")
     if args.valid:
         train, valid = frames, _read([args.valid])
-    elif args.resume:
-        train, valid = frames, None
-    else:
+    else:          # deterministic, so `--resume` with the same command sees the same split
         train, valid = split_validation(frames)
         if valid:
             log(f"validation: every 10th training structure ({len(valid)} of {len(frames)}); "

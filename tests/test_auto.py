@@ -161,3 +161,20 @@ def test_cli_fit_defaults_split_e0_curve_and_parity_plot(tmp_path, capsys):
     assert "valid_forces_eV_per_A" in curve[0]
     with pytest.raises(SystemExit, match="not a duration"):
         cli.main(["fit", str(train), "-o", str(out), "--time", "soon"])
+
+
+def test_cli_resume_with_the_automatic_split_reaches_the_same_model(tmp_path):
+    """The automatic validation split is deterministic, so the same command with --resume sees
+    the same data and reaches the model of an uninterrupted run."""
+    rng = np.random.default_rng(8)
+    train = tmp_path / "train.xyz"
+    write(train, [random_frame(rng, 4, 4.0 + 0.05 * k) for k in range(20)])
+    common = ["fit", str(train), "--blocks", "2,-:2,i,i", "--hidden", "4", "--cutoff", "3.5"]
+    full, ck, resumed = tmp_path / "full.npz", tmp_path / "ck.npz", tmp_path / "resumed.npz"
+    assert cli.main([*common, "-o", str(full), "--max-iter", "10"]) == 0
+    assert cli.main([*common, "-o", str(tmp_path / "part.npz"), "--max-iter", "5",
+                     "--checkpoint", str(ck), "--checkpoint-every", "5"]) == 0
+    assert cli.main([*common, "-o", str(resumed), "--max-iter", "10", "--resume", str(ck)]) == 0
+    a, b = lattenb.load(full), lattenb.load(resumed)
+    for name in a.params:
+        assert np.array_equal(a.params[name], b.params[name]), name
