@@ -178,3 +178,22 @@ def test_cli_resume_with_the_automatic_split_reaches_the_same_model(tmp_path):
     a, b = lattenb.load(full), lattenb.load(resumed)
     for name in a.params:
         assert np.array_equal(a.params[name], b.params[name]), name
+
+
+def test_fit_without_matplotlib_still_writes_the_model_and_the_csv(tmp_path, capsys, monkeypatch):
+    from lattenb import plots
+
+    def no_matplotlib():
+        raise ImportError("plots need matplotlib: pip install 'lattenb[plot]'")
+    monkeypatch.setattr(plots, "_pyplot", no_matplotlib)
+    rng = np.random.default_rng(9)
+    train = tmp_path / "train.xyz"
+    write(train, [random_frame(rng, 4, 4.0) for _ in range(3)])
+    out = tmp_path / "m.npz"
+    assert cli.main(["fit", str(train), "-o", str(out), "--blocks", "2,-:2,i,i", "--hidden", "4",
+                     "--max-iter", "2", "--log-every", "1"]) == 0
+    assert "install matplotlib" in capsys.readouterr().out
+    assert out.is_file() and (tmp_path / "m.curve.csv").is_file()
+    assert not (tmp_path / "m.curve.png").exists()
+    with pytest.raises(SystemExit, match="matplotlib"):
+        cli.main(["eval", str(out), str(train), "--plot", str(tmp_path / "p.png")])
