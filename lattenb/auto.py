@@ -14,6 +14,8 @@ from pathlib import Path
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
 
+from .dataset import read_targets
+
 #: config_type values that mark a frame as one isolated atom (MACE's E0 convention and ours)
 ISOLATED_ATOM_TYPES = ("isolatedatom", "isolated_atom")
 
@@ -43,11 +45,10 @@ def is_isolated_atom(atoms):
 
 
 def _energy(atoms):
-    if atoms.calc is not None and "energy" in atoms.calc.results:
-        return float(atoms.calc.results["energy"])
-    if "energy" in atoms.info:
-        return float(atoms.info["energy"])
-    raise ValueError(f"isolated-atom frame of {atoms.get_chemical_formula()} has no energy")
+    energy = read_targets(atoms)[0]
+    if energy is None:
+        raise ValueError(f"isolated-atom frame of {atoms.get_chemical_formula()} has no energy")
+    return energy
 
 
 def isolated_atom_energies(frames):
@@ -110,13 +111,8 @@ def split_validation(frames, every=VALIDATION_EVERY):
 
 
 def has_stress(frames):
-    """True when any frame carries a stress (as a calculator result or in info)."""
-    for atoms in frames:
-        if atoms.calc is not None and "stress" in atoms.calc.results:
-            return True
-        if "stress" in atoms.info:
-            return True
-    return False
+    """True when any frame carries a stress (read as `lattenb.dataset` reads targets)."""
+    return any(read_targets(atoms)[2] is not None for atoms in frames)
 
 
 def nearest_neighbour_distances(frames, max_frames=50, r_max=5.0):

@@ -13,7 +13,7 @@ from .neighbors import neighbor_list
 from .pairs import no_sorted_pairs, sort_dataset_pairs
 
 
-def _targets(atoms):
+def read_targets(atoms):
     """(energy or None, forces or None, stress (6,) or None) of one ASE Atoms."""
     results = dict(atoms.calc.results) if atoms.calc is not None else {}
     energy = results.get("energy", atoms.info.get("energy"))
@@ -117,7 +117,7 @@ def prepare_dataset(frames, model, require_energy=True, keep_pairs=False):
         seconds.append(s2 + starts[-1])
         shifts.append(sh)
         n_pairs += len(s2)
-        e, fr, st = _targets(atoms)
+        e, fr, st = read_targets(atoms)
         if fr is not None and fr.shape != (n, 3):
             raise ValueError(f"structure {f}: forces have shape {fr.shape}, expected ({n}, 3)")
         for name, value in (("energy", e), ("forces", fr), ("stress", st)):

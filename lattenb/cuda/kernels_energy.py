@@ -66,6 +66,18 @@ def gather_forces_kernel(count, pair_grad, rev, forces):
     forces[i, 2] = fz
 
 
+@cuda.jit(device=True, inline=True)
+def pair_vector(pos, cell, shifts, i, k, j, pix, piy, piz):
+    """Vector (Å) from atom i at (pix, piy, piz) to its k-th neighbour j, image shift included:
+    the same arithmetic in both stages (moments and pair gradients), inlined into each."""
+    s0 = shifts[i, k, 0]
+    s1 = shifts[i, k, 1]
+    s2 = shifts[i, k, 2]
+    return (pos[j, 0] - pix + (s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0]),
+            pos[j, 1] - piy + (s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1]),
+            pos[j, 2] - piz + (s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2]))
+
+
 @cuda.jit(device=True)
 def reduce_block_rows(sh, tid):
     """Tree-reduce the RED_BLOCK rows of shared sh (RED_BLOCK, 11) into row 0 in a fixed order:
@@ -201,12 +213,7 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name):
             k = c0 + ln
             if k < nn:
                 j = nbr[i, k]
-                s0 = shifts[i, k, 0]
-                s1 = shifts[i, k, 1]
-                s2 = shifts[i, k, 2]
-                vx = pos[j, 0] - pix + (s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0])
-                vy = pos[j, 1] - piy + (s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1])
-                vz = pos[j, 2] - piz + (s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2])
+                vx, vy, vz = pair_vector(pos, cell, shifts, i, k, j, pix, piy, piz)
                 r2 = vx * vx + vy * vy + vz * vz
                 if r2 < cutoff2:
                     closest2 = min(closest2, r2)
@@ -418,12 +425,7 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name):
         h3 = cuda.local.array(3, F)
         for k in range(ln, nn, TS):
             j = nbr[i, k]
-            s0 = shifts[i, k, 0]
-            s1 = shifts[i, k, 1]
-            s2 = shifts[i, k, 2]
-            vx = pos[j, 0] - pix + (s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0])
-            vy = pos[j, 1] - piy + (s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1])
-            vz = pos[j, 2] - piz + (s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2])
+            vx, vy, vz = pair_vector(pos, cell, shifts, i, k, j, pix, piy, piz)
             r2 = vx * vx + vy * vy + vz * vz
             if r2 >= cutoff2:
                 pair_grad[i, k, 0] = ZERO
