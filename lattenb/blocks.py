@@ -5,6 +5,12 @@ one contraction pattern. A body is a set of index letters; every letter appears 
 the pattern (so the full contraction is rotation invariant). ``-`` is the radial-only 2-body
 block. Example (the "fast" preset): ``8,-:8,i,i:8,ij,ij:8,i,j,ij``.
 
+A body in capital letters is the symmetric traceless (irreducible) part of the same body in lower
+case (Allen et al.'s S, v, Q, T): ``IJ,IJ`` is Q:Q, ``I,IJ,J`` is v.Q.v, ``IJK,IJK`` is T:T. A body
+is all capitals or all lower case; index letters match whatever their case, so patterns may mix
+them (``I,ij,J``). The projection is applied between the moments and the contraction
+(`lattenb.projection`); a rank-1 body is already traceless, so ``I`` and ``i`` are the same.
+
 For each pattern we build a table with one row per index assignment alpha in {0,1,2}^|L| and one
 column per body holding the flat (C-order) index into that body's 3^p array, so that
 ``G = sum_rows prod_k A_k[table[row, k]]`` (design page, §3).
@@ -15,9 +21,11 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from .projection import PROJECTIONS
+
 MAX_RANK = 3
 
-_BODY_RE = re.compile(r"^[a-z]+$")
+_BODY_RE = re.compile(r"^([a-z]+|[A-Z]+)$")
 
 
 @dataclass(frozen=True)
@@ -34,14 +42,22 @@ class Block:
     def ranks(self):
         return tuple(len(b) for b in self.bodies)
 
+    @property
+    def projections(self):
+        """The `lattenb.projection` code of every body: traceless for capital bodies of rank >= 2
+        (rank 0 and 1 tensors are their own traceless parts)."""
+        return tuple(PROJECTIONS["traceless"] if body.isupper() and len(body) >= 2
+                     else PROJECTIONS["none"] for body in self.bodies)
+
     def table(self):
         """(rows, n_bodies) int64 table of flat indices into each body's 3^p array."""
-        letters = sorted(set("".join(self.bodies)), key="".join(self.bodies).index)
+        bodies = [body.lower() for body in self.bodies]
+        letters = sorted(set("".join(bodies)), key="".join(bodies).index)
         rows = []
         for alpha in itertools.product(range(3), repeat=len(letters)):
             value = dict(zip(letters, alpha))
             row = []
-            for body in self.bodies:
+            for body in bodies:
                 flat = 0
                 for letter in body:
                     flat = 3 * flat + value[letter]
@@ -54,9 +70,9 @@ def parse_blocks(spec):
     """Parse and validate a block string; returns a tuple of `Block`.
 
     Raises ValueError naming the offending block for: an empty block, a count that is not a
-    positive integer, a body with characters other than lowercase letters, a letter repeated
-    inside one body, a letter not used exactly twice, a body of rank > 3, or a pattern of a
-    single body.
+    positive integer, a body with characters other than letters or mixing capital and lower
+    case, a letter repeated inside one body, a letter not used exactly twice (whatever its case),
+    a body of rank > 3, or a pattern of a single body.
     """
     if not isinstance(spec, str) or not spec.strip():
         raise ValueError(f"block string must be a non-empty string like '8,-:8,i,i', got {spec!r}")
@@ -74,8 +90,9 @@ def parse_blocks(spec):
             continue
         for body in bodies:
             if not _BODY_RE.match(body):
-                raise ValueError(f"block {raw!r}: body {body!r} must be lowercase index letters "
-                                 "(or the whole pattern '-')")
+                raise ValueError(f"block {raw!r}: body {body!r} must be index letters, all lower "
+                                 "case (raw tensor) or all capitals (its traceless part), or the "
+                                 "whole pattern '-'")
             if len(set(body)) != len(body):
                 raise ValueError(f"block {raw!r}: body {body!r} repeats a letter (a self-trace "
                                  "of unit vectors is trivial)")
@@ -84,7 +101,7 @@ def parse_blocks(spec):
                                  f"supported ranks are 1..{MAX_RANK}")
         if len(bodies) < 2:
             raise ValueError(f"block {raw!r}: a contraction needs at least two bodies")
-        joined = "".join(bodies)
+        joined = "".join(bodies).lower()
         for letter in sorted(set(joined)):
             if joined.count(letter) != 2:
                 raise ValueError(f"block {raw!r}: letter {letter!r} is used {joined.count(letter)} "
@@ -108,7 +125,7 @@ class DescriptorLayout:
     pattern_rows (P,), pattern_table_start (P,): row count and start of the pattern's table in
     `tables` (row-major, n_bodies columns).
     body_projection (B,): the linear map applied to body b's tensor between the moments and the
-    contraction, a code of `lattenb.projection` (0: none, the raw tensor; all bodies today).
+    contraction, a code of `lattenb.projection.PROJECTIONS` (0: none, the raw tensor).
     """
     blocks: tuple
     body_rank: np.ndarray
@@ -142,7 +159,7 @@ def descriptor_layout(blocks):
     """Build a `DescriptorLayout` from a block string or a tuple of `Block`."""
     if isinstance(blocks, str):
         blocks = parse_blocks(blocks)
-    ranks, term_start, term_pattern, p_rows, p_start, tables = [], [0], [], [], [], []
+    ranks, projections, term_start, term_pattern, p_rows, p_start, tables = [], [], [0], [], [], [], []
     n_table = 0
     for p, block in enumerate(blocks):
         table = block.table()
@@ -152,6 +169,7 @@ def descriptor_layout(blocks):
         n_table += table.size
         for _ in range(block.n):
             ranks.extend(block.ranks)
+            projections.extend(block.projections)
             term_pattern.append(p)
             term_start.append(len(ranks))
     body_rank = np.array(ranks, dtype=np.int64)
@@ -166,5 +184,5 @@ def descriptor_layout(blocks):
         pattern_rows=np.array(p_rows, dtype=np.int64),
         pattern_table_start=np.array(p_start, dtype=np.int64),
         tables=np.concatenate(tables).astype(np.int64),
-        body_projection=np.zeros(len(body_rank), dtype=np.int64),
+        body_projection=np.array(projections, dtype=np.int64),
     )

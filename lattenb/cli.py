@@ -16,6 +16,7 @@ import numpy as np
 from . import radial
 from .evaluation import evaluate_frames
 from .mlp import ACTIVATIONS
+from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .model import PRESETS
 
 DATA_DIR = Path(__file__).parent / "data"
@@ -194,6 +195,32 @@ def cmd_example(args):
     return code
 
 
+def cmd_audit(args):
+    """Functional independence of a descriptor's terms (`lattenb.audit`)."""
+    from .audit import audit, format_report
+    from .model import LatteModel, load_model
+    if (args.model is None) == (args.blocks is None):
+        raise SystemExit("lattenb audit: give either a model file or --blocks STRING")
+    species = args.species.split(",") if args.species else None
+    if args.model is not None:
+        try:
+            model = load_model(args.model)
+        except (ValueError, FileNotFoundError) as exc:
+            raise SystemExit(f"lattenb: {exc}")
+        if args.cutoff is not None:
+            raise SystemExit("lattenb audit: --cutoff applies to --blocks; a model has its own")
+    else:
+        model = LatteModel(species or ["H"], cutoff=args.cutoff or 5.0, blocks=args.blocks,
+                           hidden=(1,), radial=args.radial, seed=args.seed)
+    report = audit(model, species=species, repeats=args.repeats, tol=args.tol, seed=args.seed)
+    if args.json:
+        json.dump(report, sys.stdout, indent=2)
+        print()
+    else:
+        print("\n".join(format_report(model, report)))
+    return 0
+
+
 def build_parser():
     p = argparse.ArgumentParser(prog="lattenb", description="LATTE interatomic potentials")
     sub = p.add_subparsers(dest="command", required=True)
@@ -246,6 +273,24 @@ def build_parser():
     e.add_argument("--plot", metavar="PNG", help="write energy and force parity plots, coloured "
                                                  "by config_type (needs matplotlib)")
     e.set_defaults(func=cmd_eval)
+    a = sub.add_parser("audit", help="which descriptor terms are functionally independent "
+                                     "(rank of the descriptor's Jacobian on random environments)")
+    a.add_argument("model", nargs="?", help="model file (or give --blocks)")
+    a.add_argument("--blocks", help="block string to audit with freshly initialised radial "
+                                    "functions, e.g. '8,-:8,IJ,IJ'")
+    a.add_argument("--species", help="species to draw atoms from, e.g. Ni,Mo (default: the "
+                                     "model's; H for --blocks)")
+    a.add_argument("--cutoff", type=float, help="cutoff for --blocks in Angstrom (default 5)")
+    a.add_argument("--radial", default=radial.DEFAULT, choices=radial.names(),
+                   help="radial family for --blocks (default %(default)s)")
+    a.add_argument("--repeats", type=int, default=2,
+                   help="environments per neighbour count (default %(default)s)")
+    a.add_argument("--tol", type=float, default=AUDIT_TOLERANCE,
+                   help="tolerance on the relative residual of a normalised term gradient "
+                        "(default %(default)s)")
+    a.add_argument("--seed", type=int, default=0)
+    a.add_argument("--json", action="store_true", help="print the report as JSON")
+    a.set_defaults(func=cmd_audit)
     x = sub.add_parser("example", help="fit and evaluate on the bundled Cu example data")
     x.add_argument("-o", "--output", help="model file to write (default: a temporary file)")
     x.add_argument("--max-iter", type=int, default=100)

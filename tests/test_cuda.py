@@ -84,10 +84,10 @@ def tiny():
     return a
 
 
-def make_model(activation="gaussian"):
+def make_model(activation="gaussian", blocks=BLOCKS):
     """Random parameters with the descriptor standardised on the periodic structure, so the MLP
     inputs are O(1) and forces are O(1) eV/Å."""
-    m = LatteModel(["Cu", "Ni"], cutoff=CUTOFF, blocks=BLOCKS, hidden=(6, 4), seed=3,
+    m = LatteModel(["Cu", "Ni"], cutoff=CUTOFF, blocks=blocks, hidden=(6, 4), seed=3,
                    activation=activation)
     ref = periodic_triclinic()
     G = m.descriptors(ref.positions, ref.cell.array, ref.pbc, ref.numbers)
@@ -126,6 +126,19 @@ def test_float64_matches_cpu(model, make, team_size):
     out = ev.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
     assert set(out) == set(ref)
     assert isinstance(out["energy"], float)
+    assert_same(out, ref, TOL)
+
+
+@needs_cuda
+@pytest.mark.parametrize("make", [periodic_triclinic, cluster], ids=["periodic-triclinic", "cluster"])
+def test_traceless_bodies_match_cpu(make):
+    """Capital-letter bodies: the projection of the moments and of their adjoint on the GPU."""
+    m = make_model(blocks="2,-:1,IJ,IJ:1,IJK,IJK:1,I,IJ,J:1,IJ,JKL,IKL:1,i,IJ,j")
+    assert m.layout.body_projection.any()
+    atoms = make()
+    ref = cpu_result(m, atoms)
+    assert np.abs(ref["forces"]).max() > 0.3
+    out = CudaEvaluator(m).compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
     assert_same(out, ref, TOL)
 
 

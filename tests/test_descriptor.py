@@ -17,6 +17,11 @@ from structures import random_atoms
 
 ALL_PATTERNS = "3,-:2,i,i:2,ij,ij:2,ijk,ijk:2,i,j,ij:2,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
 DESIGN_PATTERNS = ["-", "i,i", "ij,ij", "ijk,ijk", "i,j,ij", "ij,jk,ki", "i,ij,jk,k", "i,j,k,ijk"]
+#: Allen et al.'s 13 invariants of the irreducible tensors S, v, Q, T (the `hop` preset's patterns)
+#: and a pattern mixing raw and traceless bodies
+TRACELESS_PATTERNS = ["-", "I,I", "IJ,IJ", "IJK,IJK", "I,IJ,J", "IJ,JK,KI", "IJ,JKL,IKL",
+                      "I,J,K,IJK", "I,IJ,JK,K", "I,IJK,JKL,L", "IJ,JK,ILM,KLM", "IJ,IJK,KLM,LM",
+                      "IJK,IJL,MNK,MNL", "i,IJ,j"]
 CUTOFF = 4.0
 
 
@@ -40,6 +45,18 @@ def reference_radial(r, c, w):
     return t ** 3 / c ** 2
 
 
+def reference_traceless(A):
+    """The symmetric traceless part of symmetric body tensors A (N, 3, ..., 3) of rank 2 or 3,
+    written out from the textbook formulas (Q = A - I tr A / 3; T_ijk = A_ijk - (d_ij a_k +
+    d_ik a_j + d_jk a_i) / 5 with a_k = A_mmk)."""
+    eye = np.eye(3)
+    if A.ndim == 3:
+        return A - np.einsum("ab,z->zab", eye, np.einsum("zmm->z", A)) / 3.0
+    a = np.einsum("zmmk->zk", A)
+    return A - (np.einsum("ab,zc->zabc", eye, a) + np.einsum("ac,zb->zabc", eye, a)
+                + np.einsum("bc,za->zabc", eye, a)) / 5.0
+
+
 def reference_descriptors(spec, params, model_numbers, atoms, cutoff):
     """(G, scale) (N, T): the descriptor, and the same contraction of |A| (the natural size of
     rounding errors of each entry)."""
@@ -60,13 +77,15 @@ def reference_descriptors(spec, params, model_numbers, atoms, cutoff):
             weight = sigma[s[i], s[j], b] * reference_radial(r, centres[s[i], b], widths[s[i], b])
             A = np.zeros((n_atoms,) + (3,) * p)
             np.add.at(A, i, weight.reshape((-1,) + (1,) * p) * powers[p])
+            if body.isupper() and p >= 2:        # capital letters: the traceless part
+                A = reference_traceless(A)
             tensors.append(A)
             b += 1
         if pattern == "-":
             G.append(tensors[0])
             scale.append(np.abs(tensors[0]))
         else:
-            subscripts = ",".join("Z" + body for body in bodies) + "->Z"
+            subscripts = ",".join("z" + body.lower() for body in bodies) + "->z"
             G.append(np.einsum(subscripts, *tensors))
             scale.append(np.einsum(subscripts, *[np.abs(A) for A in tensors]))
     assert b == params["centres"].shape[1]
@@ -140,6 +159,48 @@ def test_descriptors_of_each_pattern_alone():
         assert np.abs(G_ref).max() > 1e-6, pattern
 
 
+@pytest.mark.parametrize("name", list(STRUCTURES))
+def test_traceless_descriptors_match_einsum_reference(name):
+    """Capital-letter bodies: the reference projects its einsum body tensors with the textbook
+    traceless formulas; lattenb projects between its moments and the contraction."""
+    atoms = STRUCTURES[name]
+    spec = ":".join(f"1,{p}" for p in TRACELESS_PATTERNS)
+    m = LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=spec, hidden=(2,), seed=4)
+    rng = np.random.default_rng(9)
+    S, B = m.params["centres"].shape
+    widths = rng.uniform(0.8, 1.8, size=(S, B))
+    m.set_parameters(widths=widths, centres=rng.uniform(widths, CUTOFF - widths))
+    G = m.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    G_ref, scale = reference_descriptors(spec, m.params, m.numbers, atoms, CUTOFF)
+    # the projection's own rounding (a few operations on entries of size |A|) is covered by
+    # the contraction of |A|; 1e-11 leaves room for the extra sums
+    for t, pattern in enumerate(TRACELESS_PATTERNS):
+        err = np.abs(G[:, t] - G_ref[:, t])
+        assert np.all(err <= 1e-11 * scale[:, t] + 1e-300), (name, pattern, err.max())
+        assert np.abs(G_ref[:, t]).max() > 1e-8 * scale[:, t].max(), (name, pattern)
+
+
+def test_raw_and_traceless_contractions_differ_by_the_trace_terms():
+    """ij,ij = IJ,IJ + (1/3) S_1 S_2 and i,j,ij = I,IJ,J + (1/3) S_3 (i,i) when the bodies share
+    radial functions: an identity between two kernels' outputs that no code path shares."""
+    atoms = STRUCTURES["triclinic"]
+    spec = "1,ij,ij:1,IJ,IJ:1,-:1,-:1,i,j,ij:1,I,IJ,J:1,-:1,i,i"
+    m = LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=spec, hidden=(2,), seed=4)
+    # bodies: 0,1 ij,ij | 2,3 IJ,IJ | 4 - | 5 - | 6,7,8 i,j,ij | 9,10,11 I,IJ,J | 12 - | 13,14 i,i
+    same = {2: 0, 3: 1, 4: 0, 5: 1, 9: 6, 10: 8, 11: 7, 12: 8, 13: 6, 14: 7}
+    P = {k: v.copy() for k, v in m.params.items() if k in ("centres", "widths", "sigma")}
+    for b, src in same.items():
+        P["centres"][:, b] = P["centres"][:, src]
+        P["widths"][:, b] = P["widths"][:, src]
+        P["sigma"][..., b] = P["sigma"][..., src]
+    m.set_parameters(**P)
+    G = m.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    scale = np.abs(G).max()
+    assert np.allclose(G[:, 0], G[:, 1] + G[:, 2] * G[:, 3] / 3.0, rtol=0, atol=1e-12 * scale)
+    assert np.allclose(G[:, 4], G[:, 5] + G[:, 6] * G[:, 7] / 3.0, rtol=0, atol=1e-12 * scale)
+    assert np.abs(G[:, 2] * G[:, 3]).max() > 1e-3 * scale          # the trace part is not 0
+
+
 def test_descriptor_is_species_blind_in_length():
     """Descriptor length = sum of block counts, whatever the number of species."""
     for species in (["Ni"], ["Ni", "Mo"], ["Ni", "Mo", "Cu"]):
@@ -154,6 +215,7 @@ def test_descriptor_is_species_blind_in_length():
     "1,ab,ab",
     "4,a,b,ab:2,-",
     "10,-:10,i,i:10,i,j,ij",
+    "2,IJ,IJ:1,i,IJ,j:3,IJK,IJL,MNK,MNL",
 ])
 def test_block_string_round_trip(spec):
     blocks = parse_blocks(spec)
@@ -182,7 +244,8 @@ def test_block_string_whitespace_is_ignored():
     ("8,i,i::8,-", r"block ''"),
     ("2,ii,jj", r"repeats a letter"),
     ("8,i", r"at least two bodies"),
-    ("8,I,I", r"lowercase"),
+    ("8,Ij,Ij", r"all lower case .* or all capitals"),
+    ("8,i,I,ij", r"letter 'i' is used 3 times"),
     ("8", r"count,body"),
     ("", r"non-empty"),
 ])

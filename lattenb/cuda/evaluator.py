@@ -86,9 +86,6 @@ class CudaEvaluator:
         cuda = self.cuda
         fdt = np.float32 if self.dtype == "float32" else np.float64
         body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = ka.layout[:7]
-        if np.any(ka.layout[7] != 0):
-            raise ValueError("the CUDA kernels do not apply body projections yet; use "
-                             "device='cpu' for this model")
         M = int(body_offset[-1] + 3 ** body_rank[-1])
         T = int(term_pattern.shape[0])
         sizes = np.asarray(ka.layer_sizes, np.int64)
@@ -104,7 +101,7 @@ class CudaEvaluator:
                 f"or the CPU")
         i32 = lambda a: cuda.to_device(np.ascontiguousarray(a, dtype=np.int32))   # noqa: E731
         f = lambda a: cuda.to_device(np.ascontiguousarray(a, dtype=fdt))          # noqa: E731
-        self._layout = tuple(i32(a) for a in ka.layout[:7])
+        self._layout = tuple(i32(a) for a in ka.layout[:8])
         self._body_order = i32(np.argsort(-np.asarray(body_rank), kind="stable"))
         self._sigma = f(ka.sigma)
         # the polynomial family's constants (c, 1/w, 1/c^2) per (species, body)
@@ -118,7 +115,8 @@ class CudaEvaluator:
         self._e0 = cuda.to_device(np.ascontiguousarray(ka.e0, dtype=np.float64))
         self._cutoff2 = float(ka.cutoff) ** 2
         self.kernel = self.ck.energy_kernel(M, T, n_act, widest, self.team_size,
-                                            int(ka.activation), self.dtype)
+                                            int(ka.activation), self.dtype,
+                                            bool(np.any(ka.layout[7] != 0)))
         self._params_of = ka
 
     def set_numbers(self, numbers):

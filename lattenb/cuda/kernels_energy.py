@@ -33,6 +33,7 @@ from functools import lru_cache
 import numpy as np
 from numba import float32, float64, int32
 
+from ..projection import traceless2_py, traceless3_py
 from .kernels import BLOCK, RED_BLOCK, blocks_for, cuda  # noqa: F401  (launch configuration)
 
 #: static shared memory available to one block (bytes)
@@ -76,6 +77,23 @@ def pair_vector(pos, cell, shifts, i, k, j, pix, piy, piz):
     return (pos[j, 0] - pix + (s0 * cell[0, 0] + s1 * cell[1, 0] + s2 * cell[2, 0]),
             pos[j, 1] - piy + (s0 * cell[0, 1] + s1 * cell[1, 1] + s2 * cell[2, 1]),
             pos[j, 2] - piz + (s0 * cell[0, 2] + s1 * cell[1, 2] + s2 * cell[2, 2]))
+
+
+#: the projections of `lattenb.projection`, compiled from the same source as device functions
+traceless2 = cuda.jit(device=True, inline=True)(traceless2_py)
+traceless3 = cuda.jit(device=True, inline=True)(traceless3_py)
+
+
+@cuda.jit(device=True, inline=True)
+def project_bodies(sA, body_rank, body_offset, body_projection, ln, TS):
+    """Every projected body of sA (shared, one atom) in place, lanes over bodies. The traceless
+    map is self-adjoint, so the same call serves the moments and their adjoint."""
+    for b in range(ln, body_rank.shape[0], TS):
+        if body_projection[b] == 1:
+            if body_rank[b] == 2:
+                traceless2(sA, body_offset[b])
+            elif body_rank[b] == 3:
+                traceless3(sA, body_offset[b])
 
 
 @cuda.jit(device=True)
@@ -152,12 +170,14 @@ def shared_bytes(M, T, n_act, widest, team_size, itemsize):
 
 
 @lru_cache(maxsize=None)
-def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name):
+def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projected=False):
     """The fused energy/gradient kernel for one model shape, launched as
     ``kernel[n_atoms, team_size](...)`` (one block per atom).
 
     M: moment size, T: descriptor length, n_act: sum of the MLP layer sizes, widest: largest
-    layer size, activation: 0 gaussian, 1 tanh, 2 silu, dtype_name: "float64" or "float32".
+    layer size, activation: 0 gaussian, 1 tanh, 2 silu, dtype_name: "float64" or "float32",
+    projected: whether any body is projected (`lattenb.projection`; otherwise the two projection
+    passes and their barriers are compiled out).
     """
     F = float32 if dtype_name == "float32" else float64
     NF = np.float32 if dtype_name == "float32" else np.float64
@@ -171,11 +191,12 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name):
     NACT = int(n_act)
     WIDEST = int(widest)
     ACT = int(activation)
+    PROJECTED = bool(projected)
 
     @cuda.jit
     def kernel(pos, cell, nbr, shifts, count, species, cutoff2, body_order,
                body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables,
-               sigma, centres, inv_w, inv_c2, g_mean, g_inv_std, mlp, layer_sizes, e0,
+               body_projection, sigma, centres, inv_w, inv_c2, g_mean, g_inv_std, mlp, layer_sizes, e0,
                energies, atom_virial, closest, pair_grad):
         """One block per atom i. Outputs: energies[i] (eV, float64), atom_virial[i] (9,) =
         -sum_k g_k (x) v_k (row-major, eV), closest[i] (Å), pair_grad[i, k] = dE/dv_ik.
@@ -302,6 +323,9 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name):
                     sA[off + 7] += a7
                     sA[off + 8] += a8
             cuda.syncthreads()
+        if PROJECTED:
+            project_bodies(sA, body_rank, body_offset, body_projection, ln, TS)
+            cuda.syncthreads()
 
         # ---- 2. contraction and standardisation: lanes own terms
         for t in range(ln, T, TS):
@@ -410,6 +434,9 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name):
                                 prod *= sA[body_offset[b0 + ll] + tables[base + ll]]
                         sAb[body_offset[b0 + kk] + tables[base + kk]] += prod
         cuda.syncthreads()
+        if PROJECTED:
+            project_bodies(sAb, body_rank, body_offset, body_projection, ln, TS)
+            cuda.syncthreads()
 
         # ---- 5. per-pair gradients: lanes own pairs
         s00 = 0.0
