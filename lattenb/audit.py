@@ -138,11 +138,11 @@ def format_report(model, report):
     """The human-readable audit report (lines)."""
     sizes = sorted({e["neighbours"] for e in report["environments"]})
     lines = [f"descriptor {model.blocks}",
-             f"  {report['n_terms']} terms, species {','.join(model.species)}, "
-             f"cutoff {model.cutoff:g} Å, radial family {model.radial}",
-             f"  {len(report['environments'])} random environments of {sizes[0]}-{sizes[-1]} "
-             f"neighbours; tolerance {report['tolerance']:g} (relative residual of a term's "
-             f"normalised gradient)",
+             (f"  {report['n_terms']} terms, species {','.join(model.species)}, "
+              f"cutoff {model.cutoff:g} Å, radial family {model.radial}"),
+             (f"  {len(report['environments'])} random environments of {sizes[0]}-{sizes[-1]} "
+              f"neighbours; tolerance {report['tolerance']:g} (relative residual of a term's "
+              f"normalised gradient)"),
              f"numerical rank: {report['rank']} of {report['n_terms']}"]
     by_size = {}
     for e in report["environments"]:

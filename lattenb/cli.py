@@ -14,9 +14,9 @@ from pathlib import Path
 import numpy as np
 
 from . import radial
+from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .evaluation import evaluate_frames
 from .mlp import ACTIVATIONS
-from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .model import PRESETS
 
 DATA_DIR = Path(__file__).parent / "data"
