@@ -126,6 +126,15 @@ class DescriptorLayout:
     `tables` (row-major, n_bodies columns).
     body_projection (B,): the linear map applied to body b's tensor between the moments and the
     contraction, a code of `lattenb.projection.PROJECTIONS` (0: none, the raw tensor).
+
+    The CPU kernels contract along a cheaper path (`contraction_plan`): a term of three or four
+    bodies may first contract two of its bodies into an intermediate tensor X (a "virtual body"
+    stored after the real ones in the moment vector), then contract X with the rest:
+    operand_start (T + 1,): term t has operand_start[t + 1] - operand_start[t] operands;
+    index_start (T + 1,), index: its rows, each the places of its operands in the extended moment
+    vector (as the CUDA kernels read `tables`); pair_rows (R, 3): X[r0] += A[r1] A[r2], the rows
+    forming every virtual body; moment_sizes (2,): the size of the real moments M and of the
+    extended vector.
     """
     blocks: tuple
     body_rank: np.ndarray
@@ -136,6 +145,11 @@ class DescriptorLayout:
     pattern_table_start: np.ndarray
     tables: np.ndarray
     body_projection: np.ndarray
+    operand_start: np.ndarray
+    index_start: np.ndarray
+    index: np.ndarray
+    pair_rows: np.ndarray
+    moment_sizes: np.ndarray
 
     @property
     def n_terms(self):
@@ -152,7 +166,100 @@ class DescriptorLayout:
     def kernel_tuple(self):
         """The arrays the Numba kernels take, as one tuple."""
         return (self.body_rank, self.body_offset, self.term_body_start, self.term_pattern,
-                self.pattern_rows, self.pattern_table_start, self.tables, self.body_projection)
+                self.pattern_rows, self.pattern_table_start, self.tables, self.body_projection,
+                self.operand_start, self.index_start, self.index, self.pair_rows,
+                self.moment_sizes)
+
+
+def _flat(letters, value):
+    """Flat C-order index of the assignment `value` (letter -> 0..2) of `letters`."""
+    flat = 0
+    for letter in letters:
+        flat = 3 * flat + value[letter]
+    return flat
+
+
+def _open_letters(bodies, order):
+    """Letters used once within `bodies` (the ones that connect them to the rest of the
+    pattern), in the pattern's order of first appearance."""
+    joined = "".join(bodies)
+    return [c for c in order if joined.count(c) == 1]
+
+
+def pattern_path(bodies):
+    """How to contract one pattern (bodies lower case): None for the direct sum over all index
+    assignments, or (pair, rest): contract the two bodies `pair` into an intermediate X over
+    their open letters, then X with the body or pair `rest` (a second intermediate Y).
+
+    Multiplications per term: the direct sum costs 3^L (n_bodies - 1) for L letters; the path
+    3^(letters of each pair) per pair plus 3^(open letters) for the final product. The path is
+    taken only when it costs less than half (e.g. T_ijk T_ijl T_mnk T_mnl: 171 against 2187):
+    its extra pass over the intermediates is not free, and the fast preset's 3-body patterns
+    (12 against 18 for i,j,ij) stay direct."""
+    nb = len(bodies)
+    if nb not in (3, 4):
+        return None
+    order = sorted(set("".join(bodies)), key="".join(bodies).index)
+    best, best_cost = None, 0.5 * 3 ** len(order) * (nb - 1)
+    splits = {3: [((0, 1), (2,)), ((0, 2), (1,)), ((1, 2), (0,))],
+              4: [((0, 1), (2, 3)), ((0, 2), (1, 3)), ((0, 3), (1, 2))]}[nb]
+    for pair, rest in splits:
+        cost = 3 ** len(set(bodies[pair[0]] + bodies[pair[1]]))
+        if len(rest) == 2:
+            cost += 3 ** len(set(bodies[rest[0]] + bodies[rest[1]]))
+        cost += 3 ** len(_open_letters([bodies[k] for k in pair], order))
+        if cost < best_cost:
+            best, best_cost = (pair, rest), cost
+    return best
+
+
+def contraction_plan(blocks, body_offset, moment_size):
+    """(operand_start, index_start, index, pair_rows, moment_sizes) of `DescriptorLayout` for the
+    CPU kernels: every term's rows over its operands (its bodies, or intermediates X/Y of
+    `pattern_path`), with the intermediates placed after the real moments."""
+    operand_start, index_start, index, pair_rows = [0], [0], [], []
+    extended = moment_size
+    b0 = 0
+    for block in blocks:
+        bodies = [body.lower() for body in block.bodies]
+        order = sorted(set("".join(bodies)), key="".join(bodies).index)
+        path = pattern_path(bodies)
+        for _ in range(block.n):
+            offsets = [int(body_offset[b0 + k]) for k in range(len(bodies))]
+            b0 += len(bodies)
+            if path is None:
+                table = block.table()
+                index.extend((table + np.array(offsets)).ravel().tolist())
+                operand_start.append(operand_start[-1] + len(bodies))
+                index_start.append(len(index))
+                continue
+            pair, rest = path
+            groups = [pair] + ([rest] if len(rest) == 2 else [])
+            open_letters = _open_letters([bodies[k] for k in pair], order)
+            virtual = []
+            for group in groups:                 # X (and Y): sums over the group's own letters
+                x_off = extended
+                extended += 3 ** len(open_letters)
+                virtual.append(x_off)
+                a, b = group
+                letters = sorted(set(bodies[a] + bodies[b]), key=order.index)
+                for alpha in itertools.product(range(3), repeat=len(letters)):
+                    value = dict(zip(letters, alpha))
+                    pair_rows.append((x_off + _flat(open_letters, value),
+                                      offsets[a] + _flat(bodies[a], value),
+                                      offsets[b] + _flat(bodies[b], value)))
+            for alpha in itertools.product(range(3), repeat=len(open_letters)):
+                value = dict(zip(open_letters, alpha))
+                x = virtual[0] + _flat(open_letters, value)
+                if len(rest) == 2:
+                    index.extend((x, virtual[1] + _flat(open_letters, value)))
+                else:
+                    index.extend((x, offsets[rest[0]] + _flat(bodies[rest[0]], value)))
+            operand_start.append(operand_start[-1] + 2)
+            index_start.append(len(index))
+    return (np.array(operand_start, np.int64), np.array(index_start, np.int64),
+            np.array(index, np.int64), np.array(pair_rows, np.int64).reshape(-1, 3),
+            np.array([moment_size, extended], np.int64))
 
 
 def descriptor_layout(blocks):
@@ -175,6 +282,9 @@ def descriptor_layout(blocks):
     body_rank = np.array(ranks, dtype=np.int64)
     sizes = 3 ** body_rank
     body_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
+    moment_size = int(sizes.sum())
+    operand_start, index_start, index, pair_rows, moment_sizes = contraction_plan(
+        blocks, body_offset, moment_size)
     return DescriptorLayout(
         blocks=tuple(blocks),
         body_rank=body_rank,
@@ -185,4 +295,9 @@ def descriptor_layout(blocks):
         pattern_table_start=np.array(p_start, dtype=np.int64),
         tables=np.concatenate(tables).astype(np.int64),
         body_projection=np.array(projections, dtype=np.int64),
+        operand_start=operand_start,
+        index_start=index_start,
+        index=index,
+        pair_rows=pair_rows,
+        moment_sizes=moment_sizes,
     )

@@ -1,44 +1,25 @@
 """Contractions: descriptor terms from the body tensors, and their adjoints (design page, §3-5).
 
-Term t contracts its bodies with its pattern's index table, G_t = sum_rows prod_k A_{b_k}[table[row,
-k]]; `contraction_indices` resolves the tables of `blocks.DescriptorLayout` to places in the
-per-atom moment vector A (M,) once per kernel call. `contract` and `contract_adjoint` serve the
-energy and forces, `contract_tangent` and `contract_tangent_adjoint` the training gradient.
-Two and three bodies, the common cases, get loops of fixed width.
+Term t contracts its operands row by row, G_t = sum_rows prod_k A[index[row, k]], with the rows of
+`blocks.DescriptorLayout` (index_start, index: places in the per-atom moment vector A). An
+operand is a body, or an intermediate X = sum A_a A_b of two bodies formed first by `pair` from
+the layout's pair_rows and stored after the real moments (`blocks.pattern_path`: the 4-body
+patterns cost 3^6 rows x 3 products directly, under a tenth of that this way).
+`pair` and `contract` serve the descriptor, with `contract_adjoint` and `pair_adjoint` the
+forces; the `_tangent` variants the training gradient. Two and three operands, the common
+cases, get loops of fixed width.
 """
-import numpy as np
 from numba import njit
 
 from ._numba import FASTMATH
 
 
-@njit(cache=True, error_model="numpy")
-def contraction_indices(layout):
-    """Every term's index table resolved to places in the per-atom moment vector, so that a
-    contraction loads each factor directly: term t (nb_t bodies) has rows
-    index[start[t] + row * nb_t : start[t] + (row + 1) * nb_t]. Returns (start (T + 1,), index)."""
-    body_offset, term_body_start, term_pattern, p_rows, p_start, tables = layout[1:7]
-    n_terms = term_pattern.shape[0]
-    start = np.zeros(n_terms + 1, np.int64)
-    for t in range(n_terms):
-        start[t + 1] = start[t] + p_rows[term_pattern[t]] * (term_body_start[t + 1]
-                                                             - term_body_start[t])
-    index = np.empty(start[n_terms], np.int64)
-    for t in range(n_terms):
-        b0 = term_body_start[t]
-        nb = term_body_start[t + 1] - b0
-        ts = p_start[term_pattern[t]]
-        for e in range(start[t + 1] - start[t]):
-            index[start[t] + e] = body_offset[b0 + e % nb] + tables[ts + e]
-    return start, index
-
-
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
-def contract(A, term_body_start, index_start, index, G):
+def contract(A, operand_start, index_start, index, G):
     """G_t = sum_rows prod_k A[row's k-th index] for every term t (`contraction_indices`).
     Two and three bodies, the common cases, get loops of fixed width."""
     for t in range(G.shape[0]):
-        nb = term_body_start[t + 1] - term_body_start[t]
+        nb = operand_start[t + 1] - operand_start[t]
         total = 0.0
         if nb == 2:
             for e in range(index_start[t], index_start[t + 1], 2):
@@ -56,14 +37,14 @@ def contract(A, term_body_start, index_start, index, G):
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
-def contract_adjoint(A, Gbar, term_body_start, index_start, index, Abar):
+def contract_adjoint(A, Gbar, operand_start, index_start, index, Abar):
     """Abar = dG/dA^T Gbar: each row adds Gbar_t prod_{l != k} A[index_l] to Abar[index_k]."""
     Abar[:] = 0.0
     for t in range(Gbar.shape[0]):
         gb = Gbar[t]
         if gb == 0.0:
             continue
-        nb = term_body_start[t + 1] - term_body_start[t]
+        nb = operand_start[t + 1] - operand_start[t]
         if nb == 2:
             for e in range(index_start[t], index_start[t + 1], 2):
                 i0 = index[e]
@@ -92,11 +73,11 @@ def contract_adjoint(A, Gbar, term_body_start, index_start, index, Abar):
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
-def contract_tangent(A, Adot, term_body_start, index_start, index, G, Gdot):
+def contract_tangent(A, Adot, operand_start, index_start, index, G, Gdot):
     """G = C(A) as in `contract` and its tangent Gdot = sum_rows sum_k Adot_k prod_{l != k} A_l
     (A, Adot (M,); G, Gdot (T,)). One to three bodies get loops of fixed width."""
     for t in range(G.shape[0]):
-        nb = term_body_start[t + 1] - term_body_start[t]
+        nb = operand_start[t + 1] - operand_start[t]
         total = 0.0
         total_dot = 0.0
         if nb == 1:
@@ -138,7 +119,7 @@ def contract_tangent(A, Adot, term_body_start, index_start, index, G, Gdot):
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
-def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, term_body_start, index_start, index, Abar,
+def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, operand_start, index_start, index, Abar,
                              Adotbar):
     """Reverse of `contract_tangent` for J = Gbar . G + Gdotbar . Gdot (Abar, Adotbar (M,)):
 
@@ -150,7 +131,7 @@ def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, term_body_start, index_star
     for t in range(Gbar.shape[0]):
         gb = Gbar[t]
         gdb = Gdotbar[t]
-        nb = term_body_start[t + 1] - term_body_start[t]
+        nb = operand_start[t + 1] - operand_start[t]
         if nb == 1:
             for e in range(index_start[t], index_start[t + 1]):
                 Abar[index[e]] += gb
@@ -203,3 +184,53 @@ def contract_tangent_adjoint(A, Adot, Gbar, Gdotbar, term_body_start, index_star
                         cross += term
                     Abar[index[e + l]] += gb * rest + gdb * cross
                     Adotbar[index[e + l]] += gdb * rest
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def pair(A, pair_rows, moment_sizes):
+    """The intermediates X (A[M:M_ext], `blocks.contraction_plan`): X[r0] = sum A[r1] A[r2]."""
+    for e in range(moment_sizes[0], moment_sizes[1]):
+        A[e] = 0.0
+    for r in range(pair_rows.shape[0]):
+        A[pair_rows[r, 0]] += A[pair_rows[r, 1]] * A[pair_rows[r, 2]]
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def pair_adjoint(A, Abar, pair_rows):
+    """Abar of the bodies += the adjoint of `pair` applied to the intermediates' Abar."""
+    for r in range(pair_rows.shape[0]):
+        xb = Abar[pair_rows[r, 0]]
+        a = pair_rows[r, 1]
+        b = pair_rows[r, 2]
+        Abar[a] += xb * A[b]
+        Abar[b] += xb * A[a]
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def pair_tangent(A, Adot, pair_rows, moment_sizes):
+    """`pair` and its tangent Xdot = sum Adot_a A_b + A_a Adot_b."""
+    for e in range(moment_sizes[0], moment_sizes[1]):
+        A[e] = 0.0
+        Adot[e] = 0.0
+    for r in range(pair_rows.shape[0]):
+        x = pair_rows[r, 0]
+        a = pair_rows[r, 1]
+        b = pair_rows[r, 2]
+        A[x] += A[a] * A[b]
+        Adot[x] += Adot[a] * A[b] + A[a] * Adot[b]
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH)
+def pair_tangent_adjoint(A, Adot, Abar, Adotbar, pair_rows):
+    """Reverse of `pair_tangent`: Abar_a += Xbar A_b + Xdotbar Adot_b, Adotbar_a += Xdotbar A_b
+    (and the same with a and b exchanged)."""
+    for r in range(pair_rows.shape[0]):
+        x = pair_rows[r, 0]
+        a = pair_rows[r, 1]
+        b = pair_rows[r, 2]
+        xb = Abar[x]
+        xdb = Adotbar[x]
+        Abar[a] += xb * A[b] + xdb * Adot[b]
+        Abar[b] += xb * A[a] + xdb * Adot[a]
+        Adotbar[a] += xdb * A[b]
+        Adotbar[b] += xdb * A[a]

@@ -27,9 +27,9 @@ from numba import get_num_threads, njit, prange
 
 from ._numba import FASTMATH
 from .contraction import (contract, contract_adjoint, contract_tangent, contract_tangent_adjoint,
-                          contraction_indices)
+                          pair, pair_adjoint, pair_tangent, pair_tangent_adjoint)
 from .mlp import mlp_forward, mlp_input_gradient, mlp_tangent_forward, mlp_tangent_reverse
-from .moments import (RANK_SIZE, atom_moments, atom_pair_gradients, atom_parameter_gradients,
+from .moments import (atom_moments, atom_pair_gradients, atom_parameter_gradients,
                       atom_tangent_moments)
 from .pairs import (TANGENT_ROWS, copy_sorted_pairs, gather_pairs, max_neighbours, pair_scratch,
                     pair_tangents, support_bin_ranges)
@@ -60,14 +60,13 @@ def default_chunks(n_atoms):
 
 
 @njit(cache=True, error_model="numpy")
-def _setup(offsets, layout, bin_ptr, bin_bodies, sorted_count):
+def _setup(offsets, body_rank, body_projection, pair_rows, bin_ptr, bin_bodies, sorted_count):
     """What every driver derives once per call: (largest neighbour count, number of distance bins,
-    the support bins of every body (S, B, 2), the contraction indices (start, index), whether any
-    body is projected, whether the pairs come sorted)."""
-    index_start, index = contraction_indices(layout)
+    the support bins of every body (S, B, 2), whether any body is projected, whether any term
+    contracts through intermediates (`contraction.pair`), whether the pairs come sorted)."""
     return (max_neighbours(offsets), bin_ptr.shape[1] - 1,
-            support_bin_ranges(bin_ptr, bin_bodies, layout[0].shape[0]), index_start, index,
-            has_projection(layout[7]), sorted_count.shape[0] > 0)
+            support_bin_ranges(bin_ptr, bin_bodies, body_rank.shape[0]),
+            has_projection(body_projection), pair_rows.shape[0] > 0, sorted_count.shape[0] > 0)
 
 
 @njit(cache=True, error_model="numpy")
@@ -77,11 +76,6 @@ def _atom_scratch(m, n_terms, n_act, widest):
     pre-activations (n_act,), two MLP backward buffers (widest,)."""
     return (np.empty(m), np.empty(m), np.empty(n_terms), np.empty(n_terms), np.empty(n_terms),
             np.empty(n_act), np.empty(n_act), np.empty(widest), np.empty(widest))
-
-
-@njit(cache=True, error_model="numpy")
-def _moment_size(body_rank, body_offset):
-    return body_offset[-1] + RANK_SIZE[body_rank[-1]]
 
 
 @njit(cache=True, error_model="numpy")
@@ -137,19 +131,18 @@ def tangent_reverse_kernel(system, sorted_pairs, arrays, e_bar, delta, strain_ba
 def _descriptors(n_chunks, positions, cells, frame_of_atom, offsets, second, shifts, species,
                  sorted_rows, sorted_q, sorted_start, sorted_count, sorted_keys, sorted_closest,
                  cutoff, body_rank, body_offset, term_body_start, term_pattern, pattern_rows,
-                 pattern_table_start, tables, body_projection, family, radial, n_radial_slots,
-                 sigma, sigma_scaled, bin_ptr, bin_bodies, inv_bin, g_mean, g_inv_std, mlp_params,
-                 layer_sizes, act, e0):
-    layout = (body_rank, body_offset, term_body_start, term_pattern, pattern_rows,
-              pattern_table_start, tables, body_projection)
-    n_max, n_bins, body_bins, index_start, index, projected, presorted = _setup(
-        offsets, layout, bin_ptr, bin_bodies, sorted_count)
+                 pattern_table_start, tables, body_projection, operand_start, index_start, index,
+                 pair_rows, moment_sizes, family, radial, n_radial_slots, sigma, sigma_scaled,
+                 bin_ptr, bin_bodies, inv_bin, g_mean, g_inv_std, mlp_params, layer_sizes, act,
+                 e0):
+    n_max, n_bins, body_bins, projected, paired, presorted = _setup(
+        offsets, body_rank, body_projection, pair_rows, bin_ptr, bin_bodies, sorted_count)
     n_atoms = positions.shape[0]
     n_terms = term_pattern.shape[0]
     G = np.empty((n_atoms, n_terms))
     closest = np.empty(n_atoms)
     for chunk in prange(n_chunks):
-        A = np.empty(_moment_size(body_rank, body_offset))
+        A = np.empty(moment_sizes[1])
         P, pair_q, key_start, work = pair_scratch(n_max, sigma.shape[1] * n_bins)
         for i in range(chunk * n_atoms // n_chunks, (chunk + 1) * n_atoms // n_chunks):
             if presorted:
@@ -164,7 +157,9 @@ def _descriptors(n_chunks, positions, cells, frame_of_atom, offsets, second, shi
                          body_bins, sigma_scaled, radial, A)
             if projected:
                 project(A, body_rank, body_offset, body_projection, False)
-            contract(A, term_body_start, index_start, index, G[i])
+            if paired:
+                pair(A, pair_rows, moment_sizes)
+            contract(A, operand_start, index_start, index, G[i])
     return G, closest
 
 
@@ -172,16 +167,15 @@ def _descriptors(n_chunks, positions, cells, frame_of_atom, offsets, second, shi
 def _energy_forces(n_centres, n_chunks, positions, cells, frame_of_atom, offsets, second, shifts,
                    species, sorted_rows, sorted_q, sorted_start, sorted_count, sorted_keys,
                    sorted_closest, cutoff, body_rank, body_offset, term_body_start, term_pattern,
-                   pattern_rows, pattern_table_start, tables, body_projection, family, radial,
-                   n_radial_slots, sigma, sigma_scaled, bin_ptr, bin_bodies, inv_bin, g_mean,
-                   g_inv_std, mlp_params, layer_sizes, act, e0):
-    layout = (body_rank, body_offset, term_body_start, term_pattern, pattern_rows,
-              pattern_table_start, tables, body_projection)
-    n_max, n_bins, body_bins, index_start, index, projected, presorted = _setup(
-        offsets, layout, bin_ptr, bin_bodies, sorted_count)
+                   pattern_rows, pattern_table_start, tables, body_projection, operand_start,
+                   index_start, index, pair_rows, moment_sizes, family, radial, n_radial_slots,
+                   sigma, sigma_scaled, bin_ptr, bin_bodies, inv_bin, g_mean, g_inv_std,
+                   mlp_params, layer_sizes, act, e0):
+    n_max, n_bins, body_bins, projected, paired, presorted = _setup(
+        offsets, body_rank, body_projection, pair_rows, bin_ptr, bin_bodies, sorted_count)
     n_atoms = positions.shape[0]
     n_terms = term_pattern.shape[0]
-    m = _moment_size(body_rank, body_offset)
+    m = moment_sizes[1]              # the moments, then the intermediates
     n_act, widest = _mlp_sizes(layer_sizes)
     energies = np.zeros(n_atoms)
     closest = np.full(n_atoms, np.inf)
@@ -208,7 +202,9 @@ def _energy_forces(n_centres, n_chunks, positions, cells, frame_of_atom, offsets
                          sigma_scaled, radial, A)
             if projected:
                 project(A, body_rank, body_offset, body_projection, False)
-            contract(A, term_body_start, index_start, index, G)
+            if paired:
+                pair(A, pair_rows, moment_sizes)
+            contract(A, operand_start, index_start, index, G)
             for t in range(n_terms):
                 x[t] = (G[t] - g_mean[s, t]) * g_inv_std[s, t]
             energies[i] = (mlp_forward(mlp_params[s], layer_sizes, act, x, a,
@@ -217,7 +213,9 @@ def _energy_forces(n_centres, n_chunks, positions, cells, frame_of_atom, offsets
                                buf_in, xbar)
             for t in range(n_terms):
                 xbar[t] *= g_inv_std[s, t]          # dE/dG
-            contract_adjoint(A, xbar, term_body_start, index_start, index, Abar)
+            contract_adjoint(A, xbar, operand_start, index_start, index, Abar)
+            if paired:
+                pair_adjoint(A, Abar, pair_rows)
             if projected:
                 project(Abar, body_rank, body_offset, body_projection, True)
             st = atom_pair_gradients(family, s, n_kept, P, pair_q, key_start, n_bins, body_rank,
@@ -247,18 +245,17 @@ def _tangent_reverse(e_bar, delta, strain_bar, n_chunks, positions, cells, frame
                      second, shifts, species, sorted_rows, sorted_q, sorted_start, sorted_count,
                      sorted_keys, sorted_closest, cutoff, body_rank, body_offset, term_body_start,
                      term_pattern, pattern_rows, pattern_table_start, tables, body_projection,
-                     family, radial, n_radial_slots, sigma, sigma_scaled, bin_ptr, bin_bodies,
-                     inv_bin, g_mean, g_inv_std, mlp_params, layer_sizes, act, e0):
-    layout = (body_rank, body_offset, term_body_start, term_pattern, pattern_rows,
-              pattern_table_start, tables, body_projection)
-    n_max, n_bins, body_bins, index_start, index, projected, presorted = _setup(
-        offsets, layout, bin_ptr, bin_bodies, sorted_count)
+                     operand_start, index_start, index, pair_rows, moment_sizes, family, radial,
+                     n_radial_slots, sigma, sigma_scaled, bin_ptr, bin_bodies, inv_bin, g_mean,
+                     g_inv_std, mlp_params, layer_sizes, act, e0):
+    n_max, n_bins, body_bins, projected, paired, presorted = _setup(
+        offsets, body_rank, body_projection, pair_rows, bin_ptr, bin_bodies, sorted_count)
     n_atoms = positions.shape[0]
     n_species = sigma.shape[0]
     n_bodies = body_rank.shape[0]
     n_terms = term_pattern.shape[0]
     n_mlp = mlp_params.shape[1]
-    m = _moment_size(body_rank, body_offset)
+    m = moment_sizes[1]              # the moments, then the intermediates
     max_rank = 0
     for b in range(n_bodies):
         max_rank = max(max_rank, body_rank[b])
@@ -292,7 +289,9 @@ def _tangent_reverse(e_bar, delta, strain_bar, n_chunks, positions, cells, frame
             if projected:
                 project(A, body_rank, body_offset, body_projection, False)
                 project(Adot, body_rank, body_offset, body_projection, False)
-            contract_tangent(A, Adot, term_body_start, index_start, index, G, Gdot)
+            if paired:
+                pair_tangent(A, Adot, pair_rows, moment_sizes)
+            contract_tangent(A, Adot, operand_start, index_start, index, G, Gdot)
             for t in range(n_terms):
                 x[t] = (G[t] - g_mean[si, t]) * g_inv_std[si, t]
                 xdot[t] = Gdot[t] * g_inv_std[si, t]
@@ -303,8 +302,10 @@ def _tangent_reverse(e_bar, delta, strain_bar, n_chunks, positions, cells, frame
             for t in range(n_terms):
                 xbar[t] *= g_inv_std[si, t]
                 xdotbar[t] *= g_inv_std[si, t]
-            contract_tangent_adjoint(A, Adot, xbar, xdotbar, term_body_start, index_start, index,
+            contract_tangent_adjoint(A, Adot, xbar, xdotbar, operand_start, index_start, index,
                                      Abar, Adotbar)
+            if paired:
+                pair_tangent_adjoint(A, Adot, Abar, Adotbar, pair_rows)
             if projected:
                 project(Abar, body_rank, body_offset, body_projection, True)
                 project(Adotbar, body_rank, body_offset, body_projection, True)

@@ -254,3 +254,20 @@ def test_block_string_errors(spec, message):
         parse_blocks(spec)
     with pytest.raises(ValueError, match=message):
         LatteModel(species=["Ni"], cutoff=CUTOFF, blocks=spec)
+
+
+def test_four_body_patterns_contract_through_intermediates():
+    """The 4-body patterns take the pairwise path (`blocks.pattern_path`), the fast preset's do
+    not; the einsum comparisons above check the values of both paths."""
+    from lattenb.blocks import descriptor_layout, pattern_path
+    assert pattern_path(["ijk", "ijl", "mnk", "mnl"]) == ((0, 1), (2, 3))
+    assert pattern_path(["i", "ij", "jk", "k"]) is not None
+    for pattern in ("i,i", "ij,ij", "i,j,ij", "ij,jk,ki"):
+        assert pattern_path(pattern.split(",")) is None, pattern
+    fast = descriptor_layout("8,-:8,i,i:8,ij,ij:8,i,j,ij")
+    assert fast.pair_rows.shape == (0, 3) and fast.moment_sizes[0] == fast.moment_sizes[1]
+    tttt = descriptor_layout("2,IJK,IJL,MNK,MNL")
+    # per term: two 9-entry intermediates from 81 rows each, and 9 rows of the final product
+    assert tttt.pair_rows.shape == (2 * 2 * 81, 3)
+    assert tttt.moment_sizes[1] - tttt.moment_sizes[0] == 2 * 2 * 9
+    assert np.diff(tttt.index_start).tolist() == [18, 18]
