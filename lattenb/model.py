@@ -28,11 +28,21 @@ from .radial import support_bins
 from .species import parse_species, species_indices
 from .validate import check_inputs
 
+#: Allen et al.'s 13 functionally independent invariants of the irreducible tensors S, v, Q, T of
+#: one channel (arXiv:2503.23515), as traceless patterns; the first 6 use ranks <= 2 only
+HOP_PATTERNS = ("-", "I,I", "IJ,IJ", "I,IJ,J", "IJ,JK,KI", "I,IJ,JK,K", "IJK,IJK", "IJ,JKL,IKL",
+                "I,J,K,IJK", "I,IJK,JKL,L", "IJ,JK,ILM,KLM", "IJ,IJK,KLM,LM", "IJK,IJL,MNK,MNL")
+
 #: Documented presets. "fast" is the speed benchmark's model (issue 2, benchmarks/bench_md.py).
+#: "hop": 2 terms of each of the 13 invariants; "hop-r2": 6 of each of the 6 of ranks <= 2.
 PRESETS = {
     "fast": {"blocks": "8,-:8,i,i:8,ij,ij:8,i,j,ij", "cutoff": 5.0, "hidden": (32, 16)},
     "accurate": {"blocks": "12,-:12,i,i:12,ij,ij:12,i,j,ij:6,ijk,ijk:6,ij,jk,ki",
                  "cutoff": 5.5, "hidden": (64, 32)},
+    "hop": {"blocks": ":".join(f"2,{p}" for p in HOP_PATTERNS), "cutoff": 5.0,
+            "hidden": (32, 16)},
+    "hop-r2": {"blocks": ":".join(f"6,{p}" for p in HOP_PATTERNS[:6]), "cutoff": 5.0,
+               "hidden": (32, 16)},
 }
 
 MIN_CUTOFF = 0.6         # Å: twice the polynomial family's smallest width (`radial.polynomial`)

@@ -91,3 +91,17 @@ def test_cli_audit_json_and_errors(capsys, tmp_path):
         cli.main(["audit", str(path), "--blocks", "2,i,i"])
     with pytest.raises(SystemExit, match="Xx"):
         cli.main(["audit", "--blocks", "2,i,i", "--species", "Xx"])
+
+
+def test_hop_presets_hold_the_13_patterns():
+    from lattenb.model import PRESETS
+    from lattenb.blocks import parse_blocks
+    hop = parse_blocks(PRESETS["hop"]["blocks"])
+    assert sorted(b.pattern for b in hop) == sorted(HOP13) and all(b.n == 2 for b in hop)
+    r2 = parse_blocks(PRESETS["hop-r2"]["blocks"])
+    assert sorted(b.pattern for b in r2) == sorted(
+        p for p in HOP13 if all(len(body) <= 2 for body in p.split(",")))
+    assert all(max(b.ranks) <= 2 for b in r2)
+    for name in ("hop", "hop-r2"):
+        m = LatteModel.preset(name, ["Ni"])
+        assert m.layout.body_projection.any()
