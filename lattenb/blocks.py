@@ -280,6 +280,9 @@ def descriptor_layout(blocks):
             term_pattern.append(p)
             term_start.append(len(ranks))
     body_rank = np.array(ranks, dtype=np.int64)
+    body_projection = np.array(projections, dtype=np.int64)
+    # the kernels apply code 1 (traceless) to ranks 2 and 3 only and know no other code
+    assert np.all((body_projection == 0) | ((body_projection == 1) & (body_rank >= 2)))
     sizes = 3 ** body_rank
     body_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)
     moment_size = int(sizes.sum())
@@ -294,7 +297,7 @@ def descriptor_layout(blocks):
         pattern_rows=np.array(p_rows, dtype=np.int64),
         pattern_table_start=np.array(p_start, dtype=np.int64),
         tables=np.concatenate(tables).astype(np.int64),
-        body_projection=np.array(projections, dtype=np.int64),
+        body_projection=body_projection,
         operand_start=operand_start,
         index_start=index_start,
         index=index,
