@@ -12,7 +12,8 @@ from lattenb.radial.polynomial import value_deriv as poly_value_deriv
 import toy_radial  # noqa: F401  (registers "toy-gaussian")
 
 CUTOFF = 3.8
-FAMILIES = sorted(set(radial.names()) | {"toy-gaussian"})
+# "spline-3": a spline family made on demand from its name (3 coefficients, 6 knot intervals)
+FAMILIES = sorted(set(radial.names()) | {"toy-gaussian", "spline-3"})
 
 
 def family_parameters(family, rng, S=2, B=3):
@@ -21,7 +22,9 @@ def family_parameters(family, rng, S=2, B=3):
 
 def body_constants(family, params, s, b):
     constants, scale = family.kernel_constants(params, CUTOFF)
-    return tuple(constants[s, b]), scale[s, b]
+    kb = tuple(constants[s, b])
+    assert family.load(constants, s, b) == kb
+    return kb, scale[s, b]
 
 
 @pytest.mark.parametrize("name", FAMILIES)
@@ -72,16 +75,31 @@ def test_family_parameter_adjoint_matches_finite_differences(name):
     g_sigma, g_theta = family.adjoint_finish(acc, kb, sigma * scale)
     assert len(g_theta) == len(family.gradient_names)
     assert abs(g_sigma - J(params) / sigma) <= 1e-12 * max(1.0, abs(g_sigma))
+    # the slots mapped to parameter arrays as the training passes map them (`gradients`)
+    slots = np.zeros(params[family.parameter_names()[0]].shape[:2] + (len(g_theta),))
+    slots[s, b] = g_theta
+    grads = family.gradients(slots)
+    assert set(grads) == set(family.parameter_names())
     h = 1e-6
-    for m, pname in enumerate(family.gradient_names):
-        def J_at(value):
-            prm = {k: v.copy() for k, v in params.items()}
-            prm[pname][s, b] = value
-            return J(prm)
-        x = params[pname][s, b]
-        fd = (J_at(x + h) - J_at(x - h)) / (2 * h)
-        assert abs(fd) > 1e-6, f"{pname}: derivative too small for a meaningful check"
-        assert abs(g_theta[m] - fd) <= 1e-6 * max(1.0, abs(fd)), (pname, g_theta[m], fd)
+    checked = 0
+    for pname in family.parameter_names():
+        assert grads[pname].shape == params[pname].shape
+        for index in np.ndindex(params[pname][s, b].shape):     # () or the coefficients' (N,)
+            where = (s, b) + index
+
+            def J_at(value):
+                prm = {k: v.copy() for k, v in params.items()}
+                prm[pname][where] = value
+                return J(prm)
+            x = params[pname][where]
+            # fourth-order central difference
+            fd = (8 * (J_at(x + h) - J_at(x - h)) - (J_at(x + 2 * h) - J_at(x - 2 * h))) / (12 * h)
+            got = grads[pname][where]
+            if index == ():         # one number per body: its derivative must not vanish
+                assert abs(fd) > 1e-6, f"{pname}: derivative too small for a meaningful check"
+            assert abs(got - fd) <= 1e-7 * max(1.0, abs(fd)), (pname, index, got, fd)
+            checked += abs(fd) > 1e-6
+    assert checked >= len(family.gradient_names) // 2 + 1
 
 
 def test_unknown_family_is_a_clear_error():
@@ -144,58 +162,163 @@ def test_radial_is_c2_at_support_edges(c, w):
         assert np.all(np.abs(scaled[-1] - scaled[-2]) <= 0.05 * scaled[-1]), scaled
 
 
+# ----------------------------------------------------------------------------- spline family
+def scipy_spline(family, c, w, coefficients):
+    """The reference: SciPy's clamped cubic B-spline on the family's K uniform intervals of
+    [c - w, c + w], with the first three and last three of its K + 3 coefficients zero."""
+    from scipy.interpolate import BSpline
+    K = family.n_intervals
+    knots = np.concatenate([[c - w] * 3, np.linspace(c - w, c + w, K + 1), [c + w] * 3])
+    return BSpline(knots, np.concatenate([[0.0] * 3, coefficients, [0.0] * 3]), 3,
+                   extrapolate=False)
+
+
+@pytest.mark.parametrize("name", ["spline", "spline-1", "spline-3", "spline-12"])
+def test_spline_is_scipys_clamped_bspline(name):
+    family = radial.get(name)
+    n = family.n_coefficients
+    rng = np.random.default_rng(11)
+    params = family.initial_parameters(rng, 2, 3, CUTOFF)
+    params["coefficients"] = rng.normal(size=params["coefficients"].shape)
+    for s, b in ((0, 0), (1, 2)):
+        kb, scale = body_constants(family, params, s, b)
+        assert scale == 1.0
+        c, w = params["centres"][s, b], params["widths"][s, b]
+        ref = scipy_spline(family, c, w, params["coefficients"][s, b])
+        r = np.concatenate([rng.uniform(c - w, c + w, 40), np.linspace(c - w, c + w, 2 * n + 7)])
+        got = np.array([family.value_deriv(x, kb) for x in r])
+        assert np.allclose(got[:, 0], ref(r), rtol=0, atol=1e-13)
+        assert np.allclose(got[:, 1], ref.derivative()(r), rtol=0, atol=1e-11)
+        # zero outside the window, with the derivative
+        for x in (c - w - 0.3, c - w - 1e-9, c + w + 1e-9, c + w + 0.3):
+            assert family.value_deriv(x, kb) == (0.0, 0.0)
+
+
+@pytest.mark.parametrize("name", ["spline", "spline-3"])
+def test_spline_is_c2_at_window_ends(name):
+    """f ~ d^3, f' ~ d^2, f'' ~ d at distance d inside either end (as the polynomial bump)."""
+    family = radial.get(name)
+    rng = np.random.default_rng(2)
+    params = family.initial_parameters(rng, 1, 1, CUTOFF)
+    params["coefficients"] = rng.uniform(0.5, 1.5, size=params["coefficients"].shape)
+    kb, _ = body_constants(family, params, 0, 0)
+    c, w = params["centres"][0, 0], params["widths"][0, 0]
+    for edge, inward in ((c + w, -1.0), (c - w, 1.0)):
+        scaled = []
+        for d in (1e-2, 1e-3, 1e-4):
+            r = edge + inward * d
+            f, f_r = family.value_deriv(r, kb)
+            hh = d / 10
+            f_rr = (family.value_deriv(r + hh, kb)[1] - family.value_deriv(r - hh, kb)[1]) / (2 * hh)
+            scaled.append((abs(f) / d ** 3, abs(f_r) / d ** 2, abs(f_rr) / d))
+        scaled = np.array(scaled)
+        assert np.all(scaled[-1] > 0)
+        assert np.all(np.abs(scaled[-1] - scaled[-2]) <= 0.05 * scaled[-1]), scaled
+
+
+def test_spline_starts_close_to_the_polynomial_bump():
+    family = radial.get("spline")
+    params = family.initial_parameters(np.random.default_rng(0), 1, 2, CUTOFF)
+    kb, _ = body_constants(family, params, 0, 1)
+    c, w = params["centres"][0, 1], params["widths"][0, 1]
+    r = np.linspace(c - w, c + w, 101)
+    bump = np.maximum(0.0, 1 - ((r - c) / w) ** 2) ** 3
+    assert np.max(np.abs([family.value(x, kb) for x in r] - bump)) < 0.02
+
+
+def test_spline_names():
+    assert radial.get("spline").n_coefficients == 8
+    assert radial.get("spline-8") is radial.get("spline")
+    family = radial.get("spline-5")
+    assert family.name == "spline-5" and family.n_coefficients == 5
+    assert radial.get("spline-5") is family and "spline-5" in radial.names()
+    assert len(family.gradient_names) == 2 + 5
+    for bad in ("spline-0", "spline-65", "spline-x", "spline-05", "spline-"):
+        with pytest.raises(ValueError, match="spline-N takes an integer N"):
+            radial.get(bad)
+    with pytest.raises(ValueError, match="'polynomial' has no variants"):
+        radial.get("polynomial-3")
+
+
 # ----------------------------------------------------------------------------- the seam
-# The toy family of tests/toy_radial.py, registered there and edited into nothing else, goes
-# through the same checks as the polynomial family: forces and stress against finite differences
-# of the energy, every training gradient against finite differences of the loss, model files.
-def toy_model(seed=0):
+# The toy family of tests/toy_radial.py, registered there and edited into nothing else, and the
+# spline family go through the same checks as the polynomial family: forces and stress against
+# finite differences of the energy, every training gradient against finite differences of the
+# loss, model files. "spline-5" is made on demand from its name.
+SEAM_FAMILIES = ["toy-gaussian", "spline", "spline-5"]
+SEAM_PARAMETERS = {"toy-gaussian": {"mu", "alpha"},
+                   "spline": {"centres", "widths", "coefficients"},
+                   "spline-5": {"centres", "widths", "coefficients"}}
+
+
+def toy_model(seed=0, name="toy-gaussian"):
     from lattenb import LatteModel
     m = LatteModel(["Ni", "Mo"], cutoff=CUTOFF, blocks="2,-:2,i,i:1,ij,ij:1,ijk,ijk:1,i,j,ij",
-                   hidden=(6, 4), activation="tanh", seed=seed, radial="toy-gaussian")
+                   hidden=(6, 4), activation="tanh", seed=seed, radial=name)
     rng = np.random.default_rng(seed)
     m.set_parameters(g_std=rng.uniform(1.0, 3.0, m.params["g_std"].shape),
                      g_mean=rng.normal(size=m.params["g_mean"].shape) * 0.1, e0=rng.normal(size=2))
+    if "coefficients" in m.params:      # spline: not the initial bump, which is symmetric
+        shape = m.params["coefficients"].shape
+        m.set_parameters(coefficients=m.params["coefficients"] + rng.normal(0, 0.3, shape))
     return m
 
 
-def test_toy_family_forces_and_stress_match_finite_differences():
+@pytest.mark.parametrize("name", SEAM_FAMILIES)
+def test_family_forces_and_stress_match_finite_differences(name):
     from test_model import forces_fd, rel_err, strain_derivative_fd
     from structures import random_atoms
-    m = toy_model()
-    assert m.radial == "toy-gaussian" and set(m.params) >= {"mu", "alpha"}
+    m = toy_model(name=name)
+    assert m.radial == name and set(m.params) >= SEAM_PARAMETERS[name]
     rng = np.random.default_rng(7)
     atoms = random_atoms(rng, 8, [[5.0, 0, 0], [1.1, 4.7, 0], [0.4, 0.9, 5.2]], True)
     out = m.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
-    assert rel_err(out["forces"], forces_fd(m, atoms)) < 1e-8
+    errors = {"forces": rel_err(out["forces"], forces_fd(m, atoms))}
     D = strain_derivative_fd(m, atoms)
     volume = abs(np.linalg.det(atoms.cell.array))
-    assert rel_err(-out["virial"], D) < 1e-8
-    assert rel_err(out["stress"], D[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] / volume) < 1e-8
+    errors["virial"] = rel_err(-out["virial"], D)
+    errors["stress"] = rel_err(out["stress"], D[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] / volume)
+    print(f"\n{name}: relative errors against finite differences", errors)
+    assert np.abs(out["forces"]).max() > 0
+    assert max(errors.values()) < 1e-8, errors
 
 
-def test_toy_family_training_gradients_match_finite_differences():
+@pytest.mark.parametrize("name", SEAM_FAMILIES)
+def test_family_training_gradients_match_finite_differences(name):
     from test_training import fd_check, random_frame
     from lattenb.dataset import prepare_dataset
     from lattenb.loss import LossWeights
     rng = np.random.default_rng(0)
     frames = [random_frame(rng, 5, 4.0), random_frame(rng, 8, 5.0, stress=False),
               random_frame(rng, 3, 3.2)]
-    m = toy_model(seed=2)
-    worst = fd_check(m, prepare_dataset(frames, m), LossWeights(1.0, 2.0, 0.5, l2=1e-3), rng)
-    assert {"mu", "alpha", "sigma", "mlp", "e0"} <= set(worst)
+    m = toy_model(seed=2, name=name)
+    worst = fd_check(m, prepare_dataset(frames, m), LossWeights(1.0, 2.0, 0.5, l2=1e-3), rng,
+                     per_group=12)
+    print(f"\n{name}: largest relative gradient errors", worst)
+    assert SEAM_PARAMETERS[name] | {"sigma", "mlp", "e0"} <= set(worst)
     assert max(worst.values()) < 1e-6, worst
 
 
-def test_toy_family_fits_and_round_trips_through_a_model_file(tmp_path):
+@pytest.mark.parametrize("name", SEAM_FAMILIES)
+def test_family_fits_and_round_trips_through_a_model_file(tmp_path, name):
     import lattenb
+    from lattenb.radial.polynomial import MIN_WIDTH
     from test_training import random_frame
     rng = np.random.default_rng(4)
     frames = [random_frame(rng, 4, 4.0) for _ in range(4)]
-    fitted = lattenb.fit(frames, model=toy_model(seed=3), max_iter=3, log=None)
-    assert np.all(fitted.params["alpha"] >= 0.1)      # the family's bounds held
+    start = toy_model(seed=3, name=name)
+    fitted = lattenb.fit(frames, model=start, max_iter=3, log=None)
+    if name == "toy-gaussian":
+        assert np.all(fitted.params["alpha"] >= 0.1)      # the family's bounds held
+    else:                                                 # the windows' bounds held, and moved
+        c, w = fitted.params["centres"], fitted.params["widths"]
+        assert np.all(w >= MIN_WIDTH) and np.all(c - w >= -1e-12) and np.all(c + w <= CUTOFF + 1e-12)
+        assert not np.array_equal(fitted.params["coefficients"], start.params["coefficients"])
     fitted.save(tmp_path / "toy.npz")
     loaded = lattenb.load(tmp_path / "toy.npz")
-    assert loaded.radial == "toy-gaussian"
+    assert loaded.radial == name
+    for key, value in fitted.params.items():
+        assert np.array_equal(loaded.params[key], value), key
     atoms = frames[0]
     a = fitted.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
     b = loaded.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)

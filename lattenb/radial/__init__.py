@@ -21,6 +21,8 @@ Python side (plain NumPy, once per parameter change):
                                       (the kernels fold scale into the species weight)
     gradient_names                    the names of the kernels' gradient slots (S, B, len) ...
     free_* / from_free                the bounded reparametrisation L-BFGS-B works on
+    variant(arg)                      optional: the family named "<name>-<arg>" (e.g. "spline-12",
+                                      a spline with 12 coefficients), made on first use by `get`
 
 Numba side (`@njit(inline="always")` functions, attributes of the family):
     load(constants, s, b) -> kb       the body's constants as a tuple (read once per body)
@@ -44,7 +46,7 @@ from numba.core.extending import (NativeValue, models, overload, register_model,
                                   unbox)
 
 #: built-in families: name -> "module:attribute" (relative to this package), imported on first use
-FAMILIES = {"polynomial": ".polynomial:POLYNOMIAL"}
+FAMILIES = {"polynomial": ".polynomial:POLYNOMIAL", "spline": ".spline:SPLINE"}
 DEFAULT = "polynomial"
 _REGISTRY = {}
 
@@ -105,6 +107,12 @@ class RadialFamily:
     def parameter_names(self):
         return tuple(self.parameter_shapes(1, 1))
 
+    def variant(self, arg):
+        """The family named f"{self.name}-{arg}" (a family with a setting in its name, such as
+        "spline-12"); `get` calls it for names it does not know yet and registers the result."""
+        raise ValueError(f"radial family {self.name!r} has no variants; "
+                         f"got {self.name + '-' + arg!r}")
+
     def __repr__(self):
         return f"<radial family {self.name!r}>"
 
@@ -123,12 +131,21 @@ def names():
 
 
 def get(name):
-    """The family registered under `name` (built-in ones are imported on first use)."""
+    """The family registered under `name` (built-in ones are imported on first use). A name
+    "<family>-<arg>" that is not registered yet, e.g. "spline-12", is made by the family's
+    `variant(arg)` and registered (ValueError from it for an invalid arg)."""
     if isinstance(name, RadialFamily):
         return name
     if name not in _REGISTRY and name in FAMILIES:
         module, attr = FAMILIES[name].split(":")
         register(getattr(importlib.import_module(module, __name__), attr))
+    if name not in _REGISTRY and isinstance(name, str):
+        base, _, arg = name.rpartition("-")
+        if base and (base in FAMILIES or base in _REGISTRY):
+            family = get(base).variant(arg)
+            if family.name != name:     # another name of a known family ("spline-8" is "spline")
+                return family
+            register(family)
     if name not in _REGISTRY:
         raise ValueError(f"unknown radial family {name!r}; choose one of {names()}")
     return _REGISTRY[name]
