@@ -2,6 +2,7 @@
 
     lattenb fit Cu_train.xyz --valid Cu_test.xyz -o cu.npz
     lattenb eval cu.npz Cu_test.xyz [--json]
+    lattenb plot-radial cu.npz -o radial.png   # every radial function of a model
     lattenb example            # fit on the bundled Cu subset and evaluate it (a smoke run)
 
 Any file ASE can read works; extended XYZ is the default format.
@@ -57,6 +58,19 @@ def _print_table(path, table):
     for name, row in table.items():
         print(f"  {name:<12} {row['structures']:>4}  {fmt(row['energy_meV_per_atom'], 8)}  "
               f"{fmt(row['forces_eV_per_A'], 7)}  {fmt(row['stress_GPa'], 7)}")
+
+
+def radial_name(text):
+    """argparse type of --radial: a radial family name, including names made on demand such as
+    "spline-12" (`lattenb.radial.get`)."""
+    try:
+        return radial.get(text).name
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+RADIAL_HELP = ("radial family of the descriptor: {} or spline-N (a cubic B-spline with N "
+               "trainable coefficients per body; spline is spline-8) (default %(default)s)")
 
 
 def parse_duration(text):
@@ -182,6 +196,22 @@ def cmd_eval(args):
     return 0
 
 
+def cmd_plot_radial(args):
+    """Every radial function of a model file as one picture (`lattenb.plots.radial_functions`)."""
+    from . import plots
+    from .model import load_model
+    try:
+        model = load_model(args.model)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"lattenb: {exc}")
+    try:
+        plots.radial_functions(model, args.output, n_points=args.points, title=args.model)
+    except ImportError as exc:
+        raise SystemExit(f"lattenb plot-radial: {exc}")
+    print(f"wrote {args.output}", file=sys.stderr)
+    return 0
+
+
 def cmd_example(args):
     """Fit on the bundled Cu subset, evaluate on the bundled test subset: a quick smoke run."""
     import tempfile
@@ -235,8 +265,8 @@ def build_parser():
     f.add_argument("--cutoff", type=float, help="cutoff radius in Angstrom (default: from the "
                                                 "neighbour shells of the training structures)")
     f.add_argument("--activation", default="gaussian", choices=sorted(ACTIVATIONS))
-    f.add_argument("--radial", default=radial.DEFAULT, choices=radial.names(),
-                   help="radial family of the descriptor (default %(default)s)")
+    f.add_argument("--radial", default=radial.DEFAULT, type=radial_name,
+                   help=RADIAL_HELP.format(", ".join(radial.names())))
     f.add_argument("--weights", default="10,1,0.001",
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
     f.add_argument("--output-weights",
@@ -281,8 +311,8 @@ def build_parser():
     a.add_argument("--species", help="species to draw atoms from, e.g. Ni,Mo (default: the "
                                      "model's; H for --blocks)")
     a.add_argument("--cutoff", type=float, help="cutoff for --blocks in Angstrom (default 5)")
-    a.add_argument("--radial", default=radial.DEFAULT, choices=radial.names(),
-                   help="radial family for --blocks (default %(default)s)")
+    a.add_argument("--radial", default=radial.DEFAULT, type=radial_name,
+                   help=RADIAL_HELP.format(", ".join(radial.names())) + " for --blocks")
     a.add_argument("--repeats", type=int, default=2,
                    help="environments per neighbour count (default %(default)s)")
     a.add_argument("--tol", type=float, default=AUDIT_TOLERANCE,
@@ -291,6 +321,14 @@ def build_parser():
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--json", action="store_true", help="print the report as JSON")
     a.set_defaults(func=cmd_audit)
+    r = sub.add_parser("plot-radial", help="draw every radial function of a model: per block, "
+                                           "sigma f(r) of each body and species pair (needs "
+                                           "matplotlib)")
+    r.add_argument("model")
+    r.add_argument("-o", "--output", required=True, help="picture to write (.png)")
+    r.add_argument("--points", type=int, default=400, help="distances per curve (default "
+                                                            "%(default)s)")
+    r.set_defaults(func=cmd_plot_radial)
     x = sub.add_parser("example", help="fit and evaluate on the bundled Cu example data")
     x.add_argument("-o", "--output", help="model file to write (default: a temporary file)")
     x.add_argument("--max-iter", type=int, default=100)

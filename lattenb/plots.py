@@ -1,5 +1,5 @@
-"""Pictures a user would rather look at than read: the learning curve of a fit and the parity
-plot of a model on reference data. matplotlib is an optional extra (``pip install
+"""Pictures a user would rather look at than read: the learning curve of a fit, the parity
+plot of a model on reference data and the radial functions of a model. matplotlib is an optional extra (``pip install
 'lattenb[plot]'``): the functions that draw raise ImportError without it, and `lattenb fit`
 then writes only the CSV of its learning curve."""
 import csv
@@ -84,5 +84,59 @@ def parity(model, frames, path, title=None):
     if title:
         fig.suptitle(title)
     fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+LINESTYLES = ("-", "--", ":", "-.")
+
+
+def radial_functions(model, path, n_points=400, title=None):
+    """Every radial function of a model (any radial family) as a PNG: one panel per block, with
+    sigma_b(s, s') f_sb(r) (the weight a neighbour of species s' at distance r (Å) gets in body b
+    of an atom of species s) for every term of the block, body (line style: its place in the
+    pattern) and species pair (colour)."""
+    from . import radial
+    plt = _pyplot()
+    r = np.linspace(0.0, model.cutoff, int(n_points))
+    f = radial.values(model.radial_family, model.params, model.cutoff, r)     # (S, B, n)
+    sigma = model.params["sigma"]                                             # (S, S, B)
+    layout = model.layout
+    blocks = layout.blocks
+    S = model.n_species
+    ncols = min(3, len(blocks))
+    nrows = -(-len(blocks) // ncols)
+    fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
+    colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
+    term = 0
+    for k, block in enumerate(blocks):
+        ax = axes.flat[k]
+        for _ in range(block.n):
+            start = layout.term_body_start[term]
+            for place, b in enumerate(range(start, layout.term_body_start[term + 1])):
+                for si in range(S):
+                    for sj in range(S):
+                        ax.plot(r, sigma[si, sj, b] * f[si, b], lw=0.9, alpha=0.8,
+                                ls=LINESTYLES[place % len(LINESTYLES)],
+                                color=colours[(si * S + sj) % len(colours)])
+            term += 1
+        ax.axhline(0.0, color="k", lw=0.5)
+        ax.set_title(f"block {k}: {block.n} x {block.pattern}", fontsize=9)
+        ax.set_xlabel("r (Å)")
+        ax.set_ylabel("σ f(r)")
+        ax.set_xlim(0.0, model.cutoff)
+        ax.grid(alpha=0.3)
+    for ax in list(axes.flat)[len(blocks):]:
+        ax.set_visible(False)
+    handles = [plt.Line2D([], [], color=colours[(si * S + sj) % len(colours)],
+                          label=f"{model.species[si]}←{model.species[sj]}")
+               for si in range(S) for sj in range(S)]
+    handles += [plt.Line2D([], [], color="grey", ls=LINESTYLES[p], label=f"body {p + 1}")
+                for p in range(min(len(LINESTYLES), max(len(b.bodies) for b in blocks)))]
+    fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8,
+               frameon=False)
+    fig.suptitle(f"{title + ': ' if title else ''}radial family {model.radial}, "
+                 f"cutoff {model.cutoff:g} Å (central←neighbour species)", fontsize=10)
+    fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     fig.savefig(path, dpi=110)
     plt.close(fig)

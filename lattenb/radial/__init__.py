@@ -41,7 +41,7 @@ import importlib
 import inspect
 
 import numpy as np
-from numba import types
+from numba import njit, types
 from numba.core.extending import (NativeValue, models, overload, register_model, typeof_impl,
                                   unbox)
 
@@ -255,6 +255,27 @@ def _ol_adjoint_pair(family, acc, r, kb, p, q):
 def _ol_adjoint_finish(family, acc, kb, sc):
     fn = _impl(family, "adjoint_finish")
     return lambda family, acc, kb, sc: fn(acc, kb, sc)
+
+
+@njit(cache=True)
+def _curves(family, constants, scale, r, out):
+    for s in range(constants.shape[0]):
+        for b in range(constants.shape[1]):
+            kb = radial_load(family, constants, s, b)
+            for k in range(r.shape[0]):
+                out[s, b, k] = scale[s, b] * radial_value(family, r[k], kb)
+
+
+def values(family, params, cutoff, r):
+    """f_sb(r) (S, B, len(r)) of every central species s and body b at the distances r (Å),
+    through the family's Numba functions as the kernels call them (for pictures and checks)."""
+    family = get(family)
+    constants, scale = family.kernel_constants(params, cutoff)
+    r = np.ascontiguousarray(r, dtype=np.float64)
+    out = np.zeros(constants.shape[:2] + r.shape)
+    _curves(family, np.ascontiguousarray(constants, dtype=np.float64),
+            np.ascontiguousarray(scale, dtype=np.float64), r, out)
+    return out
 
 
 def support_bins(lo, hi, cutoff, bin_width=0.1, body_rank=None):

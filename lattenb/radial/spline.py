@@ -43,7 +43,6 @@ from llvmlite import ir
 from numba import njit, types
 from numba.core import cgutils
 from numba.core.extending import intrinsic
-from numba.np.unsafe.ndarray import to_fixed_tuple
 
 from .._numba import FASTMATH
 from . import RadialFamily
@@ -57,26 +56,8 @@ _FIT_POINTS = 401          # samples of the bump the initial coefficients are fi
 
 # ----------------------------------------------------------------------------- tuple intrinsics
 # Numba indexes a homogeneous tuple at a run-time index by branching over every index; these do
-# it with one stack copy and direct loads/stores (no bounds check: the callers keep idx + 3 inside
+# it with one stack copy and direct loads/stores (no bounds check: the caller keeps idx + 3 inside
 # the tuple). The stack slot is allocated once per function (alloca_once), not per pair.
-@intrinsic
-def _get4(typingctx, tup, idx):
-    """(tup[idx], tup[idx + 1], tup[idx + 2], tup[idx + 3]) of a homogeneous tuple."""
-    if not isinstance(tup, types.UniTuple) or not isinstance(idx, types.Integer):
-        return None
-    ret = types.UniTuple(tup.dtype, 4)
-
-    def codegen(context, builder, sig, args):
-        t, i = args
-        stack = cgutils.alloca_once(builder, t.type)
-        builder.store(t, stack)
-        zero = ir.Constant(i.type, 0)
-        vals = [builder.load(builder.gep(stack, [zero, builder.add(i, ir.Constant(i.type, m))],
-                                         inbounds=True)) for m in range(4)]
-        return context.make_tuple(builder, ret, vals)
-    return ret(tup, idx), codegen
-
-
 @intrinsic
 def _accumulate(typingctx, acc, head, idx, body):
     """acc with acc[0:4] += head and acc[idx:idx + 4] += body (head, body: 4-tuples)."""
@@ -134,6 +115,14 @@ def _pieces(u):
 
 
 @njit(**_JIT)
+def _coefficients(row, i):
+    """The four coefficients of knot interval i (padded row: entries i + 2 .. i + 5; i >= 0, and
+    unsigned indices spare Numba's negative-index wraparound)."""
+    k = np.uint64(i) + np.uint64(2)
+    return row[k], row[k + np.uint64(1)], row[k + np.uint64(2)], row[k + np.uint64(3)]
+
+
+@njit(**_JIT)
 def _dot4(a, b):
     return a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3]
 
@@ -150,14 +139,14 @@ def _numba_functions(n):
     KF = float(K)
     LAST = K - 1
     TWO_OVER_K = 2.0 / K       # y = (r - c) / w = x 2 / K - 1, and 1/w = s 2 / K
-    ROW = n + 8
     ZERO = (0.0,) * (n + 10)
     C_LO, C_HI = 7, 7 + n      # accumulator places of a_0 .. a_{n-1}
 
     @njit(**_JIT)
     def load(constants, s, b):
-        """The body's row of constants as a tuple (lo, s, padded coefficients)."""
-        return to_fixed_tuple(constants[s, b], ROW)
+        """(lo, s, row): row = constants[s, b], a view (no copy) from which a pair reads the four
+        coefficients of its interval (a tuple of all of them would be copied per pair)."""
+        return constants[s, b, 0], constants[s, b, 1], constants[s, b]
 
     @njit(**_JIT)
     def _locate(r, kb):
@@ -173,9 +162,9 @@ def _numba_functions(n):
         """(g, dg/dr = s dg/dx). Written with the pieces (not as one cubic in u) so that both
         vanish exactly outside the window: there the non-zero coefficient meets a piece that is
         exactly 0 (u^3 at u = 0, (1 - u)^3 at u = 1) with its derivative."""
-        x, i, u = _locate(r, kb)
-        a = _get4(kb, i + 2)
-        b, d, d2 = _pieces(u)
+        _, i, u = _locate(r, kb)
+        a = _coefficients(kb[2], i)
+        b, d, _ = _pieces(u)
         return _dot4(a, b), kb[1] * _dot4(a, d)
 
     @njit(**_JIT)
@@ -198,7 +187,7 @@ def _numba_functions(n):
         B_j p + s B_j' q for the four coefficients of the pair's interval."""
         x, i, u = _locate(r, kb)
         s = kb[1]
-        a = _get4(kb, i + 2)
+        a = _coefficients(kb[2], i)
         b, d, d2 = _pieces(u)
         g = _dot4(a, b)
         g1 = s * _dot4(a, d)
@@ -217,8 +206,9 @@ def _numba_functions(n):
         inv_w = kb[1] * TWO_OVER_K
         return acc[0], (-sc * acc[1], -sc * (acc[2] + acc[3] * inv_w)) + _scaled(acc, sc)[C_LO:C_HI]
 
-    return dict(load=load, value=value, value_deriv=value_deriv, adjoint_init=adjoint_init,
-                adjoint_pair=adjoint_pair, adjoint_finish=adjoint_finish)
+    return {"load": load, "value": value, "value_deriv": value_deriv,
+            "adjoint_init": adjoint_init, "adjoint_pair": adjoint_pair,
+            "adjoint_finish": adjoint_finish}
 
 
 # ----------------------------------------------------------------------------- NumPy side
