@@ -23,20 +23,25 @@ new polynomial one. Units: r, c, w in Å; f dimensionless.
 Configurable knots: the name carries the number of trainable coefficients. "spline" has
 N = DEFAULT_COEFFICIENTS; `radial.get("spline-12")` (or `LatteModel(..., radial="spline-12")`,
 `lattenb fit --radial spline-12`, or a model file naming it) creates and registers the family with
-N = 12 on first use ("spline-8" is "spline"). N is a compile-time constant of the family's Numba
-functions (they are made per N by `_numba_functions`): the seam's parameter-adjoint accumulator is
-a tuple of fixed length, here N + 10, and the kernels are compiled and cached per family name.
+N = 12 on first use ("spline-8" is "spline"; 1 <= N <= MAX_COEFFICIENTS). N is a compile-time
+constant of the family's Numba functions (they are made per N by `_numba_functions`, closures
+inlined into the kernels): the seam's parameter-adjoint accumulator is a tuple of fixed length,
+here N + 10, and the kernels are compiled and cached per family name (`radial.RadialFamilyType`),
+so the seam itself is unchanged. The CUDA kernels implement the polynomial family only: a spline
+model runs on the CPU (the CUDA backend says so).
 
-Cost (O(1) per distance): a pair locates its knot interval i = floor(x) and its offset u in it,
-reads the 4 coefficients that are non-zero there and evaluates 4 cubic pieces (value) and their
-derivatives (value_deriv): no loop over N. The training adjoint adds 4 terms to the coefficient
-accumulators at a run-time place (`_accumulate`). Like every family, a body visits only the
-pairs of the distance bins its window overlaps; a spline that spans the whole range
-(c - w = 0, c + w = r_cut) visits every pair within the cutoff, as many as all its narrow siblings
-together: with about 80 neighbours per atom in a close-packed metal at 5 Å that is 80 spline
-evaluations per atom and body, against about 20 for a window of width r_cut / 4 near the first
-shell, i.e. several times the cost of a narrow body. Windows stay trainable and bounded as for the
-polynomial family, so the fit can move and shrink them.
+Cost (O(1) per distance, whatever N): the kernel constants hold, per body, f on each knot
+interval as a cubic in the offset u (`kernel_constants`), so a pair finds its interval
+k = floor(x), reads 4 adjacent numbers and takes 3 fused multiply-adds for the value (5 for the
+value and derivative); no loop over N. The training adjoint also evaluates the 4 B-spline pieces
+of the pair's interval and adds them to the coefficient accumulators at a run-time place
+(`_accumulate`). Like every family, a body visits only the pairs of the distance bins its window
+overlaps. Measured (fast preset, 256-atom fcc Cu cell, one thread, same windows): polynomial about
+11, spline about 18 µs/atom/step; a spline spanning the whole range (c - w = 0, c + w = r_cut)
+visits every pair within the cutoff (42 neighbours per atom in fcc Cu at 5 Å, against 12 to 42
+for a default window of width r_cut / 2, depending on where it sits): with every window spanning
+the range, polynomial about 13, spline about 30 µs/atom/step. Windows stay trainable and bounded as for the polynomial family,
+so the fit can move and narrow them.
 """
 import numpy as np
 from llvmlite import ir
@@ -55,9 +60,10 @@ _FIT_POINTS = 401          # samples of the bump the initial coefficients are fi
 
 
 # ----------------------------------------------------------------------------- tuple intrinsics
-# Numba indexes a homogeneous tuple at a run-time index by branching over every index; these do
-# it with one stack copy and direct loads/stores (no bounds check: the caller keeps idx + 3 inside
-# the tuple). The stack slot is allocated once per function (alloca_once), not per pair.
+# Numba indexes a homogeneous tuple at a run-time index by branching over every index;
+# `_accumulate` does it with one stack copy and direct loads/stores (no bounds check: the caller
+# keeps idx + 3 inside the tuple; the stack slot is allocated once per function, alloca_once, not
+# per pair). `_scaled` multiplies a whole tuple, which Numba cannot do without a loop.
 @intrinsic
 def _accumulate(typingctx, acc, head, idx, body):
     """acc with acc[0:4] += head and acc[idx:idx + 4] += body (head, body: 4-tuples)."""
@@ -115,26 +121,25 @@ def _pieces(u):
 
 
 @njit(**_JIT)
-def _coefficients(row, i):
-    """The four coefficients of knot interval i (padded row: entries i + 2 .. i + 5; i >= 0, and
+def _cubic(row, k):
+    """The cubic m0 + m1 u + m2 u^2 + m3 u^3 of row interval k: row[2 + 4 k .. 5 + 4 k] (k >= 0;
     unsigned indices spare Numba's negative-index wraparound)."""
-    k = np.uint64(i) + np.uint64(2)
-    return row[k], row[k + np.uint64(1)], row[k + np.uint64(2)], row[k + np.uint64(3)]
-
-
-@njit(**_JIT)
-def _dot4(a, b):
-    return a[0] * b[0] + a[1] * b[1] + a[2] * b[2] + a[3] * b[3]
+    e = np.uint64(2) + np.uint64(4) * np.uint64(k)
+    return row[e], row[e + np.uint64(1)], row[e + np.uint64(2)], row[e + np.uint64(3)]
 
 
 def _numba_functions(n):
     """The Numba functions of the seam (`radial.NUMBA_FUNCTIONS`) for N = n coefficients.
 
-    Kernel constants per body (a row of n + 8): lo = c - w, s = 1/h = K / (2 w), then the padded
-    coefficients 0, 0, 0, a_0 .. a_{n-1}, 0, 0, 0, so the four coefficients of interval i are the
-    entries i + 2 .. i + 5 whatever i is (the zeros are the clamped ends). Adjoint accumulators (a
-    tuple of n + 10): sum (g p + g' q), sum (g' p + g'' q), sum y (g' p + g'' q), sum g' q, then
-    one per padded coefficient (the pads collect terms that are dropped)."""
+    Kernel constants per body (a row of 4 (K + 2) + 2): lo = c - w, s = 1/h = K / (2 w), then
+    per row interval k = 0 .. K + 1 the four coefficients m0..m3 of f on it as a cubic in u:
+    row intervals 1 .. K are the window's knot intervals 0 .. K - 1, and 0 and K + 1 (all zero)
+    stand for everything below and above the window, so f and f' are exactly zero there with no
+    branch. value and value_deriv read 4 adjacent numbers per pair and take 3 (value) or 5
+    (derivative) fused multiply-adds. Adjoint accumulators (a tuple of n + 10): sum (g p + g' q),
+    sum (g' p + g'' q), sum y (g' p + g'' q), sum g' q, then one per coefficient of the clamped
+    grid (K + 3 = n + 6: the three zero coefficients at each end collect terms that are dropped).
+    """
     K = n + 3
     KF = float(K)
     LAST = K - 1
@@ -144,37 +149,31 @@ def _numba_functions(n):
 
     @njit(**_JIT)
     def load(constants, s, b):
-        """(lo, s, row): row = constants[s, b], a view (no copy) from which a pair reads the four
-        coefficients of its interval (a tuple of all of them would be copied per pair)."""
+        """(lo, s, row): row = constants[s, b], a view (no copy) from which a pair reads the
+        cubic of its interval."""
         return constants[s, b, 0], constants[s, b, 1], constants[s, b]
 
     @njit(**_JIT)
-    def _locate(r, kb):
-        """(x, i, u): x = (r - lo) / h clamped to the window [0, K], its knot interval i in
-        [0, K - 1] and u = x - i. Outside the window x sits on an end, where every piece that
-        meets a non-zero coefficient vanishes with its first and second derivative."""
-        x = min(max((r - kb[0]) * kb[1], 0.0), KF)
-        i = min(int(x), LAST)
-        return x, i, x - i
+    def _row_interval(r, kb):
+        """(k, u): the row interval k in [0, K + 1] of r and u in [0, 1) within it (x = (r - lo)
+        s clamped to [-1, K]: x + 1 = k + u)."""
+        x1 = min(max((r - kb[0]) * kb[1], -1.0), KF) + 1.0
+        k = int(x1)
+        return k, x1 - k
 
     @njit(**_JIT)
     def value_deriv(r, kb):
-        """(g, dg/dr = s dg/dx). Written with the pieces (not as one cubic in u) so that both
-        vanish exactly outside the window: there the non-zero coefficient meets a piece that is
-        exactly 0 (u^3 at u = 0, (1 - u)^3 at u = 1) with its derivative."""
-        _, i, u = _locate(r, kb)
-        a = _coefficients(kb[2], i)
-        b, d, _ = _pieces(u)
-        return _dot4(a, b), kb[1] * _dot4(a, d)
+        """(g, dg/dr = s dg/du)."""
+        k, u = _row_interval(r, kb)
+        m0, m1, m2, m3 = _cubic(kb[2], k)
+        return m0 + u * (m1 + u * (m2 + u * m3)), kb[1] * (m1 + u * (2.0 * m2 + u * (3.0 * m3)))
 
     @njit(**_JIT)
     def value(r, kb):
-        """g, bit-identical to value_deriv's: LLVM's reassociation and fused multiply-adds
-        (FASTMATH) depend on which intermediates have other uses, so g is computed with its
-        derivative (a few flops) and the derivative kept alive by adding 0 times it (not folded:
-        FASTMATH keeps NaN and infinity semantics)."""
-        g, g1 = value_deriv(r, kb)
-        return g + 0.0 * g1
+        """g, the same operations as value_deriv's (bit-identical)."""
+        k, u = _row_interval(r, kb)
+        m0, m1, m2, m3 = _cubic(kb[2], k)
+        return m0 + u * (m1 + u * (m2 + u * m3))
 
     @njit(**_JIT)
     def adjoint_init():
@@ -184,15 +183,19 @@ def _numba_functions(n):
     def adjoint_pair(acc, r, kb, p, q):
         """With g_c = -g', g'_c = -g'', g_w = -y g', g'_w = -g'/w - y g'' (x depends on c and w)
         and g_a_j = B_j, g'_a_j = s B_j': the four sums of the docstring above, and
-        B_j p + s B_j' q for the four coefficients of the pair's interval."""
-        x, i, u = _locate(r, kb)
+        B_j p + s B_j' q for the four coefficients of the pair's window interval i (x clamped to
+        the window [0, K], where the pieces that meet a_0 or a_{n-1} vanish with their
+        derivative, so pairs outside add only to the zero coefficients)."""
+        k, v = _row_interval(r, kb)
         s = kb[1]
-        a = _coefficients(kb[2], i)
-        b, d, d2 = _pieces(u)
-        g = _dot4(a, b)
-        g1 = s * _dot4(a, d)
-        g2 = s * s * _dot4(a, d2)
+        m0, m1, m2, m3 = _cubic(kb[2], k)
+        g = m0 + v * (m1 + v * (m2 + v * m3))
+        g1 = s * (m1 + v * (2.0 * m2 + v * (3.0 * m3)))
+        g2 = s * s * (2.0 * m2 + v * (6.0 * m3))
         e = g1 * p + g2 * q
+        x = min(max((r - kb[0]) * s, 0.0), KF)
+        i = min(int(x), LAST)
+        b, d, _ = _pieces(x - i)
         y = x * TWO_OVER_K - 1.0
         sq = s * q
         return _accumulate(acc, (g * p + g1 * q, e, y * e, g1 * q), i + 4,
@@ -278,13 +281,24 @@ class Spline(RadialFamily):
         return POLYNOMIAL.support(params, cutoff)
 
     def kernel_constants(self, params, cutoff):
+        """Rows (S, B, 4 (K + 2) + 2) of lo, s and the cubics of the row intervals (see
+        `_numba_functions`), scale ones (S, B)."""
         c = np.asarray(params["centres"], dtype=np.float64)
         w = np.asarray(params["widths"], dtype=np.float64)
-        n = self.n_coefficients
-        rows = np.zeros(c.shape + (n + 8,))
+        n, K = self.n_coefficients, self.n_intervals
+        padded = np.zeros(c.shape + (K + 3,))                 # the clamped grid's coefficients
+        padded[..., 3:3 + n] = params["coefficients"]
+        # window interval i: sum_m padded[i + m] piece_(3 - m)(u), expanded in powers of u
+        a0, a1, a2, a3 = (padded[..., m:m + K] for m in range(4))
+        cubics = np.zeros(c.shape + (K + 2, 4))
+        cubics[..., 1:K + 1, 0] = (a0 + 4.0 * a1 + a2) / 6.0
+        cubics[..., 1:K + 1, 1] = (a2 - a0) / 2.0
+        cubics[..., 1:K + 1, 2] = (a0 + a2) / 2.0 - a1
+        cubics[..., 1:K + 1, 3] = (a3 - a0) / 6.0 + (a1 - a2) / 2.0
+        rows = np.empty(c.shape + (4 * (K + 2) + 2,))
         rows[..., 0] = c - w
-        rows[..., 1] = self.n_intervals / (2.0 * w)
-        rows[..., 5:5 + n] = params["coefficients"]
+        rows[..., 1] = K / (2.0 * w)
+        rows[..., 2:] = cubics.reshape(c.shape + (-1,))
         return rows, np.ones_like(c)
 
     def gradients(self, slots):
