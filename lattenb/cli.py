@@ -69,8 +69,8 @@ def radial_name(text):
         raise argparse.ArgumentTypeError(str(exc)) from None
 
 
-RADIAL_HELP = ("radial family of the descriptor: {} or spline-N (a cubic B-spline with N "
-               "trainable coefficients per body; spline is spline-8) (default %(default)s)")
+RADIAL_HELP = ("radial family {}: {} or spline-N (a cubic B-spline with N trainable "
+               "coefficients per body; spline is spline-8) (default %(default)s)")
 
 
 def parse_duration(text):
@@ -266,7 +266,7 @@ def build_parser():
                                                 "neighbour shells of the training structures)")
     f.add_argument("--activation", default="gaussian", choices=sorted(ACTIVATIONS))
     f.add_argument("--radial", default=radial.DEFAULT, type=radial_name,
-                   help=RADIAL_HELP.format(", ".join(radial.names())))
+                   help=RADIAL_HELP.format("of the descriptor", ", ".join(radial.names())))
     f.add_argument("--weights", default="10,1,0.001",
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
     f.add_argument("--output-weights",
@@ -312,7 +312,7 @@ def build_parser():
                                      "model's; H for --blocks)")
     a.add_argument("--cutoff", type=float, help="cutoff for --blocks in Angstrom (default 5)")
     a.add_argument("--radial", default=radial.DEFAULT, type=radial_name,
-                   help=RADIAL_HELP.format(", ".join(radial.names())) + " for --blocks")
+                   help=RADIAL_HELP.format("for --blocks", ", ".join(radial.names())))
     a.add_argument("--repeats", type=int, default=2,
                    help="environments per neighbour count (default %(default)s)")
     a.add_argument("--tol", type=float, default=AUDIT_TOLERANCE,
