@@ -19,6 +19,7 @@ the forces, tested by finite differences elsewhere.
 """
 import numpy as np
 
+from .species import parse_species
 from .validate import MIN_DISTANCE
 
 #: neighbour counts of the sampled environments (each used `repeats` times)
@@ -101,8 +102,8 @@ def audit(model, species=None, repeats=2, tol=TOLERANCE, seed=0, counts=NEIGHBOU
     if species is None:
         numbers = np.asarray(model.numbers)
     else:
-        numbers = np.asarray(model.numbers)[model.species_indices(
-            np.asarray([_atomic_number(s) for s in species]))]
+        numbers = parse_species(species)
+        model.species_indices(numbers)     # ValueError for a species the model does not know
     T = model.layout.n_terms
     ever_kept = np.zeros(T, bool)
     environments = []
@@ -125,13 +126,6 @@ def audit(model, species=None, repeats=2, tol=TOLERANCE, seed=0, counts=NEIGHBOU
         "environments": environments,
         "labels": labels,
     }
-
-
-def _atomic_number(symbol):
-    from ase.data import atomic_numbers
-    if symbol not in atomic_numbers:
-        raise ValueError(f"unknown chemical symbol {symbol!r}")
-    return atomic_numbers[symbol]
 
 
 def format_report(model, report):

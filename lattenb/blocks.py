@@ -224,11 +224,11 @@ def contraction_plan(blocks, body_offset, moment_size):
         bodies = [body.lower() for body in block.bodies]
         order = sorted(set("".join(bodies)), key="".join(bodies).index)
         path = pattern_path(bodies)
+        table = block.table() if path is None else None
         for _ in range(block.n):
             offsets = [int(body_offset[b0 + k]) for k in range(len(bodies))]
             b0 += len(bodies)
             if path is None:
-                table = block.table()
                 index.extend((table + np.array(offsets)).ravel().tolist())
                 operand_start.append(operand_start[-1] + len(bodies))
                 index_start.append(len(index))

@@ -60,6 +60,15 @@ def _print_table(path, table):
               f"{fmt(row['forces_eV_per_A'], 7)}  {fmt(row['stress_GPa'], 7)}")
 
 
+def _load_model(path):
+    """A model file, or SystemExit saying what is wrong with it."""
+    from .model import load_model
+    try:
+        return load_model(path)
+    except (ValueError, FileNotFoundError) as exc:
+        raise SystemExit(f"lattenb: {exc}")
+
+
 def radial_name(text):
     """argparse type of --radial: a radial family name, including names made on demand such as
     "spline-12" (`lattenb.radial.get`)."""
@@ -164,11 +173,7 @@ def cmd_fit(args):
 
 
 def cmd_eval(args):
-    from .model import load_model
-    try:
-        model = load_model(args.model)
-    except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"lattenb: {exc}")
+    model = _load_model(args.model)
     results = {}
     frames = {}
     for path in args.files:
@@ -199,11 +204,7 @@ def cmd_eval(args):
 def cmd_plot_radial(args):
     """Every radial function of a model file as one picture (`lattenb.plots.radial_functions`)."""
     from . import plots
-    from .model import load_model
-    try:
-        model = load_model(args.model)
-    except (ValueError, FileNotFoundError) as exc:
-        raise SystemExit(f"lattenb: {exc}")
+    model = _load_model(args.model)
     try:
         plots.radial_functions(model, args.output, n_points=args.points, title=args.model)
     except ImportError as exc:
@@ -228,15 +229,12 @@ def cmd_example(args):
 def cmd_audit(args):
     """Functional independence of a descriptor's terms (`lattenb.audit`)."""
     from .audit import audit, format_report
-    from .model import LatteModel, load_model
+    from .model import LatteModel
     if (args.model is None) == (args.blocks is None):
         raise SystemExit("lattenb audit: give either a model file or --blocks STRING")
     species = args.species.split(",") if args.species else None
     if args.model is not None:
-        try:
-            model = load_model(args.model)
-        except (ValueError, FileNotFoundError) as exc:
-            raise SystemExit(f"lattenb: {exc}")
+        model = _load_model(args.model)
         if args.cutoff is not None:
             raise SystemExit("lattenb audit: --cutoff applies to --blocks; a model has its own")
     else:

@@ -16,8 +16,9 @@ from ._numba import FASTMATH
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def contract(A, operand_start, index_start, index, G):
-    """G_t = sum_rows prod_k A[row's k-th index] for every term t (`contraction_indices`).
-    Two and three bodies, the common cases, get loops of fixed width."""
+    """G_t = sum_rows prod_k A[row's k-th index] for every term t (rows: index_start, index of
+    `blocks.DescriptorLayout`). Two and three operands, the common cases, get loops of fixed
+    width."""
     for t in range(G.shape[0]):
         nb = operand_start[t + 1] - operand_start[t]
         total = 0.0
@@ -75,7 +76,7 @@ def contract_adjoint(A, Gbar, operand_start, index_start, index, Abar):
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def contract_tangent(A, Adot, operand_start, index_start, index, G, Gdot):
     """G = C(A) as in `contract` and its tangent Gdot = sum_rows sum_k Adot_k prod_{l != k} A_l
-    (A, Adot (M,); G, Gdot (T,)). One to three bodies get loops of fixed width."""
+    (A, Adot (M,); G, Gdot (T,)). One to three operands get loops of fixed width."""
     for t in range(G.shape[0]):
         nb = operand_start[t + 1] - operand_start[t]
         total = 0.0
