@@ -15,12 +15,16 @@ benchmarks/results/mlearn.{json,md}.
 """
 import argparse
 import json
+import sys
 import time
 from pathlib import Path
+
+import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "mlearn"
 RESULTS = ROOT / "benchmarks" / "results"
+sys.path.insert(0, str(ROOT / "benchmarks"))    # bench_md
 
 # test-set MAEs (meV/atom, eV/Å) from ../shared/data/mlearn/README.md
 PUBLISHED = {
@@ -65,7 +69,23 @@ SETTING = {"preset": "fast", "cutoffs": {"Ni": 5.0, "Cu": 5.0, "Li": 6.0, "Mo": 
            "l2": 1e-6, "stress_offset": True, "seed": 0}
 
 
-def run(element, max_iter, max_time, setting):
+def cost_us_per_atom(model, frames):
+    """µs/atom/step of energy + forces + stress on one thread (as bench_md measures), on the
+    largest of `frames` repeated to at least 200 atoms."""
+    import numba
+    from bench_md import time_lattenb
+    atoms = max(frames, key=len)
+    atoms = atoms.repeat(max(1, int(np.ceil((200 / len(atoms)) ** (1 / 3)))))
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        model.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)   # warm-up
+        return time_lattenb(model, atoms, 20, 5, skin=0.0)
+    finally:
+        numba.set_num_threads(threads)
+
+
+def run(element, max_iter, max_time, setting, tag="mlearn"):
     from ase.io import read
 
     import lattenb
@@ -77,19 +97,21 @@ def run(element, max_iter, max_time, setting):
     cutoff = setting["cutoffs"][element]
     t0 = time.perf_counter()
     model = lattenb.fit(train, valid=valid, preset=setting["preset"], cutoff=cutoff,
-                        hidden=setting["hidden"],
+                        hidden=setting["hidden"], blocks=setting.get("blocks"),
+                        radial=setting.get("radial"),
                         weights=setting["weights"], output_weights=setting["output_weights"],
                         l2=setting["l2"], stress_offset=setting["stress_offset"],
                         seed=setting["seed"], max_iter=max_iter, max_time=max_time,
                         log=lambda line: print(f"  [{element}] {line}", flush=True), log_every=25)
     wall = time.perf_counter() - t0
     RESULTS.mkdir(parents=True, exist_ok=True)
-    model.save(RESULTS / f"{element}.npz")
+    model.save(RESULTS / (f"{element}.npz" if tag == "mlearn" else f"{tag}_{element}.npz"))
     table = evaluate_frames(model, test)["all"]
+    cost = cost_us_per_atom(model, test)
     return {"element": element, "energy_mae": table["energy_meV_per_atom"]["mae"],
             "force_mae": table["forces_eV_per_A"]["mae"],
             "stress_mae_GPa": table["stress_GPa"]["mae"] if table["stress_GPa"] else None,
-            "cutoff": cutoff, "train_wall_s": wall, "iterations": model.fit_info["iterations"],
+            "cutoff": cutoff, "train_wall_s": wall, "cost_us_per_atom_step": cost, "iterations": model.fit_info["iterations"],
             "stress_offset_GPa": model.fit_info.get("stress_offset_GPa"),
             "train_atoms": int(sum(len(a) for a in train))}
 
@@ -100,8 +122,8 @@ def _gpa(value):
 
 def markdown(rows, setting):
     lines = [("| El | lattenb E | GAP E | MTP E | SNAP E | qSNAP E | lattenb F | GAP F | MTP F | SNAP F | "
-              "qSNAP F | cutoff | train time | iterations | stress offset |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "qSNAP F | cutoff | train time | iterations | stress offset | cost µs/atom/step |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = PUBLISHED[r["element"]]
         lines.append(
@@ -109,7 +131,8 @@ def markdown(rows, setting):
             f"{p['SNAP'][0]} | {p['qSNAP'][0]} | **{r['force_mae']:.3f}** | {p['GAP'][1]} | "
             f"{p['MTP'][1]} | {p['SNAP'][1]} | {p['qSNAP'][1]} | {r['cutoff']:.1f} Å | "
             f"{r['train_wall_s'] / 60:.1f} min | "
-            f"{r['iterations']} | {_gpa(r.get('stress_offset_GPa'))} |")
+            f"{r['iterations']} | {_gpa(r.get('stress_offset_GPa'))} | "
+            + (f"{r['cost_us_per_atom_step']:.1f} |" if "cost_us_per_atom_step" in r else " |"))
     lines.append("")
     lines.append(f"Energy MAE in meV/atom, force MAE in eV/Å, on the test sets. Setting: {setting}.")
     return "\n".join(lines)
@@ -132,7 +155,17 @@ def main():
     ap.add_argument("--elements", default="Ni,Cu,Li,Mo")
     ap.add_argument("--max-iter", type=int, default=4000)
     ap.add_argument("--max-time", type=float, default=14 * 60, help="seconds per element")
+    ap.add_argument("--radial", help="radial family instead of the setting's (polynomial, spline, "
+                    "spline-N)")
+    ap.add_argument("--blocks", help="block string instead of the preset's")
+    ap.add_argument("--threads", type=int, help="Numba threads for training (default: all)")
+    ap.add_argument("--tag", default="mlearn", help="results/<tag>.{json,md} (default mlearn)")
     args = ap.parse_args()
+    setting = {**SETTING, **{k: v for k, v in (("radial", args.radial), ("blocks", args.blocks))
+                             if v is not None}}
+    if args.threads:
+        import numba
+        numba.set_num_threads(args.threads)
     if not DATA.is_dir():
         raise SystemExit(f"mlearn data not found at {DATA}")
     elements = list(dict.fromkeys(e.strip() for e in args.elements.split(",")))   # one row each
@@ -141,21 +174,21 @@ def main():
         raise SystemExit(f"unknown element(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(SETTING['cutoffs'])}")
     limits = {"max_iter": args.max_iter, "max_time_s": args.max_time}
-    kept = previous_rows(RESULTS / "mlearn.json", SETTING, limits, elements)
+    kept = previous_rows(RESULTS / f"{args.tag}.json", setting, limits, elements)
     rows = []
     for element in elements:
-        rows.append(run(element, args.max_iter, args.max_time, SETTING))
-        print(markdown(rows, SETTING), flush=True)
+        rows.append(run(element, args.max_iter, args.max_time, setting, args.tag))
+        print(markdown(rows, setting), flush=True)
     order = list(SETTING["cutoffs"])
     rows = sorted(kept + rows, key=lambda r: order.index(r["element"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "mlearn.json").write_text(json.dumps({"setting": SETTING, "limits": limits, "rows": rows},
-                                                       indent=2))
-    text = markdown(rows, SETTING)
+    (RESULTS / f"{args.tag}.json").write_text(
+        json.dumps({"setting": setting, "limits": limits, "rows": rows}, indent=2))
+    text = markdown(rows, setting)
     if kept:   # say which rows this invocation did not re-run
         text += (f"\nRows kept from an earlier run with the same setting and limits: "
                  f"{', '.join(r['element'] for r in kept)}.")
-    (RESULTS / "mlearn.md").write_text(text + "\n")
+    (RESULTS / f"{args.tag}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

@@ -158,7 +158,8 @@ def cmd_fit(args):
     max_time = args.max_time if args.max_time is not None else parse_duration(args.time)
     model = fit(train, valid=valid, preset=args.preset, blocks=args.blocks,
                 hidden=args.hidden, activation=args.activation, radial=args.radial,
-                weights=weights, l2=args.l2, output_weights=output_weights,
+                shared_radial=args.shared_radial or None, radial_from=args.radial_from,
+                train_radial=not args.freeze_radial, weights=weights, l2=args.l2, output_weights=output_weights,
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume=args.resume, max_time=max_time, log=log, log_every=args.log_every, **auto)
@@ -265,6 +266,14 @@ def build_parser():
     f.add_argument("--activation", default="gaussian", choices=sorted(ACTIVATIONS))
     f.add_argument("--radial", default=radial.DEFAULT, type=radial_name,
                    help=RADIAL_HELP.format("of the descriptor", ", ".join(radial.names())))
+    f.add_argument("--shared-radial", action="store_true",
+                   help="one set of radial functions for every central species (s-NNP's shared "
+                        "filters; the species weights stay per species pair)")
+    f.add_argument("--radial-from", metavar="MODEL",
+                   help="start from the radial functions of this model (same radial family and "
+                        "blocks): filters learned on another system")
+    f.add_argument("--freeze-radial", action="store_true",
+                   help="keep the radial functions fixed (e.g. those of --radial-from)")
     f.add_argument("--weights", default="10,1,0.001",
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
     f.add_argument("--output-weights",

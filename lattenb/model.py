@@ -8,7 +8,8 @@
 
 Parameters (S species, B bodies, T terms), species-first so kernels read contiguous memory:
     the radial family's arrays     e.g. centres, widths (S, B) Å of the "polynomial" family: the
-                                    radial function of every body, per central species
+                                    radial function of every body, per central species; (1, B)
+                                    with shared_radial=True (one set for every central species)
     sigma (S, S, B)                 species weight per (central, neighbour) species and body
     mlp (S, n_parameters)           flat MLP parameters per species (see `lattenb.mlp`)
     e0 (S,) eV                      per-species reference energy
@@ -55,12 +56,15 @@ class LatteModel:
     cutoff: Å. blocks: block string (see `lattenb.blocks`). hidden: hidden layer sizes, a tuple
     or a comma-separated string ("32,16").
     activation: "gaussian" (exp(-x^2), default), "tanh" or "silu". radial: the radial family's
-    name (`lattenb.radial.names()`, default "polynomial"), saved with the model. width: initial
+    name (`lattenb.radial.names()`, default "polynomial"), saved with the model. shared_radial:
+    one set of radial functions for every central species (s-NNP's shared filters; the species
+    weights sigma stay per species pair), saved with the model. width: initial
     radial width in Å (default cutoff / 4). seed: for the random initialisation.
     """
 
     def __init__(self, species, cutoff=5.0, blocks=PRESETS["fast"]["blocks"], hidden=(32, 16),
-                 activation="gaussian", width=None, seed=0, radial=radial_families.DEFAULT):
+                 activation="gaussian", width=None, seed=0, radial=radial_families.DEFAULT,
+                 shared_radial=False):
         self.numbers = parse_species(species)
         self.species = tuple(chemical_symbols[z] for z in self.numbers)
         cutoff = float(cutoff)
@@ -68,6 +72,9 @@ class LatteModel:
             raise ValueError(f"cutoff must be a finite length above {MIN_CUTOFF} Å, got {cutoff}")
         self.radial_family = radial_families.get(radial)
         self.radial = self.radial_family.name
+        if not isinstance(shared_radial, (bool, np.bool_)):
+            raise ValueError(f"shared_radial must be True or False, got {shared_radial!r}")
+        self.shared_radial = bool(shared_radial)
         self.cutoff = cutoff
         self.blocks = format_blocks(parse_blocks(blocks))
         self.layout = descriptor_layout(self.blocks)
@@ -106,13 +113,20 @@ class LatteModel:
         return len(self.numbers)
 
     @property
+    def n_radial_species(self):
+        """Rows of the radial family's arrays: 1 when the radial functions are shared by every
+        central species (`shared_radial`, s-NNP's shared filters), else the number of species."""
+        return 1 if self.shared_radial else self.n_species
+
+    @property
     def layer_sizes(self):
         return np.array((self.layout.n_terms,) + self.hidden + (1,), dtype=np.int64)
 
     def _initial_parameters(self, width, rng):
         S, B, T = self.n_species, self.layout.n_bodies, self.layout.n_terms
         return {
-            **self.radial_family.initial_parameters(rng, S, B, self.cutoff, width),
+            **self.radial_family.initial_parameters(rng, self.n_radial_species, B, self.cutoff,
+                                                    width),
             "sigma": rng.normal(0.0, 1.0, size=(S, S, B)),
             "mlp": np.stack([init_parameters(self.layer_sizes, rng) for _ in range(S)]),
             "e0": np.zeros(S),
@@ -122,7 +136,7 @@ class LatteModel:
 
     def parameter_shapes(self):
         S, B, T = self.n_species, self.layout.n_bodies, self.layout.n_terms
-        return {**self.radial_family.parameter_shapes(S, B), "sigma": (S, S, B),
+        return {**self.radial_family.parameter_shapes(self.n_radial_species, B), "sigma": (S, S, B),
                 "mlp": (S, n_parameters(self.layer_sizes)), "e0": (S,),
                 "g_mean": (S, T), "g_std": (S, T)}
 
@@ -159,6 +173,9 @@ class LatteModel:
             family = self.radial_family
             constants, scale = family.kernel_constants(p, self.cutoff)
             lo, hi = family.support(p, self.cutoff)
+            if self.shared_radial:    # the kernels read one row per central species
+                constants, scale, lo, hi = (np.repeat(a, self.n_species, axis=0)
+                                            for a in (constants, scale, lo, hi))
             bin_ptr, bin_bodies, inv_bin = support_bins(lo, hi, self.cutoff,
                                                         body_rank=self.layout.body_rank)
             self._kernel_arrays = KernelArrays(
@@ -171,6 +188,39 @@ class LatteModel:
                 mlp_params=np.ascontiguousarray(p["mlp"]), layer_sizes=self.layer_sizes,
                 activation=activation_code(self.activation), e0=np.ascontiguousarray(p["e0"]))
         return self._kernel_arrays
+
+    def take_radial(self, source):
+        """Use the radial functions of `source` (a `LatteModel` with the same radial family and
+        number of bodies; cutoffs may differ if its windows fit inside this one's), e.g. filters
+        learned on another system as the start of a fit (`fit(..., radial_from=source)`).
+        Rows are matched by central species; a source with one row (shared radial functions or a
+        single species) gives it to every species. ValueError when they do not fit."""
+        if source.radial != self.radial or source.layout.n_bodies != self.layout.n_bodies:
+            raise ValueError(f"radial functions come from a model with the same radial family and "
+                             f"number of bodies: this one has {self.radial!r} with "
+                             f"{self.layout.n_bodies} bodies, the source {source.radial!r} with "
+                             f"{source.layout.n_bodies}")
+        names = self.radial_family.parameter_names()
+        if source.n_radial_species == 1:
+            rows = [0] * self.n_radial_species
+        elif self.shared_radial:
+            raise ValueError("shared radial functions come from a model with shared radial "
+                             "functions or one species; the source has one set per species "
+                             f"{list(source.species)}")
+        else:
+            missing = [s for s in self.species if s not in source.species]
+            if missing:
+                raise ValueError(f"the source model has no radial functions for "
+                                 f"{', '.join(missing)} (it has {', '.join(source.species)})")
+            rows = [source.species.index(s) for s in self.species]
+        self.set_parameters(**{n: np.asarray(source.params[n])[rows] for n in names})
+
+    def radial_gradients(self, slots):
+        """{radial parameter name: dL/dparameter} from the kernels' per-species gradient slots
+        (S, B, n_slots); with shared radial functions the species' shares are summed."""
+        if self.shared_radial:
+            slots = slots.sum(axis=0, keepdims=True)
+        return self.radial_family.gradients(slots)
 
     # ----------------------------------------------------------------- backends
     def to(self, device="cpu", dtype=None):
@@ -257,7 +307,8 @@ class LatteModel:
     def __repr__(self):
         return (f"LatteModel(species={list(self.species)}, cutoff={self.cutoff}, "
                 f"blocks={self.blocks!r}, hidden={self.hidden}, activation={self.activation!r}, "
-                f"radial={self.radial!r})")
+                f"radial={self.radial!r}"
+                + (", shared_radial=True)" if self.shared_radial else ")"))
 
     # ----------------------------------------------------------------- model files
     #: the constructor arguments a model file's header holds: header field (= keyword argument
@@ -265,7 +316,7 @@ class LatteModel:
     REQUIRED = object()
     FILE_FIELDS = {"species": REQUIRED, "cutoff": REQUIRED, "blocks": REQUIRED,
                    "hidden": REQUIRED, "activation": REQUIRED, "seed": 0,
-                   "radial": radial_families.DEFAULT}
+                   "radial": radial_families.DEFAULT, "shared_radial": False}
 
     def file_header(self, extra=None):
         """The JSON header of this model's file (see `lattenb.io`): the constructor arguments

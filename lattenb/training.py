@@ -20,7 +20,7 @@ from .auto import isolated_atom_energies
 from .dataset import prepare_dataset
 from .evaluation import rmse_report
 from .loss import LossWeights, loss_and_gradient, stress_residuals
-from .model import LatteModel, read_model
+from .model import LatteModel, load_model, read_model
 from .predict import predict
 from .species import species_in
 from .steps import (TRAINING_CHUNKS, ParameterVector, _Objective, _output_weights,
@@ -246,13 +246,14 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         hidden=None, activation="gaussian", radial=None, weights=(10.0, 1.0, 0.001), l2=1e-6, max_iter=500,
         stress_offset=False, seed=0, train_radial=True, output_weights=None, solve_output=True,
         checkpoint=None, checkpoint_every=50, resume=None, max_time=None, log=print,
-        log_every=10, e0=None):
+        log_every=10, e0=None, shared_radial=None, radial_from=None):
     """Fit a LATTE model to structures with energies (and forces/stress where present).
 
     frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
     species: chemical symbols (default: all elements in frames). model: start from (a copy of)
     this model instead of a new one built from `preset` with the cutoff/blocks/hidden/radial
-    overrides (radial: a radial family name, `lattenb.radial.names()`);
+    overrides (radial: a radial family name, `lattenb.radial.names()`; shared_radial: one set
+    of radial functions for every central species);
     a fitted model (standardisation set) continues from its parameters, e.g. to refine it with
     other weights or data.
     weights: (energy, forces, stress) loss weights (see `LossWeights`); l2: MLP weight penalty.
@@ -269,6 +270,9 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     resume: a checkpoint path to continue from (reaches the same model as an uninterrupted run).
     max_time: stop after this many seconds of wall time (the best parameters so far are kept).
     The fit also stops when it has converged (`CONVERGENCE_WINDOW`, `CONVERGENCE_TOL`).
+    radial_from: a model (or model file) whose radial functions start this fit
+    (`LatteModel.take_radial`: filters learned on another system); with train_radial=False they
+    stay fixed (the species weights sigma still scale them).
     e0: isolated-atom reference energies {symbol: eV}, kept fixed (the MLP learns the binding
     energy). Frames marked as isolated atoms (config_type IsolatedAtom / isolated_atom) are taken
     out of `frames` and give e0 when it is not given; without either, e0 is fitted on composition.
@@ -310,10 +314,15 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     elif model is None:
         species = species or species_in(frames)
         overrides = {k: v for k, v in (("cutoff", cutoff), ("blocks", blocks), ("hidden", hidden),
-                                       ("radial", radial)) if v is not None}
+                                       ("radial", radial), ("shared_radial", shared_radial))
+                     if v is not None}
         model = LatteModel.preset(preset, species, activation=activation, seed=seed, **overrides)
     else:
         model = copy.deepcopy(model)
+    if radial_from is not None and resume is None:
+        if not isinstance(radial_from, LatteModel):
+            radial_from = load_model(radial_from)
+        model.take_radial(radial_from)
     fixed_e0 = e0 is not None
     if fixed_e0:
         set_reference_energies(model, e0)

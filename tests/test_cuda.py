@@ -84,11 +84,15 @@ def tiny():
     return a
 
 
-def make_model(activation="gaussian", blocks=BLOCKS):
+def make_model(activation="gaussian", blocks=BLOCKS, **kwargs):
     """Random parameters with the descriptor standardised on the periodic structure, so the MLP
     inputs are O(1) and forces are O(1) eV/Å."""
     m = LatteModel(["Cu", "Ni"], cutoff=CUTOFF, blocks=blocks, hidden=(6, 4), seed=3,
-                   activation=activation)
+                   activation=activation, **kwargs)
+    if "coefficients" in m.params:      # spline: not the initial bump, which is symmetric
+        rng = np.random.default_rng(8)
+        m.set_parameters(coefficients=m.params["coefficients"]
+                         + rng.normal(0, 0.3, m.params["coefficients"].shape))
     ref = periodic_triclinic()
     G = m.descriptors(ref.positions, ref.cell.array, ref.pbc, ref.numbers)
     m.set_parameters(g_mean=np.stack([G.mean(0)] * 2), g_std=np.stack([G.std(0) + 1e-3] * 2),
@@ -140,6 +144,43 @@ def test_traceless_bodies_match_cpu(make):
     assert np.abs(ref["forces"]).max() > 0.3
     out = CudaEvaluator(m).compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
     assert_same(out, ref, TOL)
+
+
+@needs_cuda
+@pytest.mark.parametrize("radial, shared, make",
+                         [("spline", False, periodic_triclinic), ("spline-5", True, cluster),
+                          ("polynomial", True, slab)],
+                         ids=["spline-periodic", "spline5-shared-cluster", "polynomial-shared-slab"])
+def test_radial_families_match_cpu(radial, shared, make):
+    """The radial seam on the GPU: each family's `cuda_functions` compiled into the kernel, and
+    radial functions shared by the central species."""
+    m = make_model(radial=radial, shared_radial=shared)
+    atoms = make()
+    ref = cpu_result(m, atoms)
+    assert np.abs(ref["forces"]).max() > 0.3
+    out = CudaEvaluator(m, team_size=8).compute(atoms.positions, atoms.cell.array, atoms.pbc,
+                                                atoms.numbers)
+    assert_same(out, ref, TOL)
+
+
+@needs_cuda
+def test_spline_float32_close_to_cpu():
+    m = make_model(radial="spline")
+    atoms = periodic_triclinic()
+    ref = cpu_result(m, atoms)
+    out = CudaEvaluator(m, dtype="float32", team_size=8).compute(
+        atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    scale = np.abs(ref["forces"]).max()
+    assert np.abs(out["forces"] - ref["forces"]).max() < 1e-4 * scale
+    assert abs(out["energy"] - ref["energy"]) < 1e-4 * abs(ref["energy"])
+
+
+@needs_cuda
+def test_family_without_cuda_functions_is_a_clear_error():
+    import toy_radial  # noqa: F401  (registers "toy-gaussian", a CPU-only family)
+    m = make_model(radial="toy-gaussian")
+    with pytest.raises(ValueError, match="no CUDA functions.*device='cpu'"):
+        CudaEvaluator(m)
 
 
 @needs_cuda

@@ -98,4 +98,4 @@ class CpuBackend(Backend):
             system, pairs, arrays, e_bar, delta, strain_bar,
             n_chunks or default_chunks(len(data.positions)))
         return {"mlp": g_mlp, "sigma": g_sigma,
-                **self.model.radial_family.gradients(g_radial)}
+                **self.model.radial_gradients(g_radial)}

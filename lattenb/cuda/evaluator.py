@@ -32,8 +32,6 @@ from .probe import check_cuda, dtype_name
 
 __all__ = ["CudaEvaluator"]
 
-#: radial families the CUDA energy kernel implements (it inlines the polynomial bump)
-CUDA_RADIAL_FAMILIES = ("polynomial",)
 
 
 def _host_inputs(positions, cell, pbc, cutoff):
@@ -79,12 +77,14 @@ class CudaEvaluator:
         ka = self.model.kernel_arrays()
         if ka is self._params_of:
             return
-        if ka.radial_family.name not in CUDA_RADIAL_FAMILIES:
-            raise ValueError(f"the CUDA kernels implement the radial families "
-                             f"{list(CUDA_RADIAL_FAMILIES)}, not {ka.radial_family.name!r}; "
-                             f"use device='cpu' for this model")
         cuda = self.cuda
         fdt = np.float32 if self.dtype == "float32" else np.float64
+        try:
+            ka.radial_family.cuda_functions(fdt)
+        except NotImplementedError:
+            raise ValueError(f"the radial family {ka.radial_family.name!r} has no CUDA functions "
+                             f"(`RadialFamily.cuda_functions`); use device='cpu' for this "
+                             f"model") from None
         body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = ka.layout[:7]
         M = int(body_offset[-1] + 3 ** body_rank[-1])
         T = int(term_pattern.shape[0])
@@ -103,11 +103,8 @@ class CudaEvaluator:
         f = lambda a: cuda.to_device(np.ascontiguousarray(a, dtype=fdt))          # noqa: E731
         self._layout = tuple(i32(a) for a in ka.layout[:8])
         self._body_order = i32(np.argsort(-np.asarray(body_rank), kind="stable"))
-        self._sigma = f(ka.sigma)
-        # the polynomial family's constants (c, 1/w, 1/c^2) per (species, body)
-        self._centres = f(ka.radial[..., 0])
-        self._inv_w = f(ka.radial[..., 1])
-        self._inv_c2 = f(ka.radial[..., 2])
+        self._sigma = f(ka.sigma_scaled)      # the family's scale folded in
+        self._radial = f(ka.radial)
         self._g_mean = f(ka.g_mean)
         self._g_inv_std = f(ka.g_inv_std)
         self._mlp = f(ka.mlp_params)
@@ -116,7 +113,8 @@ class CudaEvaluator:
         self._cutoff2 = float(ka.cutoff) ** 2
         self.kernel = self.ck.energy_kernel(M, T, n_act, widest, self.team_size,
                                             int(ka.activation), self.dtype,
-                                            bool(np.any(ka.layout[7] != 0)))
+                                            bool(np.any(ka.layout[7] != 0)),
+                                            ka.radial_family.name)
         self._params_of = ka
 
     def set_numbers(self, numbers):
@@ -162,8 +160,7 @@ class CudaEvaluator:
         ck = self.ck
         self.kernel[n, self.team_size](
             d_pos, self._device_cell(cell), nl.nbr, nl.shifts, nl.count, self._d_species,
-            self._cutoff2, self._body_order, *self._layout, self._sigma, self._centres,
-            self._inv_w, self._inv_c2,
+            self._cutoff2, self._body_order, *self._layout, self._sigma, self._radial,
             self._g_mean, self._g_inv_std, self._mlp, self._layer_sizes, self._e0,
             self.energies, self.atom_virial, self.closest, self.pair_grad)
         ck.gather_forces_kernel[ck.blocks_for(n), ck.BLOCK](nl.count, self.pair_grad, nl.rev,

@@ -33,6 +33,7 @@ from functools import lru_cache
 import numpy as np
 from numba import float32, float64, int32
 
+from .. import radial
 from ..projection import traceless2_py, traceless3_py
 from .kernels import BLOCK, RED_BLOCK, blocks_for, cuda  # noqa: F401  (launch configuration)
 
@@ -170,21 +171,22 @@ def shared_bytes(M, T, n_act, widest, team_size, itemsize):
 
 
 @lru_cache(maxsize=None)
-def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projected=False):
+def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projected=False,
+                  radial_name="polynomial"):
     """The fused energy/gradient kernel for one model shape, launched as
     ``kernel[n_atoms, team_size](...)`` (one block per atom).
 
     M: moment size, T: descriptor length, n_act: sum of the MLP layer sizes, widest: largest
     layer size, activation: 0 gaussian, 1 tanh, 2 silu, dtype_name: "float64" or "float32",
     projected: whether any body is projected (`lattenb.projection`; otherwise the two projection
-    passes and their barriers are compiled out).
+    passes and their barriers are compiled out). radial_name: the radial family, whose
+    `cuda_functions` become the kernel's device functions (`lattenb.radial`).
     """
     F = float32 if dtype_name == "float32" else float64
     NF = np.float32 if dtype_name == "float32" else np.float64
     ZERO = NF(0.0)
     ONE = NF(1.0)
     TWO = NF(2.0)
-    SIX = NF(6.0)
     TS = int(team_size)
     M = int(M)
     T = int(T)
@@ -192,17 +194,23 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projec
     WIDEST = int(widest)
     ACT = int(activation)
     PROJECTED = bool(projected)
+    family_functions = radial.get(radial_name).cuda_functions(NF)
+    radial_inside = cuda.jit(device=True, inline=True)(family_functions["inside"])
+    radial_value = cuda.jit(device=True, inline=True)(family_functions["value"])
+    radial_value_deriv = cuda.jit(device=True, inline=True)(family_functions["value_deriv"])
 
     @cuda.jit
     def kernel(pos, cell, nbr, shifts, count, species, cutoff2, body_order,
                body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables,
-               body_projection, sigma, centres, inv_w, inv_c2, g_mean, g_inv_std, mlp, layer_sizes, e0,
+               body_projection, sigma, radial_constants, g_mean, g_inv_std, mlp, layer_sizes, e0,
                energies, atom_virial, closest, pair_grad):
         """One block per atom i. Outputs: energies[i] (eV, float64), atom_virial[i] (9,) =
         -sum_k g_k (x) v_k (row-major, eV), closest[i] (Å), pair_grad[i, k] = dE/dv_ik.
 
         body_order: the bodies sorted by rank; lane l owns bodies body_order[l + TS m] in the
-        moment pass, so the lanes of one round mostly share a rank (less branch divergence)."""
+        moment pass, so the lanes of one round mostly share a rank (less branch divergence).
+        sigma (S, S, B): the species weights with the radial family's scale folded in
+        (`KernelArrays.sigma_scaled`); radial_constants (S, B, K): `KernelArrays.radial`."""
         sA = cuda.shared.array(M, F)              # moments A_i
         sAb = cuda.shared.array(M, F)             # dE/dA_i
         sr = cuda.shared.array(TS, F)             # staged pairs: r (or -1 beyond the cutoff)
@@ -251,9 +259,6 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projec
             n_staged = min(TS, nn - c0)
             for bi in range(ln, n_bodies, TS):
                 b = body_order[bi]
-                c = centres[si, b]
-                iw = inv_w[si, b]
-                ic2 = inv_c2[si, b]
                 p = body_rank[b]
                 off = body_offset[b]
                 a0 = ZERO
@@ -269,11 +274,9 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projec
                     r = sr[q]
                     if r < ZERO:
                         continue
-                    y = (r - c) * iw
-                    if y <= -ONE or y >= ONE:
+                    if not radial_inside(r, radial_constants, si, b):
                         continue
-                    t = ONE - y * y
-                    coef = sigma[si, ssj[q], b] * (t * t * t * ic2)
+                    coef = sigma[si, ssj[q], b] * radial_value(r, radial_constants, si, b)
                     if p == 0:
                         a0 += coef
                     else:
@@ -475,16 +478,12 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projec
             dd = ZERO
             sj = species[j]
             for b in range(n_bodies):
-                iw = inv_w[si, b]
-                y = (r - centres[si, b]) * iw
-                if y <= -ONE or y >= ONE:
+                if not radial_inside(r, radial_constants, si, b):
                     continue
-                t = ONE - y * y
-                t2 = t * t
-                ic2 = inv_c2[si, b]
+                g, dg = radial_value_deriv(r, radial_constants, si, b)
                 sg = sigma[si, sj, b]
-                a = sg * (t2 * t * ic2)                 # sigma f
-                ad = sg * (-SIX * y * t2 * iw * ic2)    # sigma df/dr
+                a = sg * g                              # sigma f
+                ad = sg * dg                            # sigma df/dr
                 p = body_rank[b]
                 off = body_offset[b]
                 if p == 0:

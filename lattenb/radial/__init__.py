@@ -33,6 +33,10 @@ Numba side (`@njit(inline="always")` functions, attributes of the family):
                                       parameter derivatives (p_k, q_k: see `moments`)
     adjoint_finish(acc, kb, sc)       -> (dJ/dsigma, (dJ/dtheta_0, ...)) with sc = sigma * scale;
                                       theta are the family's gradient slots
+
+CUDA side (optional): `cuda_functions(real)` returns plain-Python scalar functions inside, value,
+value_deriv on the kernel constants, which `lattenb.cuda.kernels_energy` compiles as device
+functions; a family without them runs on the CPU only (the CUDA backend says so).
 All of them must be exact: the tests check value_deriv and the parameter gradients against finite
 differences, for every registered family.
 """
@@ -106,6 +110,15 @@ class RadialFamily:
 
     def parameter_names(self):
         return tuple(self.parameter_shapes(1, 1))
+
+    def cuda_functions(self, real):
+        """Plain-Python scalar functions the CUDA kernels compile as device functions (optional;
+        a family without them runs on the CPU only): {"inside", "value", "value_deriv"}, each
+        called as fn(r, constants, s, b) on the kernel constants (S, B, K) (`kernel_constants`,
+        in the kernel's float type `real`, np.float64 or np.float32, which should type the
+        functions' literals): inside -> bool, False where f_sb(r) = 0 (the pair is skipped);
+        value -> g(r); value_deriv -> (g, dg/dr), both for r inside and with scale excluded."""
+        raise NotImplementedError(f"radial family {self.name!r} has no CUDA functions")
 
     def variant(self, arg):
         """The family named f"{self.name}-{arg}" (a family with a setting in its name, such as

@@ -143,6 +143,28 @@ class Polynomial(RadialFamily, functions=globals()):
         inv_c2 = 1.0 / c ** 2
         return np.ascontiguousarray(np.stack([c, inv_w, inv_c2], axis=-1)), inv_c2
 
+    def cuda_functions(self, real):
+        """Device functions of the CUDA kernels: inside |y| < 1, g = t^3, dg/dr = -6 y t^2 / w,
+        with constants (c, 1/w, 1/c^2) per (species, body)."""
+        one, six = real(1.0), real(6.0)
+
+        def inside(r, constants, s, b):
+            y = (r - constants[s, b, 0]) * constants[s, b, 1]
+            return y > -one and y < one
+
+        def value(r, constants, s, b):
+            y = (r - constants[s, b, 0]) * constants[s, b, 1]
+            t = one - y * y
+            return t * t * t
+
+        def value_deriv(r, constants, s, b):
+            inv_w = constants[s, b, 1]
+            y = (r - constants[s, b, 0]) * inv_w
+            t = one - y * y
+            t2 = t * t
+            return t2 * t, -six * inv_w * y * t2
+        return {"inside": inside, "value": value, "value_deriv": value_deriv}
+
     # L-BFGS-B variables: (w, u) with c = w + u (r_cut - 2 w)
     def free_variables(self, params, cutoff):
         w = params["widths"]

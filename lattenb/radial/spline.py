@@ -27,8 +27,8 @@ N = 12 on first use ("spline-8" is "spline"; 1 <= N <= MAX_COEFFICIENTS). N is a
 constant of the family's Numba functions (they are made per N by `_numba_functions`, closures
 inlined into the kernels): the seam's parameter-adjoint accumulator is a tuple of fixed length,
 here N + 10, and the kernels are compiled and cached per family name (`radial.RadialFamilyType`),
-so the seam itself is unchanged. The CUDA kernels implement the polynomial family only: a spline
-model runs on the CPU (the CUDA backend says so).
+so the seam itself is unchanged. On CUDA the same arithmetic runs as device functions
+(`Spline.cuda_functions`; compiled per N by the CUDA energy kernel).
 
 Cost (O(1) per distance, whatever N): the kernel constants hold, per body, f on each knot
 interval as a cubic in the offset u (`kernel_constants`), so a pair finds its interval
@@ -170,7 +170,7 @@ def _numba_functions(n):
 
     @njit(**_JIT)
     def value(r, kb):
-        """g, the same operations as value_deriv's (bit-identical)."""
+        """g, the same operations as value_deriv's (equal up to how fastmath fuses them)."""
         k, u = _row_interval(r, kb)
         m0, m1, m2, m3 = _cubic(kb[2], k)
         return m0 + u * (m1 + u * (m2 + u * m3))
@@ -300,6 +300,38 @@ class Spline(RadialFamily):
         rows[..., 1] = K / (2.0 * w)
         rows[..., 2:] = cubics.reshape(c.shape + (-1,))
         return rows, np.ones_like(c)
+
+    def cuda_functions(self, real):
+        """Device functions of the CUDA kernels, the same arithmetic as `value_deriv` of
+        `_numba_functions`: x = (r - lo) s, inside 0 < x < K; row interval k = int(x) + 1 and
+        u = x + 1 - k; the cubic of row k from the constants row."""
+        zero, one, two, three = real(0.0), real(1.0), real(2.0), real(3.0)
+        k_float = real(self.n_intervals)
+
+        def inside(r, constants, s, b):
+            x = (r - constants[s, b, 0]) * constants[s, b, 1]
+            return x > zero and x < k_float
+
+        def value_deriv(r, constants, s, b):
+            x1 = min(max((r - constants[s, b, 0]) * constants[s, b, 1], -one), k_float) + one
+            k = int(x1)
+            u = x1 - k
+            e = 2 + 4 * k
+            m0 = constants[s, b, e]
+            m1 = constants[s, b, e + 1]
+            m2 = constants[s, b, e + 2]
+            m3 = constants[s, b, e + 3]
+            return (m0 + u * (m1 + u * (m2 + u * m3)),
+                    constants[s, b, 1] * (m1 + u * (two * m2 + u * (three * m3))))
+
+        def value(r, constants, s, b):
+            x1 = min(max((r - constants[s, b, 0]) * constants[s, b, 1], -one), k_float) + one
+            k = int(x1)
+            u = x1 - k
+            e = 2 + 4 * k
+            return constants[s, b, e] + u * (constants[s, b, e + 1] + u * (
+                constants[s, b, e + 2] + u * constants[s, b, e + 3]))
+        return {"inside": inside, "value": value, "value_deriv": value_deriv}
 
     def gradients(self, slots):
         return {"centres": np.ascontiguousarray(slots[..., 0]),
