@@ -377,6 +377,9 @@ def test_shared_radial_round_trips_and_old_files_stay_per_species(tmp_path):
     m.save(tmp_path / "shared.npz")
     loaded = lattenb.load(tmp_path / "shared.npz")
     assert loaded.shared_radial and "shared_radial=True" in repr(loaded)
+    from lattenb.plots import radial_functions
+    radial_functions(loaded, tmp_path / "shared.png")      # one set drawn for every species pair
+    assert (tmp_path / "shared.png").stat().st_size > 1000
     for key, value in m.params.items():
         assert np.array_equal(loaded.params[key], value), key
     # a file written before the field existed: per-species radial functions, as then
