@@ -43,7 +43,7 @@ TARGETS = {"300K": (3.0, 15.0), "600K": (15.0, 60.0)}
 
 #: the documented setting: what plain `lattenb fit train_300K.xyz --e0 isolated_atoms.xyz` does
 SETTING = {"preset": "fast", "blocks": None, "hidden": None, "cutoff": None, "time": "30m",
-           "seed": 0, "radial": "polynomial"}
+           "seed": 0, "radial": None}
 
 
 def rmse(model, frames):
@@ -159,7 +159,7 @@ def main():
         + (["--blocks", args.blocks] if args.blocks else [])
         + (["--hidden", args.hidden] if args.hidden else [])
         + (["--cutoff", str(args.cutoff)] if args.cutoff else [])
-        + ["--radial", args.radial])
+        + (["--radial", args.radial] if args.radial else []))
     train, valid, auto = cli.fit_settings(ns, frames)
     model_path = RESULTS / f"acac_{args.tag}.npz"
     t0 = time.perf_counter()
@@ -168,7 +168,7 @@ def main():
         wall, iterations = model.fit_info.get("wall_time_s", float("nan")), model.fit_info.get("iterations", 0)
     else:
         model = lattenb.fit(train, valid=valid, preset=args.preset, blocks=args.blocks,
-                            hidden=args.hidden, radial=args.radial, seed=args.seed, max_iter=None,
+                            hidden=args.hidden, seed=args.seed, max_iter=None,
                             max_time=cli.parse_duration(args.time),
                             log=lambda line: print(f"  {line}", flush=True), log_every=100, **auto)
         wall, iterations = time.perf_counter() - t0, model.fit_info["iterations"]

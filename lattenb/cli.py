@@ -98,9 +98,11 @@ def parse_duration(text):
 
 def fit_settings(args, frames, log=print):
     """The settings of `lattenb fit` that are chosen from the training data when not given
-    (see `lattenb.auto`): validation split, isolated-atom energies, cutoff, stress offset.
+    (see `lattenb.auto`): validation split, isolated-atom energies, cutoff, radial family,
+    stress offset.
     Returns (train, valid, keyword arguments of `fit`)."""
-    from .auto import choose_cutoff, has_stress, isolated_atom_energies, read_e0, split_validation
+    from .auto import (choose_cutoff, choose_radial, has_stress, isolated_atom_energies, read_e0,
+                       split_validation)
     e0, frames = isolated_atom_energies(frames)
     if args.e0:
         e0 = read_e0(args.e0)
@@ -118,13 +120,18 @@ def fit_settings(args, frames, log=print):
     if cutoff is None and not args.resume:
         cutoff, why = choose_cutoff(train)
         log(f"cutoff {cutoff:.1f} Å ({why}); give --cutoff to choose")
+    family = args.radial      # with --radial-from, the source model's family (`fit`)
+    if family is None and not args.resume and not args.radial_from:
+        family, why = choose_radial(train)
+        log(f"radial family {family} ({why}); give --radial to choose")
     offset = args.stress_offset
     if offset is None:
         offset = has_stress(train)
         if offset:
             log("fitting stresses up to an isotropic offset (--no-stress-offset to fit them as "
                 "they are)")
-    return train, valid, {"cutoff": cutoff, "stress_offset": offset, "e0": e0 or None}
+    return train, valid, {"cutoff": cutoff, "radial": family, "stress_offset": offset,
+                          "e0": e0 or None}
 
 
 def write_learning_curve(model, output, log=print):
@@ -157,7 +164,7 @@ def cmd_fit(args):
                       else None)
     max_time = args.max_time if args.max_time is not None else parse_duration(args.time)
     model = fit(train, valid=valid, preset=args.preset, blocks=args.blocks,
-                hidden=args.hidden, activation=args.activation, radial=args.radial,
+                hidden=args.hidden, activation=args.activation,
                 shared_radial=args.shared_radial or None, radial_from=args.radial_from,
                 train_radial=not args.freeze_radial, weights=weights, l2=args.l2, output_weights=output_weights,
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
@@ -264,8 +271,9 @@ def build_parser():
     f.add_argument("--cutoff", type=float, help="cutoff radius in Angstrom (default: from the "
                                                 "neighbour shells of the training structures)")
     f.add_argument("--activation", default="gaussian", choices=sorted(ACTIVATIONS))
-    f.add_argument("--radial", default=radial.DEFAULT, type=radial_name,
-                   help=RADIAL_HELP.format("of the descriptor", ", ".join(radial.names())))
+    f.add_argument("--radial", type=radial_name,
+                   help=RADIAL_HELP.format("of the descriptor", ", ".join(radial.names())).replace(
+                       "%(default)s", "spline for non-periodic data, polynomial otherwise"))
     f.add_argument("--shared-radial", action="store_true",
                    help="one set of radial functions for every central species (s-NNP's shared "
                         "filters; the species weights stay per species pair)")

@@ -298,6 +298,8 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
                 "lbfgs_memory": LBFGS_MEMORY,
                 "output_weights": [output_weights.energy, output_weights.forces,
                                    output_weights.stress] if solve_output else None}
+    if radial_from is not None and not isinstance(radial_from, LatteModel):
+        radial_from = load_model(radial_from)
     if resume is not None:           # the settings of the checkpoint's run replace these
         model, fit_info, history, val_hist, x0 = _read_checkpoint(resume)
         weights = LossWeights(*fit_info["weights"], l2=fit_info["l2"],
@@ -312,6 +314,8 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         if solve_output:
             output_weights = _output_weights(weights, settings["output_weights"])
     elif model is None:
+        if radial_from is not None and radial is None:     # the source's family
+            radial = radial_from.radial
         species = species or species_in(frames)
         overrides = {k: v for k, v in (("cutoff", cutoff), ("blocks", blocks), ("hidden", hidden),
                                        ("radial", radial), ("shared_radial", shared_radial))
@@ -320,8 +324,6 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     else:
         model = copy.deepcopy(model)
     if radial_from is not None and resume is None:
-        if not isinstance(radial_from, LatteModel):
-            radial_from = load_model(radial_from)
         model.take_radial(radial_from)
     fixed_e0 = e0 is not None
     if fixed_e0:

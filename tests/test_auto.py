@@ -114,6 +114,15 @@ def test_choose_cutoff_from_neighbour_shells():
     assert auto.choose_cutoff([molecule("CH3CH2OH")])[0] == auto.MOLECULE_CUTOFF
 
 
+def test_choose_radial_splines_for_molecules_polynomial_for_materials():
+    mol = molecule("CH3CH2OH")
+    assert auto.choose_radial([mol, mol.copy()]) == (auto.MOLECULE_RADIAL,
+                                                     auto.choose_radial([mol])[1])
+    assert auto.MOLECULE_RADIAL == "spline" and auto.MATERIAL_RADIAL == "polynomial"
+    # one periodic structure makes it material data
+    assert auto.choose_radial([mol, bulk("Cu")])[0] == "polynomial"
+
+
 def test_fit_stops_on_convergence(monkeypatch):
     monkeypatch.setattr(training, "CONVERGENCE_WINDOW", 5)
     monkeypatch.setattr(training, "CONVERGENCE_TOL", 0.5)   # "converged" once progress slows
@@ -149,7 +158,9 @@ def test_cli_fit_defaults_split_e0_curve_and_parity_plot(tmp_path, capsys):
     assert "validation: every 10th training structure (2 of 20)" in text
     assert "isolated-atom energies from the training files" in text
     assert "cutoff" in text and "fitting stresses up to an isotropic offset" in text
+    assert "radial family polynomial (periodic structures" in text
     model = lattenb.load(out)
+    assert model.radial == "polynomial"
     assert model.fit_info["e0_isolated_atoms"] == {"Ni": -0.5, "Mo": 0.25}
     assert model.fit_info["stopped"] == "iteration limit"
     curve = (tmp_path / "m.curve.csv").read_text().splitlines()

@@ -439,9 +439,13 @@ def test_cli_fit_with_shared_and_transferred_radial_functions(tmp_path, capsys):
     assert not dst.shared_radial
     assert np.array_equal(dst.params["coefficients"],
                           np.repeat(src.params["coefficients"], dst.n_species, axis=0))
+    # without --radial the source's family is taken; another family is a clear error
+    assert main(["fit", str(tmp_path / "a.xyz"), "-o", str(tmp_path / "same.npz"),
+                 "--radial-from", str(tmp_path / "src.npz")] + common[2:]) == 0
+    assert lattenb.load(tmp_path / "same.npz").radial == "spline-5"
     with pytest.raises(SystemExit, match="same radial family"):
         main(["fit", str(tmp_path / "a.xyz"), "-o", str(tmp_path / "bad.npz"),
-              "--radial-from", str(tmp_path / "src.npz")] + common[2:])
+              "--radial-from", str(tmp_path / "src.npz"), "--radial", "polynomial"] + common[2:])
 
 
 # ----------------------------------------------------------------------------- names and pictures
