@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import radial
+from . import radial, species_modes
 from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .evaluation import evaluate_frames
 from .mlp import ACTIVATIONS
@@ -157,6 +157,8 @@ def cmd_fit(args):
     from .training import fit
     if args.threads:
         numba.set_num_threads(args.threads)
+    if args.embedding_dim is not None and args.species_mode != "embedding":
+        raise SystemExit("lattenb fit: --embedding-dim applies to --species-mode embedding")
     log = lambda line: print(line, flush=True)
     train, valid, auto = fit_settings(args, _read(args.train), log)
     weights = _floats(args.weights, 3, "weights")
@@ -166,6 +168,7 @@ def cmd_fit(args):
     model = fit(train, valid=valid, preset=args.preset, blocks=args.blocks,
                 hidden=args.hidden, activation=args.activation,
                 shared_radial=args.shared_radial or None, radial_from=args.radial_from,
+                species_mode=args.species_mode, embedding_dim=args.embedding_dim,
                 train_radial=not args.freeze_radial, weights=weights, l2=args.l2, output_weights=output_weights,
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
@@ -277,6 +280,14 @@ def build_parser():
     f.add_argument("--shared-radial", action="store_true",
                    help="one set of radial functions for every central species (s-NNP's shared "
                         "filters; the species weights stay per species pair)")
+    f.add_argument("--species-mode", choices=species_modes.names(),
+                   help="how the species weights are parametrised: pair (one per species pair "
+                        "and body) or embedding (low-rank, through learned per-species vectors "
+                        "initialised from element properties; parameters linear in the number "
+                        f"of species) (default {species_modes.DEFAULT})")
+    f.add_argument("--embedding-dim", type=int,
+                   help="dimension of the species embeddings of --species-mode embedding "
+                        f"(default {species_modes.DEFAULT_EMBEDDING_DIM})")
     f.add_argument("--radial-from", metavar="MODEL",
                    help="start from the radial functions of this model (same radial family and "
                         "blocks): filters learned on another system")

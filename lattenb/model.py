@@ -10,7 +10,10 @@ Parameters (S species, B bodies, T terms), species-first so kernels read contigu
     the radial family's arrays     e.g. centres, widths (S, B) Å of the "polynomial" family: the
                                     radial function of every body, per central species; (1, B)
                                     with shared_radial=True (one set for every central species)
-    sigma (S, S, B)                 species weight per (central, neighbour) species and body
+    the species mode's arrays       sigma (S, S, B), the species weight per (central, neighbour)
+                                    species and body, in the "pair" mode; its rank-d factors
+                                    (S, d), (S, d), (B, d) in the "embedding" mode
+                                    (`lattenb.species_modes`)
     mlp (S, n_parameters)           flat MLP parameters per species (see `lattenb.mlp`)
     e0 (S,) eV                      per-species reference energy
     g_mean, g_std (S, T)            descriptor standardisation, fixed at initialisation/fit
@@ -19,6 +22,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from . import radial as radial_families
+from . import species_modes
 from .blocks import descriptor_layout, format_blocks, parse_blocks
 from .conventions import UNITS
 from . import backends
@@ -58,13 +62,18 @@ class LatteModel:
     activation: "gaussian" (exp(-x^2), default), "tanh" or "silu". radial: the radial family's
     name (`lattenb.radial.names()`, default "polynomial"), saved with the model. shared_radial:
     one set of radial functions for every central species (s-NNP's shared filters; the species
-    weights sigma stay per species pair), saved with the model. width: initial
+    weights sigma stay per species pair), saved with the model. species_mode: how the species
+    weights sigma are parametrised, "pair" (default: one per species pair and body) or
+    "embedding" (a rank-`embedding_dim` factorisation through per-species embedding vectors,
+    parameters linear in the number of species; `lattenb.species_modes`), saved with the model.
+    width: initial
     radial width in Å (default cutoff / 4). seed: for the random initialisation.
     """
 
     def __init__(self, species, cutoff=5.0, blocks=PRESETS["fast"]["blocks"], hidden=(32, 16),
                  activation="gaussian", width=None, seed=0, radial=radial_families.DEFAULT,
-                 shared_radial=False):
+                 shared_radial=False, species_mode=species_modes.DEFAULT,
+                 embedding_dim=species_modes.DEFAULT_EMBEDDING_DIM):
         self.numbers = parse_species(species)
         self.species = tuple(chemical_symbols[z] for z in self.numbers)
         cutoff = float(cutoff)
@@ -75,6 +84,9 @@ class LatteModel:
         if not isinstance(shared_radial, (bool, np.bool_)):
             raise ValueError(f"shared_radial must be True or False, got {shared_radial!r}")
         self.shared_radial = bool(shared_radial)
+        self.species_mode_impl = species_modes.get(species_mode)
+        self.species_mode = self.species_mode_impl.name
+        self.embedding_dim = species_modes.check_embedding_dim(embedding_dim)
         self.cutoff = cutoff
         self.blocks = format_blocks(parse_blocks(blocks))
         self.layout = descriptor_layout(self.blocks)
@@ -127,7 +139,7 @@ class LatteModel:
         return {
             **self.radial_family.initial_parameters(rng, self.n_radial_species, B, self.cutoff,
                                                     width),
-            "sigma": rng.normal(0.0, 1.0, size=(S, S, B)),
+            **self.species_mode_impl.initial_parameters(rng, self.numbers, B, self.embedding_dim),
             "mlp": np.stack([init_parameters(self.layer_sizes, rng) for _ in range(S)]),
             "e0": np.zeros(S),
             "g_mean": np.zeros((S, T)),
@@ -136,7 +148,8 @@ class LatteModel:
 
     def parameter_shapes(self):
         S, B, T = self.n_species, self.layout.n_bodies, self.layout.n_terms
-        return {**self.radial_family.parameter_shapes(self.n_radial_species, B), "sigma": (S, S, B),
+        return {**self.radial_family.parameter_shapes(self.n_radial_species, B),
+                **self.species_mode_impl.parameter_shapes(S, B, self.embedding_dim),
                 "mlp": (S, n_parameters(self.layer_sizes)), "e0": (S,),
                 "g_mean": (S, T), "g_std": (S, T)}
 
@@ -161,8 +174,8 @@ class LatteModel:
 
     @property
     def parameter_names(self):
-        """Names of the parameter arrays: the radial family's, then sigma, mlp, e0, g_mean,
-        g_std."""
+        """Names of the parameter arrays: the radial family's, then the species mode's (sigma),
+        mlp, e0, g_mean, g_std."""
         return tuple(self.parameter_shapes())
 
     def kernel_arrays(self):
@@ -170,6 +183,7 @@ class LatteModel:
         change)."""
         if self._kernel_arrays is None:
             p = self.params
+            sigma = self.species_weights()
             family = self.radial_family
             constants, scale = family.kernel_constants(p, self.cutoff)
             lo, hi = family.support(p, self.cutoff)
@@ -181,8 +195,8 @@ class LatteModel:
             self._kernel_arrays = KernelArrays(
                 cutoff=self.cutoff, layout=self.layout.kernel_tuple(), radial_family=family,
                 radial=constants, n_radial_slots=len(family.gradient_names),
-                sigma=np.ascontiguousarray(p["sigma"]),
-                sigma_scaled=np.ascontiguousarray(p["sigma"] * scale[:, None, :]),
+                sigma=np.ascontiguousarray(sigma),
+                sigma_scaled=np.ascontiguousarray(sigma * scale[:, None, :]),
                 bin_ptr=bin_ptr, bin_bodies=bin_bodies, inv_bin=inv_bin,
                 g_mean=np.ascontiguousarray(p["g_mean"]), g_inv_std=1.0 / p["g_std"],
                 mlp_params=np.ascontiguousarray(p["mlp"]), layer_sizes=self.layer_sizes,
@@ -214,6 +228,20 @@ class LatteModel:
                                  f"{', '.join(missing)} (it has {', '.join(source.species)})")
             rows = [source.species.index(s) for s in self.species]
         self.set_parameters(**{n: np.asarray(source.params[n])[rows] for n in names})
+
+    def species_weights(self):
+        """sigma (S, S, B): the weight of a neighbour of species s' in body b of an atom of
+        species s, from the species mode's parameters."""
+        return self.species_mode_impl.weights(self.params)
+
+    def species_gradients(self, g_sigma):
+        """{species mode parameter name: dL/dparameter} from dL/dsigma (S, S, B)."""
+        return self.species_mode_impl.gradients(self.params, g_sigma)
+
+    @property
+    def species_parameter_names(self):
+        """Names of the species mode's parameter arrays ("sigma" in the "pair" mode)."""
+        return tuple(self.species_mode_impl.parameter_shapes(1, 1, 1))
 
     def radial_gradients(self, slots):
         """{radial parameter name: dL/dparameter} from the kernels' per-species gradient slots
@@ -292,15 +320,16 @@ class LatteModel:
         write_model_file(path, self.file_header(extra_header), arrays)
 
     def __deepcopy__(self, memo):
-        """A copy with its own parameters; the radial family is shared (it is stateless), the
-        kernel arrays and backends (which may hold GPU buffers) are made anew on first use."""
+        """A copy with its own parameters; the radial family and the species mode are shared
+        (they are stateless), the kernel arrays and backends (which may hold GPU buffers) are made anew on first use."""
         import copy
         new = self.__class__.__new__(self.__class__)
         memo[id(self)] = new
         for name, value in self.__dict__.items():
             if name == "_backends":
                 continue
-            setattr(new, name, value if name == "radial_family" else copy.deepcopy(value, memo))
+            shared = name in ("radial_family", "species_mode_impl")
+            setattr(new, name, value if shared else copy.deepcopy(value, memo))
         new._kernel_arrays = None
         return new
 
@@ -308,7 +337,9 @@ class LatteModel:
         return (f"LatteModel(species={list(self.species)}, cutoff={self.cutoff}, "
                 f"blocks={self.blocks!r}, hidden={self.hidden}, activation={self.activation!r}, "
                 f"radial={self.radial!r}"
-                + (", shared_radial=True)" if self.shared_radial else ")"))
+                + (", shared_radial=True" if self.shared_radial else "")
+                + (f", species_mode={self.species_mode!r}, embedding_dim={self.embedding_dim}"
+                   if self.species_mode != "pair" else "") + ")")
 
     # ----------------------------------------------------------------- model files
     #: the constructor arguments a model file's header holds: header field (= keyword argument
@@ -316,7 +347,9 @@ class LatteModel:
     REQUIRED = object()
     FILE_FIELDS = {"species": REQUIRED, "cutoff": REQUIRED, "blocks": REQUIRED,
                    "hidden": REQUIRED, "activation": REQUIRED, "seed": 0,
-                   "radial": radial_families.DEFAULT, "shared_radial": False}
+                   "radial": radial_families.DEFAULT, "shared_radial": False,
+                   "species_mode": species_modes.DEFAULT,
+                   "embedding_dim": species_modes.DEFAULT_EMBEDDING_DIM}
 
     def file_header(self, extra=None):
         """The JSON header of this model's file (see `lattenb.io`): the constructor arguments

@@ -100,7 +100,7 @@ def radial_functions(model, path, n_points=400, title=None):
     plt = _pyplot()
     r = np.linspace(0.0, model.cutoff, int(n_points))
     f = radial.values(model.radial_family, model.params, model.cutoff, r)     # (S or 1, B, n)
-    sigma = model.params["sigma"]                                             # (S, S, B)
+    sigma = model.species_weights()                                           # (S, S, B)
     layout = model.layout
     blocks = layout.blocks
     S = model.n_species

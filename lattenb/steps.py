@@ -67,7 +67,8 @@ class ParameterVector:
 
     Order: MLP, e0, the radial family's free variables (`RadialFamily.free_variables`: for the
     polynomial family (w, u) with c = w + u (r_cut - 2 w), w in [MIN_WIDTH, r_cut / 2], u in
-    [0, 1], which keeps 0 <= c - w and c + w <= r_cut), sigma.
+    [0, 1], which keeps 0 <= c - w and c + w <= r_cut), the species mode's arrays (sigma, or
+    the embedding factors; train_sigma=False freezes them).
     """
 
     def __init__(self, model, train_radial=True, train_sigma=True, train_e0=True):
@@ -78,7 +79,8 @@ class ParameterVector:
         self.radial_names = tuple(radial)
         self.shapes = ([("mlp", model.params["mlp"].shape), ("e0", model.params["e0"].shape)]
                        + [(name, np.shape(value)) for name, value in radial.items()]
-                       + [("sigma", model.params["sigma"].shape)])
+                       + [(name, model.params[name].shape) for name in model.species_parameter_names])
+        self.species_names = model.species_parameter_names
         self.sizes = [int(np.prod(s)) for _, s in self.shapes]
         bounds = []
         for (name, _), n in zip(self.shapes, self.sizes):
@@ -89,14 +91,14 @@ class ParameterVector:
         self.frozen = np.zeros(sum(self.sizes), bool)
         start = 0
         for (name, _), n in zip(self.shapes, self.sizes):
-            if ((name in self.radial_names and not train_radial) or (name == "sigma" and not train_sigma)
+            if ((name in self.radial_names and not train_radial) or (name in self.species_names and not train_sigma)
                     or (name == "e0" and not train_e0)):
                 self.frozen[start:start + n] = True
             start += n
 
     def _values(self):
         p = self.model.params
-        return {"mlp": p["mlp"], "e0": p["e0"], "sigma": p["sigma"],
+        return {"mlp": p["mlp"], "e0": p["e0"], **{n: p[n] for n in self.species_names},
                 **self.family.free_variables(p, self.rc)}
 
     def get(self):
@@ -113,12 +115,13 @@ class ParameterVector:
     def set(self, x):
         v = self._split(np.asarray(x, dtype=np.float64))
         radial = self.family.from_free({n: v[n] for n in self.radial_names}, self.rc)
-        self.model.set_parameters(mlp=v["mlp"], e0=v["e0"], sigma=v["sigma"], **radial)
+        self.model.set_parameters(mlp=v["mlp"], e0=v["e0"], **{n: v[n] for n in self.species_names},
+                                  **radial)
 
     def gradient(self, grad):
         """Chain rule from dL/d(model params) to dL/dx (frozen entries zeroed)."""
         v = self._split(self.get())
-        g = {"mlp": grad["mlp"], "e0": grad["e0"], "sigma": grad["sigma"],
+        g = {"mlp": grad["mlp"], "e0": grad["e0"], **{n: grad[n] for n in self.species_names},
              **self.family.free_gradient({n: v[n] for n in self.radial_names}, grad, self.rc)}
         out = np.concatenate([np.ravel(g[name]) for name, _ in self.shapes])
         out[self.frozen] = 0.0

@@ -30,3 +30,19 @@ def test_mlearn_keeps_rows_only_from_a_run_with_the_same_setting(tmp_path):
     assert mlearn.previous_rows(path, setting, dict(limits, max_time_s=300), ["Ni"]) == []
     path.write_text(json.dumps({"setting": setting, "rows": rows}))         # older file, no limits
     assert mlearn.previous_rows(path, setting, limits, ["Ni"]) == []
+
+
+def test_nbmotaw_leave_out_names_a_binary_of_the_four_elements():
+    import pytest
+    from ase import Atoms
+    spec = importlib.util.spec_from_file_location("nbmotaw", ROOT / "benchmarks" / "nbmotaw.py")
+    nbmotaw = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(nbmotaw)
+    assert nbmotaw.parse_pair("NbMo") == nbmotaw.parse_pair("MoNb") == frozenset({"Nb", "Mo"})
+    for bad in ("NbNb", "NbCu", "Nb", "NbMoTa", "nbmo"):
+        with pytest.raises(SystemExit, match="--leave-out takes two of"):
+            nbmotaw.parse_pair(bad)
+    # what the experiment drops: structures with exactly those two elements, not their unaries
+    frames = [Atoms("NbMo"), Atoms("Nb2"), Atoms("MoTa"), Atoms("Mo3Nb")]
+    kept = [a for a in frames if nbmotaw.elements_of(a) != nbmotaw.parse_pair("NbMo")]
+    assert [a.get_chemical_formula() for a in kept] == ["Nb2", "MoTa"]

@@ -164,6 +164,21 @@ def test_radial_families_match_cpu(radial, shared, make):
 
 
 @needs_cuda
+def test_species_embedding_matches_cpu():
+    """Species weights from embeddings (`species_mode="embedding"`): the kernel gets the table
+    they make, as the CPU does."""
+    m = make_model(species_mode="embedding", embedding_dim=3)
+    atoms = periodic_triclinic()
+    ref = cpu_result(m, atoms)
+    # smaller forces than the other models here (Cu and Ni start with similar embeddings), still
+    # eight orders of magnitude above TOL
+    assert np.abs(ref["forces"]).max() > 0.03 and len(set(atoms.numbers)) == 2
+    out = CudaEvaluator(m, team_size=8).compute(atoms.positions, atoms.cell.array, atoms.pbc,
+                                                atoms.numbers)
+    assert_same(out, ref, TOL)
+
+
+@needs_cuda
 def test_spline_float32_close_to_cpu():
     m = make_model(radial="spline")
     atoms = periodic_triclinic()

@@ -38,6 +38,20 @@ def random_frame(rng, n, size, pbc=True, forces=True, stress=True, min_dist=1.6)
     return atoms
 
 
+def assert_round_trip(model, path, atoms):
+    """Save model to path, load it back, and check every parameter and the energy, forces and
+    stress of atoms are bit-identical. Returns the loaded model."""
+    model.save(path)
+    loaded = lattenb.load(path)
+    for key, value in model.params.items():
+        assert np.array_equal(loaded.params[key], value), key
+    a = model.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    b = loaded.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    for key in ("energy", "forces", "stress"):
+        assert np.array_equal(a[key], b[key]), key
+    return loaded
+
+
 def small_model(seed=1, activation="gaussian", blocks=BLOCKS):
     rng = np.random.default_rng(seed)
     m = LatteModel(["Ni", "Mo"], cutoff=3.8, blocks=blocks, hidden=(6, 4), activation=activation,

@@ -91,11 +91,12 @@ class CpuBackend(Backend):
     def parameter_gradients(self, data, e_bar, delta, strain_bar, n_chunks=None):
         """d/dparams of sum_i (e_bar_i e_i + edot_i), edot_i the derivative of atom i's energy
         along the pair tangent field delta_i - delta_j + strain_bar[frame] . v_ij (design page,
-        §5): a dict with "mlp", "sigma" and the radial family's parameters (e0 excluded)."""
+        §5): a dict with "mlp", the species mode's parameters ("sigma" in the "pair" mode) and
+        the radial family's parameters (e0 excluded)."""
         arrays = self.model.kernel_arrays()
         system, pairs = data.kernel_inputs(arrays)
         g_mlp, g_sigma, g_radial = tangent_reverse_kernel(
             system, pairs, arrays, e_bar, delta, strain_bar,
             n_chunks or default_chunks(len(data.positions)))
-        return {"mlp": g_mlp, "sigma": g_sigma,
+        return {"mlp": g_mlp, **self.model.species_gradients(g_sigma),
                 **self.model.radial_gradients(g_radial)}
