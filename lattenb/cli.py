@@ -14,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import radial, species_modes
+from . import radial, repulsion, species_modes
 from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .evaluation import evaluate_frames
 from .mlp import ACTIVATIONS
@@ -169,7 +169,8 @@ def cmd_fit(args):
                 hidden=args.hidden, activation=args.activation,
                 shared_radial=args.shared_radial or None, radial_from=args.radial_from,
                 species_mode=args.species_mode, embedding_dim=args.embedding_dim,
-                train_radial=not args.freeze_radial, weights=weights, l2=args.l2, output_weights=output_weights,
+                repulsion=args.repulsion, train_radial=not args.freeze_radial, weights=weights,
+                l2=args.l2, output_weights=output_weights,
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume=args.resume, max_time=max_time, log=log, log_every=args.log_every, **auto)
@@ -288,6 +289,10 @@ def build_parser():
     f.add_argument("--embedding-dim", type=int,
                    help="dimension of the species embeddings of --species-mode embedding "
                         f"(default {species_modes.DEFAULT_EMBEDDING_DIM})")
+    f.add_argument("--repulsion", choices=repulsion.NAMES,
+                   help="core repulsion added to the learned energy: zbl (the ZBL screened "
+                        "nuclear repulsion, switched off below the shortest distances of each "
+                        "species pair in the training data) or none (default: none)")
     f.add_argument("--radial-from", metavar="MODEL",
                    help="start from the radial functions of this model (same radial family and "
                         "blocks): filters learned on another system")

@@ -22,6 +22,7 @@ import numpy as np
 from ase.data import chemical_symbols
 
 from . import radial as radial_families
+from . import repulsion as repulsion_terms
 from . import species_modes
 from .blocks import descriptor_layout, format_blocks, parse_blocks
 from .conventions import UNITS
@@ -66,14 +67,18 @@ class LatteModel:
     weights sigma are parametrised, "pair" (default: one per species pair and body) or
     "embedding" (a rank-`embedding_dim` factorisation through per-species embedding vectors,
     parameters linear in the number of species; `lattenb.species_modes`), saved with the model.
-    width: initial
+    repulsion: "none" (default) or "zbl", a core repulsion added to the learned energy
+    (`lattenb.repulsion`), with repulsion_radii (S, S, 2) Å, (r_in, r_out) per species pair
+    (`lattenb.repulsion.radii_from_data` places them below the training data); saved with the
+    model. width: initial
     radial width in Å (default cutoff / 4). seed: for the random initialisation.
     """
 
     def __init__(self, species, cutoff=5.0, blocks=PRESETS["fast"]["blocks"], hidden=(32, 16),
                  activation="gaussian", width=None, seed=0, radial=radial_families.DEFAULT,
                  shared_radial=False, species_mode=species_modes.DEFAULT,
-                 embedding_dim=species_modes.DEFAULT_EMBEDDING_DIM):
+                 embedding_dim=species_modes.DEFAULT_EMBEDDING_DIM,
+                 repulsion=repulsion_terms.DEFAULT, repulsion_radii=None):
         self.numbers = parse_species(species)
         self.species = tuple(chemical_symbols[z] for z in self.numbers)
         cutoff = float(cutoff)
@@ -88,6 +93,7 @@ class LatteModel:
         self.species_mode = self.species_mode_impl.name
         self.embedding_dim = species_modes.check_embedding_dim(embedding_dim)
         self.cutoff = cutoff
+        self.set_repulsion(repulsion, repulsion_radii)
         self.blocks = format_blocks(parse_blocks(blocks))
         self.layout = descriptor_layout(self.blocks)
         if isinstance(hidden, str):   # "32,16", as on the command line
@@ -202,6 +208,32 @@ class LatteModel:
                 mlp_params=np.ascontiguousarray(p["mlp"]), layer_sizes=self.layer_sizes,
                 activation=activation_code(self.activation), e0=np.ascontiguousarray(p["e0"]))
         return self._kernel_arrays
+
+    def set_repulsion(self, repulsion, radii=None):
+        """Set the core repulsion: "none", or "zbl" with radii (S, S, 2) Å, (r_in, r_out) per
+        species pair, r_out within the cutoff (`lattenb.repulsion`). ValueError for bad input."""
+        name = repulsion_terms.check_name(repulsion)
+        if name == "none":
+            if radii is not None:
+                raise ValueError('repulsion_radii given with repulsion="none"')
+            self.repulsion, self.repulsion_radii = name, None
+            return
+        if radii is None:
+            raise ValueError(f"repulsion={name!r} needs repulsion_radii (S, S, 2) Å "
+                             "(lattenb.repulsion.radii_from_data)")
+        radii = repulsion_terms.check_radii(radii, len(self.numbers))
+        if radii.max() > self.cutoff:
+            raise ValueError(f"repulsion_radii reach {radii.max():.3f} Å, beyond the cutoff "
+                             f"{self.cutoff} Å")
+        self.repulsion = name
+        self.repulsion_radii = radii.tolist()     # a JSON-ready nested list, as saved
+
+    def repulsion_arrays(self):
+        """(atomic numbers (S,) float64, radii (S, S, 2) Å) for `repulsion.add_repulsion_kernel`, or
+        None without a repulsion."""
+        if self.repulsion == "none":
+            return None
+        return self.numbers.astype(np.float64), np.array(self.repulsion_radii, dtype=np.float64)
 
     def take_radial(self, source):
         """Use the radial functions of `source` (a `LatteModel` with the same radial family and
@@ -339,7 +371,8 @@ class LatteModel:
                 f"radial={self.radial!r}"
                 + (", shared_radial=True" if self.shared_radial else "")
                 + (f", species_mode={self.species_mode!r}, embedding_dim={self.embedding_dim}"
-                   if self.species_mode != "pair" else "") + ")")
+                   if self.species_mode != "pair" else "")
+                + (f", repulsion={self.repulsion!r}" if self.repulsion != "none" else "") + ")")
 
     # ----------------------------------------------------------------- model files
     #: the constructor arguments a model file's header holds: header field (= keyword argument
@@ -349,7 +382,8 @@ class LatteModel:
                    "hidden": REQUIRED, "activation": REQUIRED, "seed": 0,
                    "radial": radial_families.DEFAULT, "shared_radial": False,
                    "species_mode": species_modes.DEFAULT,
-                   "embedding_dim": species_modes.DEFAULT_EMBEDDING_DIM}
+                   "embedding_dim": species_modes.DEFAULT_EMBEDDING_DIM,
+                   "repulsion": repulsion_terms.DEFAULT, "repulsion_radii": None}
 
     def file_header(self, extra=None):
         """The JSON header of this model's file (see `lattenb.io`): the constructor arguments

@@ -8,7 +8,7 @@ def dataset_descriptors(model, data):
     return model.backend("cpu").dataset_descriptors(data)
 
 
-def predict(model, data, n_chunks=None):
+def predict(model, data, n_chunks=None, repulsion=True):
     """Energies (F,), forces (N, 3), stresses (F, 6) eV/Å^3 (nan without volume) and per-atom
-    energies (N,) of a dataset in one pass."""
-    return model.backend("cpu").predict(data, n_chunks)
+    energies (N,) of a dataset in one pass (repulsion=False: without the core repulsion)."""
+    return model.backend("cpu").predict(data, n_chunks, repulsion)

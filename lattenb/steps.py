@@ -209,7 +209,7 @@ def solve_output_layer(model, data, weights=LossWeights(), n_chunks=None, fixed_
                 mlp[:, -(K + 1):] = 0.0
                 mlp[s, -(K + 1) + k] = 1.0
                 model.set_parameters(mlp=mlp, e0=np.zeros(S))
-                put(s * K + k, *predict(model, data, n_chunks)[:3])
+                put(s * K + k, *predict(model, data, n_chunks, repulsion=False)[:3])
         # what does not depend on W or e0 (the output biases) goes to the right-hand side
         mlp = mlp0.copy()
         mlp[:, -(K + 1):-1] = 0.0

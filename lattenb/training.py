@@ -18,6 +18,7 @@ import numpy as np
 
 from .auto import isolated_atom_energies
 from .dataset import prepare_dataset
+from .repulsion import closest_by_species, radii_from_data
 from .evaluation import rmse_report
 from .loss import LossWeights, loss_and_gradient, stress_residuals
 from .model import LatteModel, load_model, read_model
@@ -247,7 +248,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         stress_offset=False, seed=0, train_radial=True, output_weights=None, solve_output=True,
         checkpoint=None, checkpoint_every=50, resume=None, max_time=None, log=print,
         log_every=10, e0=None, shared_radial=None, radial_from=None, species_mode=None,
-        embedding_dim=None):
+        embedding_dim=None, repulsion=None):
     """Fit a LATTE model to structures with energies (and forces/stress where present).
 
     frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
@@ -275,6 +276,9 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     radial_from: a model (or model file) whose radial functions start this fit
     (`LatteModel.take_radial`: filters learned on another system); with train_radial=False they
     stay fixed (the species weights sigma still scale them).
+    repulsion: "zbl" adds the core repulsion (`lattenb.repulsion`) with its radii placed below
+    the shortest distances of each species pair in `frames` (so it leaves the fit unchanged),
+    "none" removes it; None keeps the model's (a new model has none).
     e0: isolated-atom reference energies {symbol: eV}, kept fixed (the MLP learns the binding
     energy). Frames marked as isolated atoms (config_type IsolatedAtom / isolated_atom) are taken
     out of `frames` and give e0 when it is not given; without either, e0 is fitted on composition.
@@ -338,6 +342,17 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
                                      and np.all(model.params["g_std"] == 1.0))
     data = prepare_dataset(frames, model, keep_pairs=True)
     vdata = prepare_dataset(valid, model, keep_pairs=True) if valid else None
+    if repulsion is not None and resume is None:
+        radii = None
+        if repulsion != "none":
+            radii = radii_from_data(closest_by_species(*data.kernel_inputs(
+                model.kernel_arrays())[0], model.n_species))
+        model.set_repulsion(repulsion, radii)
+        if log is not None and repulsion != "none":
+            r = np.array(model.repulsion_radii)
+            log(f"core repulsion {repulsion}: full below {r[..., 0].min():.2f}-"
+                f"{r[..., 0].max():.2f} Å, off above {r[..., 1].min():.2f}-{r[..., 1].max():.2f} Å "
+                f"(the shortest distances in the training data)")
     vector = ParameterVector(model, train_radial=train_radial, train_e0=not fixed_e0)
 
     # step 1: the starting point

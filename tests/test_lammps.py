@@ -131,6 +131,27 @@ def test_triclinic_two_species_matches_ase(mode):
 
 
 @pytest.mark.parametrize("mode", ["periodic", "domain"])
+def test_core_repulsion_in_lammps_matches_ase(mode):
+    """A model with the ZBL core repulsion reaching the structure's closest pairs: the per-atom
+    halves of each pair add up across ghost atoms as in ASE."""
+    from ase.neighborlist import neighbor_list
+    atoms = triclinic_two_species()
+    r_out = np.sort(neighbor_list("d", atoms, 4.5))[len(atoms)] + 0.05
+    model = standardised(lattenb.LatteModel(["Ni", "Mo"], cutoff=4.5,
+                                            blocks="4,-:4,i,i:4,ij,ij:4,i,j,ij", hidden=(8,),
+                                            seed=2, repulsion="zbl",
+                                            repulsion_radii=np.tile([0.8 * r_out, r_out],
+                                                                    (2, 2, 1))), atoms)
+    ref = ase_results(atoms, model)
+    model.set_repulsion("none")
+    plain = ase_results(atoms, model)
+    assert abs(ref["energy"] - plain["energy"]) > 1e-3          # the repulsion acts
+    model.set_repulsion("zbl", np.tile([0.8 * r_out, r_out], (2, 2, 1)))
+    got = run_in_lammps(atoms, model, ["Mo", "Ni"], types={2: "Ni", 1: "Mo"}, mode=mode)
+    assert_agree(got, ref)
+
+
+@pytest.mark.parametrize("mode", ["periodic", "domain"])
 def test_fcc_supercell_matches_ase(mode, tmp_path):
     atoms = fcc_supercell()
     model = standardised(lattenb.LatteModel.preset("fast", ["Cu"], seed=0), atoms)

@@ -120,6 +120,16 @@ def forces_fd(m, atoms, h=1e-5):
     return fd
 
 
+def finite_difference_errors(m, atoms, out):
+    """Relative errors of out's forces, virial and stress (a periodic structure's `compute`
+    result) against finite differences of the energy of m."""
+    D = strain_derivative_fd(m, atoms)
+    volume = abs(np.linalg.det(atoms.cell.array))
+    return {"forces": rel_err(out["forces"], forces_fd(m, atoms)),
+            "virial": rel_err(-out["virial"], D),
+            "stress": rel_err(out["stress"], D[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] / volume)}
+
+
 def random_rotation(rng):
     q, r = np.linalg.qr(rng.normal(size=(3, 3)))
     q = q * np.sign(np.diag(r))

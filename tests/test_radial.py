@@ -267,18 +267,14 @@ def toy_model(seed=0, name="toy-gaussian", shared_radial=False):
 
 @pytest.mark.parametrize("name", SEAM_FAMILIES)
 def test_family_forces_and_stress_match_finite_differences(name):
-    from test_model import forces_fd, rel_err, strain_derivative_fd
+    from test_model import finite_difference_errors
     from structures import random_atoms
     m = toy_model(name=name)
     assert m.radial == name and set(m.params) >= SEAM_PARAMETERS[name]
     rng = np.random.default_rng(7)
     atoms = random_atoms(rng, 8, [[5.0, 0, 0], [1.1, 4.7, 0], [0.4, 0.9, 5.2]], True)
     out = m.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
-    errors = {"forces": rel_err(out["forces"], forces_fd(m, atoms))}
-    D = strain_derivative_fd(m, atoms)
-    volume = abs(np.linalg.det(atoms.cell.array))
-    errors["virial"] = rel_err(-out["virial"], D)
-    errors["stress"] = rel_err(out["stress"], D[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] / volume)
+    errors = finite_difference_errors(m, atoms, out)
     print(f"\n{name}: relative errors against finite differences", errors)
     assert np.abs(out["forces"]).max() > 0
     assert max(errors.values()) < 1e-8, errors

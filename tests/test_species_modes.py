@@ -61,16 +61,12 @@ def test_embedding_model_equals_the_pair_model_with_its_table():
 
 def test_embedding_forces_and_stress_match_finite_differences():
     from structures import random_atoms
-    from test_model import forces_fd, rel_err, strain_derivative_fd
+    from test_model import finite_difference_errors
     m = embedding_model(seed=1)
     atoms = random_atoms(np.random.default_rng(7), 8, [[5.0, 0, 0], [1.1, 4.7, 0], [0.4, 0.9, 5.2]],
                          True)
     out = m.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
-    D = strain_derivative_fd(m, atoms)
-    volume = abs(np.linalg.det(atoms.cell.array))
-    errors = {"forces": rel_err(out["forces"], forces_fd(m, atoms)),
-              "virial": rel_err(-out["virial"], D),
-              "stress": rel_err(out["stress"], D[[0, 1, 2, 1, 0, 0], [0, 1, 2, 2, 2, 1]] / volume)}
+    errors = finite_difference_errors(m, atoms, out)
     print("\nembedding: relative errors against finite differences", errors)
     assert np.abs(out["forces"]).max() > 0
     assert max(errors.values()) < 1e-8, errors

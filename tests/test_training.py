@@ -167,15 +167,19 @@ def test_stress_offset_removes_a_constant_isotropic_shift():
     assert plain1 > plain0 + 0.5 and l0 <= plain0
 
 
+@pytest.mark.parametrize("repulsion", [False, True])
 @pytest.mark.parametrize("weights", [LossWeights(30.0, 1.0, 0.5, l2=1e-3, stress_offset=True),
                                      LossWeights(1.0, 0.0, 0.0), LossWeights(1.0, 2.0, 1.0)])
-def test_output_layer_solve_is_the_exact_minimiser(weights):
+def test_output_layer_solve_is_the_exact_minimiser(weights, repulsion):
     """After the solve the loss gradient with respect to the output weights and e0 (computed by
-    the independent tangent/reverse kernel) vanishes, and the loss has not increased."""
+    the independent tangent/reverse kernel) vanishes, and the loss has not increased; also with
+    a core repulsion that reaches the training pairs (it is no part of the solve's columns)."""
     rng = np.random.default_rng(21)
     frames = [random_frame(rng, 5, 4.0), random_frame(rng, 8, 5.0, stress=False),
               random_frame(rng, 3, 3.2), random_frame(rng, 4, 4.5, forces=False)]
     model = small_model(seed=22)
+    if repulsion:
+        model.set_repulsion("zbl", np.tile([2.0, 2.6], (2, 2, 1)))
     data = prepare_dataset(frames, model)
     K = int(model.layer_sizes[-2])
     before, _, g0 = loss_and_gradient(model, data, weights)

@@ -52,7 +52,7 @@ class Backend:
     def descriptors(self, positions, cell, pbc, numbers, neighbors=None):
         raise NotImplementedError(f"the {self.name!r} backend does not compute raw descriptors")
 
-    def predict(self, data, n_chunks=None):
+    def predict(self, data, n_chunks=None, repulsion=True):
         raise NotImplementedError(f"training and batched prediction run on the CPU backend, "
                                   f"not {self.name!r}")
 

@@ -11,6 +11,7 @@ from ..kernels import (System, default_chunks, descriptors_kernel, energy_forces
                        gather_forces, tangent_reverse_kernel)
 from ..neighbors import NeighborCache, neighbor_list
 from ..pairs import no_sorted_pairs
+from ..repulsion import add_repulsion
 from ..validate import check_overlap
 from . import Backend, structure_results
 
@@ -52,6 +53,7 @@ class CpuBackend(Backend):
             system, no_sorted_pairs(), self.model.kernel_arrays(), n_centres,
             default_chunks(n_centres))
         check_overlap(closest)
+        add_repulsion(self.model, system, n_centres, energies, pair_grad, strain)
         forces = gather_forces(system.offsets, system.second, pair_grad, n_atoms)
         return structure_results(energies, forces, -strain.reshape(n_atoms, 3, 3), volume)
 
@@ -72,15 +74,18 @@ class CpuBackend(Backend):
         check_overlap(closest)
         return G
 
-    def predict(self, data, n_chunks=None):
+    def predict(self, data, n_chunks=None, repulsion=True):
         """Energies (F,), forces (N, 3), stresses (F, 6) eV/Å^3 (nan without volume) and per-atom
-        energies (N,) of a `Dataset` in one pass."""
+        energies (N,) of a `Dataset` in one pass; repulsion=False leaves out the model's core
+        repulsion (the learned part alone)."""
         arrays = self.model.kernel_arrays()
         system, pairs = data.kernel_inputs(arrays)
         n_atoms = len(data.positions)
         energies, pair_grad, strain, closest = energy_forces_kernel(
             system, pairs, arrays, n_atoms, n_chunks or default_chunks(n_atoms))
         check_overlap(closest)
+        if repulsion:
+            add_repulsion(self.model, system, n_atoms, energies, pair_grad, strain)
         frame_energy = np.bincount(data.frame_of_atom, weights=energies, minlength=data.n_frames)
         forces = gather_forces(data.offsets, data.second, pair_grad, n_atoms)
         dstrain = np.zeros((data.n_frames, 9))

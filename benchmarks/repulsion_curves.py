@@ -1,0 +1,113 @@
+"""Dimer and uniform-compression curves of fitted models, with and without their core
+repulsion (`lattenb.repulsion`): do they rise monotonically below the training data?
+
+    python benchmarks/repulsion_curves.py MODEL.npz [MODEL.npz ...] [--tag TAG]
+
+For every model: the dimer energy E(r) of each species pair from 0.4 Å to the cutoff, and for a
+unary model the energy per atom of its element's ASE reference crystal (`ase.build.bulk`)
+compressed uniformly to nearest-neighbour distances from 0.4 Å up to its equilibrium one. Both
+with the model's repulsion and without it (the learned part alone). Reports where each curve stops
+rising as r decreases ("monotonic below X Å": the largest r below which E only grows as r
+shrinks) next to the repulsion's r_out (the shortest training distance). Writes
+results/repulsion_curves_<tag>.{json,png}.
+"""
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def monotonic_below(r, energy):
+    """The largest r_k such that E decreases strictly along r up to r_k (r ascending)."""
+    rising = np.diff(energy) < 0
+    k = 0
+    while k < len(rising) and rising[k]:
+        k += 1
+    return float(r[k])
+
+
+def curves(model):
+    from ase.build import bulk
+    from ase.data import reference_states
+    out = {}
+    r = np.linspace(0.4, model.cutoff, 200)
+    for a in range(model.n_species):
+        for b in range(a, model.n_species):
+            name = model.species[a] + "-" + model.species[b]
+            e = [model.compute(np.array([[0, 0, 0], [x, 0, 0]]), None, False,
+                               [model.numbers[a], model.numbers[b]])["energy"] for x in r]
+            out["dimer " + name] = (r, np.array(e))
+    if model.n_species == 1:
+        symbol = model.species[0]
+        crystal = bulk(symbol, cubic=True) * (2, 2, 2)
+        d0 = min(crystal.get_distance(0, j, mic=True) for j in range(1, len(crystal)))
+        scale = np.linspace(0.4 / d0, 1.0, 120)
+        e = []
+        for s in scale:
+            x = crystal.copy()
+            x.set_cell(crystal.cell * s, scale_atoms=True)
+            e.append(model.compute(x.positions, x.cell.array, x.pbc, x.numbers)["energy"] / len(x))
+        out[f"compression {symbol} ({reference_states[model.numbers[0]]['symmetry']})"] = (
+            scale * d0, np.array(e))
+    return out
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("models", nargs="+")
+    ap.add_argument("--tag", default="models")
+    args = ap.parse_args()
+    import lattenb
+    report = {}
+    panels = []
+    for path in args.models:
+        model = lattenb.load(path)
+        if model.repulsion == "none":
+            raise SystemExit(f"{path}: the model has no core repulsion")
+        plain = copy.deepcopy(model)
+        plain.set_repulsion("none")
+        radii = np.array(model.repulsion_radii)
+        with_rep, without = curves(model), curves(plain)
+        for name in with_rep:
+            r, e = with_rep[name]
+            e0 = without[name][1]
+            row = {"model": Path(path).name, "curve": name, "r_out": float(radii[..., 1].min()),
+                   "monotonic_below_with_repulsion": monotonic_below(r, e),
+                   "monotonic_below_without": monotonic_below(r, e0),
+                   "min_energy_below_r_out_with": float(e[r < radii[..., 1].min()].min()),
+                   "energy_at_r_out_with": float(np.interp(radii[..., 1].min(), r, e))}
+            report[f"{Path(path).name}: {name}"] = row
+            print(json.dumps(row))
+            panels.append((f"{Path(path).stem}: {name}", r, e, e0, radii[..., 1].min()))
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"repulsion_curves_{args.tag}.json").write_text(json.dumps(report, indent=1))
+    try:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        print("no plot: matplotlib is not installed")
+        return
+    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
+    for ax, (title, r, e, e0, r_out) in zip(axes[0], panels):
+        ref = np.interp(r_out, r, e)
+        ax.plot(r, e - ref, label="with repulsion")
+        ax.plot(r, e0 - ref, "--", label="learned part alone")
+        ax.axvline(r_out, color="grey", lw=0.8, label="shortest training distance")
+        ax.set_yscale("symlog", linthresh=1.0)
+        ax.set_xlabel("distance (Å)" if "dimer" in title else "nearest-neighbour distance (Å)")
+        ax.set_ylabel("E - E(r_out) (eV" + ("/atom)" if "compression" in title else ")"))
+        ax.set_title(title, fontsize=9)
+    axes[0][0].legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(RESULTS / f"repulsion_curves_{args.tag}.png", dpi=110)
+    print(f"wrote {RESULTS / f'repulsion_curves_{args.tag}.png'}")
+
+
+if __name__ == "__main__":
+    main()

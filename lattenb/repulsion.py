@@ -1,0 +1,178 @@
+"""Core repulsion: the ZBL screened nuclear repulsion at short range, added to the learned energy.
+
+The learned energy has compactly supported radial functions and no data below the shortest
+training distance, so nothing in it keeps two atoms apart; hot MD can fall into holes there.
+The core repulsion (as ACE's core repulsion and the ZBL term of MACE and NequIP) is a fixed pair
+energy, switched off before the training data begin, so it does not change the fit:
+
+    E_rep = 1/2 sum_i sum_{j != i} phi(r_ij; Z_i, Z_j) s(r_ij),
+    phi(r) = k_e Z_i Z_j / r  sum_m c_m exp(-d_m r / a),   a = 0.46850 / (Z_i^0.23 + Z_j^0.23) Å,
+
+(Ziegler, Biersack and Littmark's universal screening, k_e = e^2 / (4 pi eps0) = 14.399645 eV Å),
+and s the C2 switch: 1 for r <= r_in, 0 for r >= r_out, 1 - 10x^3 + 15x^4 - 6x^5 between
+(x = (r - r_in) / (r_out - r_in)). The radii are per species pair, (S, S, 2) Å, saved with the
+model; `radii_from_data` takes r_out = the shortest distance of each pair in the training data
+(its smallest over all pairs where a pair never occurs) and r_in = RADIUS_INNER_FRACTION r_out.
+
+Per-pair outputs follow the energy kernel (`lattenb.kernels`): per-atom energies (N,) eV, dE/dv
+(P, 3) eV/Å for the pair vectors v_q = r_j + shift - r_i of the neighbour list, per-atom
+dE/d(strain) (N, 9) eV, so `gather_forces` and the stress conventions apply unchanged.
+"""
+import numpy as np
+from numba import njit, prange
+
+from ._numba import FASTMATH
+from .pairs import pair_vector
+
+#: names of the repulsion kinds (saved with the model; "none": no repulsion)
+NAMES = ("none", "zbl")
+DEFAULT = "none"
+#: e^2 / (4 pi eps0), eV Å
+COULOMB = 14.399645
+ZBL_C = (0.18175, 0.50986, 0.28022, 0.02817)
+ZBL_D = (3.19980, 0.94229, 0.40290, 0.20162)
+#: r_in = this fraction of r_out in `radii_from_data`
+RADIUS_INNER_FRACTION = 0.75
+
+
+def check_name(name):
+    if name not in NAMES:
+        raise ValueError(f"repulsion must be one of {list(NAMES)}, got {name!r}")
+    return name
+
+
+def check_radii(radii, n_species):
+    """radii as a float64 (S, S, 2) array of (r_in, r_out) Å, symmetric, 0 < r_in < r_out;
+    ValueError naming the problem."""
+    radii = np.asarray(radii, dtype=np.float64)
+    if radii.shape != (n_species, n_species, 2):
+        raise ValueError(f"repulsion_radii must have shape ({n_species}, {n_species}, 2) "
+                         f"(r_in, r_out per species pair), got {radii.shape}")
+    if not np.all(np.isfinite(radii)) or np.any(radii[..., 0] <= 0) \
+            or np.any(radii[..., 1] <= radii[..., 0]):
+        raise ValueError("repulsion_radii need 0 < r_in < r_out (Å) for every species pair")
+    if not np.array_equal(radii, radii.transpose(1, 0, 2)):
+        raise ValueError("repulsion_radii must be symmetric in the two species")
+    return radii
+
+
+def radii_from_data(closest, fraction=RADIUS_INNER_FRACTION):
+    """(S, S, 2) radii from the shortest distance of each species pair in the training data,
+    closest (S, S) Å (inf where a pair never occurs within the cutoff: it takes the shortest
+    distance of any pair)."""
+    closest = np.array(closest, dtype=np.float64)
+    if not np.isfinite(closest).any():
+        raise ValueError("no pair of atoms within the cutoff in the training data: cannot place "
+                         "the core repulsion")
+    closest = np.minimum(closest, closest.T)
+    closest[~np.isfinite(closest)] = closest[np.isfinite(closest)].min()
+    return np.stack([fraction * closest, closest], axis=-1)
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def zbl_switched(r, zz, inv_a, r_in, r_out):
+    """(phi s, d(phi s)/dr) at distance r (eV, eV/Å) for zz = k_e Z_i Z_j, inv_a = 1/a."""
+    inv_r = 1.0 / r
+    screen = 0.0
+    dscreen = 0.0
+    for m in range(4):
+        t = ZBL_C[m] * np.exp(-ZBL_D[m] * r * inv_a)
+        screen += t
+        dscreen -= ZBL_D[m] * inv_a * t
+    phi = zz * inv_r * screen
+    dphi = zz * inv_r * (dscreen - screen * inv_r)
+    if r <= r_in:
+        return phi, dphi
+    inv_w = 1.0 / (r_out - r_in)
+    x = (r - r_in) * inv_w
+    x2 = x * x
+    s = 1.0 + x2 * x * (-10.0 + x * (15.0 - 6.0 * x))
+    ds = x2 * (-30.0 + x * (60.0 - 30.0 * x)) * inv_w
+    return phi * s, dphi * s + phi * ds
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
+def add_repulsion_kernel(n_centres, positions, cells, frame_of_atom, offsets, second, shifts,
+                         species, atomic_numbers, radii, energies, pair_grad, strain):
+    """Add the core repulsion of the atoms i < n_centres (the others only as neighbours) to
+    per-atom energies (N,) eV, per-pair dE/dv (P, 3) eV/Å and per-atom dE/d(strain) (N, 9) eV,
+    in place (each atom writes only its own rows and pairs). atomic_numbers (S,) float64 and
+    radii (S, S, 2) Å of the model's species."""
+    for i in prange(n_centres):
+        si = species[i]
+        cell = cells[frame_of_atom[i]]
+        for q in range(offsets[i], offsets[i + 1]):
+            j = second[q]
+            sj = species[j]
+            r_out = radii[si, sj, 1]
+            vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
+            r2 = vx * vx + vy * vy + vz * vz
+            if r2 >= r_out * r_out:
+                continue
+            r = np.sqrt(r2)
+            zi = atomic_numbers[si]
+            zj = atomic_numbers[sj]
+            inv_a = (zi ** 0.23 + zj ** 0.23) / 0.46850
+            e, de = zbl_switched(r, COULOMB * zi * zj, inv_a, radii[si, sj, 0], r_out)
+            energies[i] += 0.5 * e                  # each pair is in the list once per atom
+            g = 0.5 * de / r
+            gx = g * vx
+            gy = g * vy
+            gz = g * vz
+            pair_grad[q, 0] += gx
+            pair_grad[q, 1] += gy
+            pair_grad[q, 2] += gz
+            strain[i, 0] += gx * vx
+            strain[i, 1] += gx * vy
+            strain[i, 2] += gx * vz
+            strain[i, 3] += gy * vx
+            strain[i, 4] += gy * vy
+            strain[i, 5] += gy * vz
+            strain[i, 6] += gz * vx
+            strain[i, 7] += gz * vy
+            strain[i, 8] += gz * vz
+
+
+def zbl_pair_energy(r, z1, z2, r_in, r_out):
+    """phi s (eV) of one pair at distances r (array, Å): the repulsion's dimer curve (plots, tests)."""
+    r = np.atleast_1d(np.asarray(r, dtype=np.float64))
+    inv_a = (z1 ** 0.23 + z2 ** 0.23) / 0.46850
+    out = np.zeros_like(r)
+    for k, rk in enumerate(r):
+        if rk < r_out:
+            out[k] = zbl_switched(rk, COULOMB * z1 * z2, inv_a, r_in, r_out)[0]
+    return out
+
+
+def add_repulsion(model, system, n_centres, energies, pair_grad, strain):
+    """Add the model's core repulsion (if any) in place to the outputs of the energy kernel
+    (`kernels.energy_forces_kernel`): energies (N,), pair_grad (P, 3), strain (N, 9), for the
+    `kernels.System` system and its atoms i < n_centres."""
+    arrays = model.repulsion_arrays()
+    if arrays is None:
+        return
+    add_repulsion_kernel(n_centres, system.positions, system.cells, system.frame_of_atom,
+                         system.offsets, system.second, system.shifts, system.species, *arrays,
+                         energies, pair_grad, strain)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def closest_by_species(positions, cells, frame_of_atom, offsets, second, shifts, species,
+                       n_species):
+    """(S, S) Å: the shortest distance between atoms of each pair of species in a neighbour
+    list (inf where none), e.g. of a training set (`Dataset.kernel_inputs`)."""
+    n_atoms = positions.shape[0]
+    per_atom = np.full((n_atoms, n_species), np.inf)
+    for i in prange(n_atoms):
+        cell = cells[frame_of_atom[i]]
+        for q in range(offsets[i], offsets[i + 1]):
+            vx, vy, vz = pair_vector(positions, cell, shifts, i, second[q], q)
+            r = np.sqrt(vx * vx + vy * vy + vz * vz)
+            sj = species[second[q]]
+            if r < per_atom[i, sj]:
+                per_atom[i, sj] = r
+    closest = np.full((n_species, n_species), np.inf)
+    for i in range(n_atoms):
+        for sj in range(n_species):
+            closest[species[i], sj] = min(closest[species[i], sj], per_atom[i, sj])
+    return closest
