@@ -8,7 +8,8 @@ unary model the energy per atom of its element's ASE reference crystal (`ase.bui
 compressed uniformly to nearest-neighbour distances from 0.4 Å up to its equilibrium one. Both
 with the model's repulsion and without it (the learned part alone). Reports where each curve stops
 rising as r decreases ("monotonic below X Å": the largest r below which E only grows as r
-shrinks) next to the repulsion's r_out (the shortest training distance). Writes
+shrinks) next to the repulsion's r_out (0.9 x the shortest training distance when `fit` placed
+it). Writes
 results/repulsion_curves_<tag>.{json,png}.
 """
 import argparse
@@ -98,7 +99,7 @@ def main():
         ref = np.interp(r_out, r, e)
         ax.plot(r, e - ref, label="with repulsion")
         ax.plot(r, e0 - ref, "--", label="learned part alone")
-        ax.axvline(r_out, color="grey", lw=0.8, label="shortest training distance")
+        ax.axvline(r_out, color="grey", lw=0.8, label="r_out (0.9 x shortest training distance)")
         ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel("distance (Å)" if "dimer" in title else "nearest-neighbour distance (Å)")
         ax.set_ylabel("E - E(r_out) (eV" + ("/atom)" if "compression" in title else ")"))

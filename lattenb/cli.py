@@ -291,8 +291,9 @@ def build_parser():
                         f"(default {species_modes.DEFAULT_EMBEDDING_DIM})")
     f.add_argument("--repulsion", choices=repulsion.NAMES,
                    help="core repulsion added to the learned energy: zbl (the ZBL screened "
-                        "nuclear repulsion, switched off below the shortest distances of each "
-                        "species pair in the training data) or none (default: none)")
+                        "nuclear repulsion, whole below 0.6 x and off above 0.9 x the shortest "
+                        "distance of each species pair in the training data) or none (default: "
+                        "none)")
     f.add_argument("--radial-from", metavar="MODEL",
                    help="start from the radial functions of this model (same radial family and "
                         "blocks): filters learned on another system")

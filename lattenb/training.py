@@ -276,8 +276,8 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     radial_from: a model (or model file) whose radial functions start this fit
     (`LatteModel.take_radial`: filters learned on another system); with train_radial=False they
     stay fixed (the species weights sigma still scale them).
-    repulsion: "zbl" adds the core repulsion (`lattenb.repulsion`) with its radii placed below
-    the shortest distances of each species pair in `frames` (so it leaves the fit unchanged),
+    repulsion: "zbl" adds the core repulsion (`lattenb.repulsion`), off above 0.9 x the shortest
+    distance of each species pair in `frames` (so it leaves the fit unchanged),
     "none" removes it; None keeps the model's (a new model has none).
     e0: isolated-atom reference energies {symbol: eV}, kept fixed (the MLP learns the binding
     energy). Frames marked as isolated atoms (config_type IsolatedAtom / isolated_atom) are taken
@@ -352,7 +352,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
             r = np.array(model.repulsion_radii)
             log(f"core repulsion {repulsion}: full below {r[..., 0].min():.2f}-"
                 f"{r[..., 0].max():.2f} Å, off above {r[..., 1].min():.2f}-{r[..., 1].max():.2f} Å "
-                f"(the shortest distances in the training data)")
+                f"(0.6 and 0.9 x the shortest distances in the training data)")
     vector = ParameterVector(model, train_radial=train_radial, train_e0=not fixed_e0)
 
     # step 1: the starting point

@@ -132,7 +132,8 @@ def test_fit_places_the_repulsion_below_the_data_and_dimers_rise(tmp_path):
     frames = [random_frame(rng, 5, 4.2, min_dist=2.0) for _ in range(5)]
     m = lattenb.fit(frames, cutoff=CUTOFF, blocks=BLOCKS, hidden=(6, 4), max_iter=15, log=None,
                     repulsion="zbl")
-    # r_out = the shortest distance of each species pair in the training data (ASE's list)
+    # r_in, r_out = 0.6 and 0.9 x the shortest distance of each species pair in the training
+    # data (ASE's list)
     closest = np.full((2, 2), np.inf)
     for atoms in frames:
         i, j, d = ase_neighbor_list("ijd", atoms, CUTOFF)
@@ -140,7 +141,7 @@ def test_fit_places_the_repulsion_below_the_data_and_dimers_rise(tmp_path):
             a, b = (0 if atoms.numbers[x] == 28 else 1 for x in (ik, jk))
             closest[a, b] = min(closest[a, b], dk)
     radii = np.array(m.repulsion_radii)
-    np.testing.assert_allclose(radii[..., 1], closest, rtol=1e-12)
+    np.testing.assert_allclose(radii, np.stack([0.6 * closest, 0.9 * closest], -1), rtol=1e-12)
     np.testing.assert_allclose(radii, radii_from_data(closest), rtol=1e-12)
     # so it changes nothing on the training data
     plain = without_repulsion(m)
