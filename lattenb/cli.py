@@ -99,7 +99,7 @@ def parse_duration(text):
 def fit_settings(args, frames, log=print):
     """The settings of `lattenb fit` that are chosen from the training data when not given
     (see `lattenb.auto`): validation split, isolated-atom energies, cutoff, radial family,
-    stress offset.
+    stress offset, core repulsion (zbl unless --repulsion none).
     Returns (train, valid, keyword arguments of `fit`)."""
     from .auto import (choose_cutoff, choose_radial, has_stress, isolated_atom_energies, read_e0,
                        split_validation)
@@ -130,8 +130,13 @@ def fit_settings(args, frames, log=print):
         if offset:
             log("fitting stresses up to an isotropic offset (--no-stress-offset to fit them as "
                 "they are)")
+    repulsion = args.repulsion
+    if repulsion is None and not args.resume:
+        repulsion = "zbl"
+        log("core repulsion zbl below the shortest distances of the training data (give "
+            "--repulsion none to leave it out)")
     return train, valid, {"cutoff": cutoff, "radial": family, "stress_offset": offset,
-                          "e0": e0 or None}
+                          "e0": e0 or None, "repulsion": repulsion}
 
 
 def write_learning_curve(model, output, log=print):
@@ -169,7 +174,7 @@ def cmd_fit(args):
                 hidden=args.hidden, activation=args.activation,
                 shared_radial=args.shared_radial or None, radial_from=args.radial_from,
                 species_mode=args.species_mode, embedding_dim=args.embedding_dim,
-                repulsion=args.repulsion, train_radial=not args.freeze_radial, weights=weights,
+                train_radial=not args.freeze_radial, weights=weights,
                 l2=args.l2, output_weights=output_weights,
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
@@ -292,8 +297,8 @@ def build_parser():
     f.add_argument("--repulsion", choices=repulsion.NAMES,
                    help="core repulsion added to the learned energy: zbl (the ZBL screened "
                         "nuclear repulsion, whole below 0.6 x and off above 0.9 x the shortest "
-                        "distance of each species pair in the training data) or none (default: "
-                        "none)")
+                        "distance of each species pair in the training data; the default) or "
+                        "none")
     f.add_argument("--radial-from", metavar="MODEL",
                    help="start from the radial functions of this model (same radial family and "
                         "blocks): filters learned on another system")

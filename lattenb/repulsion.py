@@ -180,3 +180,23 @@ def closest_by_species(positions, cells, frame_of_atom, offsets, second, shifts,
         for sj in range(n_species):
             closest[species[i], sj] = min(closest[species[i], sj], per_atom[i, sj])
     return closest
+
+
+def repulsion_results(model, positions, cell, pbc, species):
+    """The model's core repulsion of one structure on the host, for backends that evaluate the
+    learned part elsewhere (CUDA): (energies (N,) eV, forces (N, 3) eV/Å, atom_virial (N, 3, 3)
+    eV, each atom's share of W = -dE/d(strain)), or None without a repulsion. positions (N, 3),
+    cell (3, 3), pbc (3,) validated, species (N,) indices into the model's species. Builds its
+    own neighbour list out to the largest r_out, so it costs little."""
+    from .kernels import System, gather_forces
+    from .neighbors import neighbor_list
+    arrays = model.repulsion_arrays()
+    if arrays is None:
+        return None
+    n = len(positions)
+    offsets, second, shifts = neighbor_list(positions, cell, pbc, float(arrays[1][..., 1].max()))
+    system = System(positions, np.asarray(cell, dtype=np.float64)[None], np.zeros(n, np.int64),
+                    offsets, second, shifts, np.asarray(species, dtype=np.int64))
+    energies, pair_grad, strain = np.zeros(n), np.zeros((len(second), 3)), np.zeros((n, 9))
+    add_repulsion(model, system, n, energies, pair_grad, strain)
+    return energies, gather_forces(offsets, second, pair_grad, n), -strain.reshape(n, 3, 3)

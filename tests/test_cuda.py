@@ -7,6 +7,7 @@ NUMBA_ENABLE_CUDASIM=0 in the environment to run the same tests on a real GPU.
 The simulator runs every CUDA thread as a Python thread: systems are a few dozen atoms and the
 model is small (but has every body rank 0..3 and the 3- and 4-body patterns).
 """
+import copy
 import os
 import subprocess
 import sys
@@ -176,6 +177,24 @@ def test_species_embedding_matches_cpu():
     out = CudaEvaluator(m, team_size=8).compute(atoms.positions, atoms.cell.array, atoms.pbc,
                                                 atoms.numbers)
     assert_same(out, ref, TOL)
+
+
+@needs_cuda
+def test_core_repulsion_matches_cpu():
+    """A model with the ZBL core repulsion reaching the structure's closest pairs: the GPU
+    evaluator adds it on the host, as the CPU adds it; compute_device refuses it."""
+    from ase.neighborlist import neighbor_list
+    atoms = periodic_triclinic()
+    r_out = np.sort(neighbor_list("d", atoms, CUTOFF))[len(atoms)] + 0.05
+    m = make_model(repulsion="zbl", repulsion_radii=np.tile([0.8 * r_out, r_out], (2, 2, 1)))
+    ref = cpu_result(m, atoms)
+    plain = copy.deepcopy(m)
+    plain.set_repulsion("none")
+    assert abs(ref["energy"] - cpu_result(plain, atoms)["energy"]) > 1e-3   # the repulsion acts
+    gpu = CudaEvaluator(m, team_size=8)
+    assert_same(gpu.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers), ref, TOL)
+    with pytest.raises(ValueError, match="compute_device does not add the core repulsion"):
+        gpu.compute_device(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
 
 
 @needs_cuda

@@ -192,9 +192,6 @@ def test_bad_repulsion_arguments_are_clear_errors():
         make(repulsion="zbl", repulsion_radii=asymmetric)
     with pytest.raises(ValueError, match="beyond the cutoff"):
         make(repulsion="zbl", repulsion_radii=RADII * 2)
-    from lattenb.backends.cuda import CudaBackend
-    with pytest.raises(ValueError, match="not on the CUDA backend"):
-        CudaBackend(make(repulsion="zbl", repulsion_radii=RADII))
 
 
 def test_cli_fit_with_repulsion(tmp_path, capsys):
@@ -202,11 +199,13 @@ def test_cli_fit_with_repulsion(tmp_path, capsys):
     from test_training import random_frame
     rng = np.random.default_rng(9)
     write(tmp_path / "train.xyz", [random_frame(rng, 4, 4.0) for _ in range(6)])
-    assert cli.main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"),
-                     "--blocks", "2,-:1,i,i", "--hidden", "4", "--cutoff", "3.5",
-                     "--max-iter", "2", "--repulsion", "zbl"]) == 0
-    assert "core repulsion zbl" in capsys.readouterr().out
-    assert lattenb.load(tmp_path / "m.npz").repulsion == "zbl"
+    for flags, expected in (([], "zbl"), (["--repulsion", "none"], "none"),
+                            (["--repulsion", "zbl"], "zbl")):     # on by default
+        assert cli.main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"),
+                         "--blocks", "2,-:1,i,i", "--hidden", "4", "--cutoff", "3.5",
+                         "--max-iter", "2", *flags]) == 0
+        assert ("core repulsion zbl:" in capsys.readouterr().out) == (expected == "zbl")
+        assert lattenb.load(tmp_path / "m.npz").repulsion == expected
     with pytest.raises(SystemExit):
         cli.main(["fit", str(tmp_path / "train.xyz"), "-o", str(tmp_path / "m.npz"),
                   "--repulsion", "lj"])

@@ -20,9 +20,6 @@ class CudaBackend(Backend):
         check_cuda()
 
     def __init__(self, model, dtype="float64"):
-        if model.repulsion != "none":
-            raise ValueError(f"the core repulsion ({model.repulsion!r}) is not on the CUDA backend "
-                             "yet: evaluate this model with device='cpu'")
         super().__init__(model, dtype)
         self._evaluators = {}
 

@@ -25,6 +25,7 @@ CUDA simulator then counts as a usable device (slow: keep systems small).
 import numpy as np
 
 from ..backends import structure_results
+from ..repulsion import repulsion_results
 from ..validate import check_overlap
 from ..neighbors import _effective_cell, _validate
 from .neighbors import DeviceNeighborList
@@ -190,9 +191,14 @@ class CudaEvaluator:
         self._run(d_pos, cell, pbc)
         energies = self.energies.copy_to_host()
         forces = self.forces.copy_to_host()
-        atom_virial = self.atom_virial.copy_to_host()
+        atom_virial = self.atom_virial.copy_to_host().reshape(n, 3, 3)
         check_overlap(self.closest.copy_to_host())
-        return structure_results(energies, forces, atom_virial.reshape(n, 3, 3), volume)
+        # the core repulsion (a few pairs at most) is added on the host, in float64
+        repulsion = repulsion_results(self.model, positions, cell, pbc, species)
+        if repulsion is not None:
+            energies, forces, atom_virial = (a + b for a, b in zip((energies, forces, atom_virial),
+                                                                    repulsion))
+        return structure_results(energies, forces, atom_virial, volume)
 
     def _upload_positions(self, positions):
         n = positions.shape[0]
@@ -216,6 +222,10 @@ class CudaEvaluator:
         this call does not copy anything back to check it). Only the neighbour-list skin check
         (8 bytes) and, on a rebuild, a few capacity flags come back to the host.
         """
+        if self.model.repulsion != "none":
+            raise ValueError(f"compute_device does not add the core repulsion "
+                             f"({self.model.repulsion!r}) yet: use compute, which adds it on the "
+                             f"host")
         cuda = self.cuda
         if getattr(positions, "__cuda_ndarray__", False):          # numba device array
             d_pos = positions
