@@ -31,7 +31,8 @@ def monotonic_below(r, energy):
     return float(r[k])
 
 
-def curves(model):
+def curves(model, radii):
+    """name -> (r (n,) Å, energy (n,) eV or eV/atom, the pair's r_out Å)."""
     from ase.build import bulk
     from ase.data import reference_states
     out = {}
@@ -41,7 +42,7 @@ def curves(model):
             name = model.species[a] + "-" + model.species[b]
             e = [model.compute(np.array([[0, 0, 0], [x, 0, 0]]), None, False,
                                [model.numbers[a], model.numbers[b]])["energy"] for x in r]
-            out["dimer " + name] = (r, np.array(e))
+            out["dimer " + name] = (r, np.array(e), radii[a, b, 1])
     if model.n_species == 1:
         symbol = model.species[0]
         crystal = bulk(symbol, cubic=True) * (2, 2, 2)
@@ -53,7 +54,7 @@ def curves(model):
             x.set_cell(crystal.cell * s, scale_atoms=True)
             e.append(model.compute(x.positions, x.cell.array, x.pbc, x.numbers)["energy"] / len(x))
         out[f"compression {symbol} ({reference_states[model.numbers[0]]['symmetry']})"] = (
-            scale * d0, np.array(e))
+            scale * d0, np.array(e), radii[0, 0, 1])
     return out
 
 
@@ -73,18 +74,18 @@ def main():
         plain = copy.deepcopy(model)
         plain.set_repulsion("none")
         radii = np.array(model.repulsion_radii)
-        with_rep, without = curves(model), curves(plain)
+        with_rep, without = curves(model, radii), curves(plain, radii)
         for name in with_rep:
-            r, e = with_rep[name]
+            r, e, r_out = with_rep[name]
             e0 = without[name][1]
-            row = {"model": Path(path).name, "curve": name, "r_out": float(radii[..., 1].min()),
+            row = {"model": Path(path).name, "curve": name, "r_out": float(r_out),
                    "monotonic_below_with_repulsion": monotonic_below(r, e),
                    "monotonic_below_without": monotonic_below(r, e0),
-                   "min_energy_below_r_out_with": float(e[r < radii[..., 1].min()].min()),
-                   "energy_at_r_out_with": float(np.interp(radii[..., 1].min(), r, e))}
+                   "min_energy_below_r_out_with": float(e[r < r_out].min()),
+                   "energy_at_r_out_with": float(np.interp(r_out, r, e))}
             report[f"{Path(path).name}: {name}"] = row
             print(json.dumps(row))
-            panels.append((f"{Path(path).stem}: {name}", r, e, e0, radii[..., 1].min()))
+            panels.append((f"{Path(path).stem}: {name}", r, e, e0, r_out))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"repulsion_curves_{args.tag}.json").write_text(json.dumps(report, indent=1))
     try:
@@ -94,8 +95,12 @@ def main():
     except ImportError:
         print("no plot: matplotlib is not installed")
         return
-    fig, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 3.6), squeeze=False)
-    for ax, (title, r, e, e0, r_out) in zip(axes[0], panels):
+    cols = min(4, len(panels))
+    rows = -(-len(panels) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (title, r, e, e0, r_out) in zip(axes.flat, panels):
         ref = np.interp(r_out, r, e)
         ax.plot(r, e - ref, label="with repulsion")
         ax.plot(r, e0 - ref, "--", label="learned part alone")
@@ -104,7 +109,7 @@ def main():
         ax.set_xlabel("distance (Å)" if "dimer" in title else "nearest-neighbour distance (Å)")
         ax.set_ylabel("E - E(r_out) (eV" + ("/atom)" if "compression" in title else ")"))
         ax.set_title(title, fontsize=9)
-    axes[0][0].legend(fontsize=7)
+    axes.flat[0].legend(fontsize=7)
     fig.tight_layout()
     fig.savefig(RESULTS / f"repulsion_curves_{args.tag}.png", dpi=110)
     print(f"wrote {RESULTS / f'repulsion_curves_{args.tag}.png'}")
