@@ -216,7 +216,7 @@ class LatteModel:
         if name == "none":
             if radii is not None:
                 raise ValueError('repulsion_radii given with repulsion="none"')
-            self.repulsion, self.repulsion_radii = name, None
+            self.repulsion, self.repulsion_radii, self._repulsion_arrays = name, None, None
             return
         if radii is None:
             raise ValueError(f"repulsion={name!r} needs repulsion_radii (S, S, 2) Å "
@@ -227,13 +227,13 @@ class LatteModel:
                              f"{self.cutoff} Å")
         self.repulsion = name
         self.repulsion_radii = radii.tolist()     # a JSON-ready nested list, as saved
+        # what the kernel reads, made once rather than on every MD step
+        self._repulsion_arrays = (self.numbers.astype(np.float64), radii)
 
     def repulsion_arrays(self):
         """(atomic numbers (S,) float64, radii (S, S, 2) Å) for `repulsion.add_repulsion_kernel`, or
         None without a repulsion."""
-        if self.repulsion == "none":
-            return None
-        return self.numbers.astype(np.float64), np.array(self.repulsion_radii, dtype=np.float64)
+        return self._repulsion_arrays
 
     def take_radial(self, source):
         """Use the radial functions of `source` (a `LatteModel` with the same radial family and
@@ -273,7 +273,7 @@ class LatteModel:
     @property
     def species_parameter_names(self):
         """Names of the species mode's parameter arrays ("sigma" in the "pair" mode)."""
-        return tuple(self.species_mode_impl.parameter_shapes(1, 1, 1))
+        return self.species_mode_impl.parameter_names
 
     def radial_gradients(self, slots):
         """{radial parameter name: dL/dparameter} from the kernels' per-species gradient slots

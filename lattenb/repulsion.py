@@ -16,7 +16,7 @@ in the training data (the shortest of any pair where a pair never occurs): r_out
 r_in = 0.6 d (RADIUS_FRACTIONS). Below d (r_out = d, tried first) the repulsion reached test frames
 of the benchmarks: AcAc's 600 K set has H-O at 0.901 Å against 0.936 in train_300K.xyz, where ZBL
 between bonded atoms is of the order of an eV; 0.9 d leaves every benchmark's test set alone
-(shortest test distances: Ni 0.98 d, AcAc 0.90 d for H-O).
+(shortest test distances: Ni 0.98 d, AcAc 0.95 d for H-C and H-H, 0.96 d for H-O).
 
 Per-pair outputs follow the energy kernel (`lattenb.kernels`): per-atom energies (N,) eV, dE/dv
 (P, 3) eV/Å for the pair vectors v_q = r_j + shift - r_i of the neighbour list, per-atom
@@ -26,6 +26,8 @@ import numpy as np
 from numba import njit, prange
 
 from ._numba import FASTMATH
+from .kernels import System, gather_forces
+from .neighbors import neighbor_list
 from .pairs import pair_vector
 
 #: names of the repulsion kinds (saved with the model; "none": no repulsion)
@@ -48,7 +50,7 @@ def check_name(name):
 def check_radii(radii, n_species):
     """radii as a float64 (S, S, 2) array of (r_in, r_out) Å, symmetric, 0 < r_in < r_out;
     ValueError naming the problem."""
-    radii = np.asarray(radii, dtype=np.float64)
+    radii = np.array(radii, dtype=np.float64)           # a copy: the caller's may change
     if radii.shape != (n_species, n_species, 2):
         raise ValueError(f"repulsion_radii must have shape ({n_species}, {n_species}, 2) "
                          f"(r_in, r_out per species pair), got {radii.shape}")
@@ -188,8 +190,6 @@ def repulsion_results(model, positions, cell, pbc, species):
     eV, each atom's share of W = -dE/d(strain)), or None without a repulsion. positions (N, 3),
     cell (3, 3), pbc (3,) validated, species (N,) indices into the model's species. Builds its
     own neighbour list out to the largest r_out, so it costs little."""
-    from .kernels import System, gather_forces
-    from .neighbors import neighbor_list
     arrays = model.repulsion_arrays()
     if arrays is None:
         return None

@@ -21,7 +21,7 @@ model (`LatteModel(..., species_mode=...)`, header field "species_mode"):
   group, covalent radius, log mass from `ase.data`), so similar elements start with similar
   weights.
 
-Adding a mode: a class with the methods of `PairMode`, registered in MODES.
+Adding a mode: a class with the attributes and methods of `PairMode`, registered in MODES.
 """
 import numpy as np
 from ase.data import atomic_masses, covalent_radii
@@ -65,6 +65,7 @@ def element_features(numbers):
 class PairMode:
     """One free weight per (central species, neighbour species, body): sigma (S, S, B)."""
     name = "pair"
+    parameter_names = ("sigma",)
 
     def parameter_shapes(self, S, B, d):
         return {"sigma": (S, S, B)}
@@ -85,6 +86,7 @@ class PairMode:
 class EmbeddingMode:
     """sigma[s, s', b] = sum_k central[s, k] neighbour[s', k] body[b, k] (module docstring)."""
     name = "embedding"
+    parameter_names = ("embedding_central", "embedding_neighbour", "embedding_body")
 
     def parameter_shapes(self, S, B, d):
         return {"embedding_central": (S, d), "embedding_neighbour": (S, d), "embedding_body": (B, d)}
