@@ -48,7 +48,9 @@ def thermal_steps(atoms, steps, seed=0):
     return [base + rng.normal(0.0, 0.03, base.shape) for _ in range(steps)]
 
 
-def time_lattenb(model, atoms, steps, repeats, skin):
+def time_lattenb(model, atoms, steps, repeats, skin, grades=False):
+    """µs/atom/step of model.compute (energy, forces, stress; with grades=True also the
+    extrapolation grades) along `steps` thermal displacements, median of `repeats`."""
     from lattenb.neighbors import NeighborCache
     traj = thermal_steps(atoms, steps)
     cell, pbc, numbers = atoms.cell.array, atoms.pbc, atoms.numbers
@@ -57,7 +59,7 @@ def time_lattenb(model, atoms, steps, repeats, skin):
         cache = NeighborCache(model.cutoff, skin=skin) if skin else None
         t0 = time.perf_counter()
         for pos in traj:
-            model.compute(pos, cell, pbc, numbers, neighbors=cache)
+            model.compute(pos, cell, pbc, numbers, neighbors=cache, grades=grades)
         per_step.append((time.perf_counter() - t0) / steps)
     return float(np.median(per_step)) / len(atoms) * 1e6
 

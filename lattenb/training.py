@@ -20,6 +20,7 @@ from .auto import isolated_atom_energies
 from .dataset import prepare_dataset
 from .repulsion import closest_by_species, radii_from_data
 from .evaluation import rmse_report
+from .extrapolation import active_set_from_features, dataset_features, n_features
 from .loss import LossWeights, loss_and_gradient, stress_residuals
 from .model import LatteModel, load_model, read_model
 from .predict import predict
@@ -220,6 +221,19 @@ def _final_output_solve(model, data, vdata, weights, log, fixed_e0=False):
 
 
 # --------------------------------------------------------------------------- checkpoints
+def _store_active_set(model, data, vdata, log):
+    """The extrapolation grades' active set of the training and validation environments
+    (`lattenb.extrapolation`), stored in the model."""
+    t0 = time.perf_counter()
+    sets = [d for d in (data, vdata) if d is not None]
+    phi = np.vstack([dataset_features(model, d) for d in sets])
+    species = np.concatenate([d.species for d in sets])
+    model.set_active_set(active_set_from_features(phi, species, model.n_species))
+    if log is not None:
+        log(f"active set for extrapolation grades: {n_features(model)} environments per species "
+            f"from {len(phi)} ({time.perf_counter() - t0:.1f} s)")
+
+
 def _save_checkpoint(path, model, best_params, x0, objective, val_hist, iteration, settings):
     best = {n: best_params[n] for n in best_params}
     hashes = np.array([np.frombuffer(h.encode("ascii"), np.uint8) for h in objective.x_hash],
@@ -386,6 +400,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     if fixed_e0:
         model.fit_info["e0_isolated_atoms"] = settings["e0"]
     model.fit_curve = run.curve
+    _store_active_set(model, data, vdata, log)
     if weights.stress_offset and data.has_stress.any():
         offset = stress_residuals(predict(model, data)[2], data, True)[1]
         model.fit_info["stress_offset_GPa"] = offset

@@ -198,6 +198,22 @@ def test_core_repulsion_matches_cpu():
 
 
 @needs_cuda
+def test_extrapolation_grades_match_cpu():
+    """The CUDA backend's grades (from a descriptor pass on the host) equal the CPU kernel's."""
+    from lattenb.extrapolation import build_active_set
+    m = make_model()
+    m.set_active_set(build_active_set(m, [periodic_triclinic(), cluster(), slab()]))
+    atoms = tiny()
+    ref = m.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers, grades=True)
+    out = m.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers, grades=True,
+                    device="cuda")
+    np.testing.assert_allclose(out["extrapolation_grades"], ref["extrapolation_grades"],
+                               rtol=1e-12, atol=1e-12)
+    assert out["extrapolation_grade"] == pytest.approx(ref["extrapolation_grade"], rel=1e-12)
+    assert_same(out, ref, TOL)
+
+
+@needs_cuda
 def test_spline_float32_close_to_cpu():
     m = make_model(radial="spline")
     atoms = periodic_triclinic()

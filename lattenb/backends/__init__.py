@@ -13,11 +13,16 @@ new backend is one module with a `Backend` subclass plus one line in `BACKENDS`.
 Results of `compute` (every backend, packed by `structure_results`): energy (eV), energies (N,)
 eV, forces (N, 3) eV/Å, virial (3, 3) eV (W = -dE/d(strain), see `lattenb.conventions`), stress
 (6,) eV/Å^3 in ASE's Voigt order and sign, or None for a cell without volume, atom_virial
-(N, 3, 3) eV (each atom's share of W).
+(N, 3, 3) eV (each atom's share of W); with compute(..., grades=True) also
+extrapolation_grades (N,) (0 for atoms that are not centres) and extrapolation_grade, their maximum
+(`lattenb.extrapolation`).
 """
 import importlib
 
+import numpy as np
+
 from ..conventions import dtype_name, stress_from_virial, symmetrise
+from ..extrapolation import grades as feature_grades
 
 #: name -> "module:class" of every backend (relative to this package), imported on first use
 BACKENDS = {"cpu": ".cpu:CpuBackend", "cuda": ".cuda:CudaBackend"}
@@ -46,7 +51,8 @@ class Backend:
     def neighbor_list(self, skin=0.5):
         raise NotImplementedError
 
-    def compute(self, positions, cell, pbc, numbers, neighbors=None, n_centres=None):
+    def compute(self, positions, cell, pbc, numbers, neighbors=None, n_centres=None,
+                grades=False):
         raise NotImplementedError
 
     def descriptors(self, positions, cell, pbc, numbers, neighbors=None):
@@ -104,3 +110,13 @@ def structure_results(energies, forces, atom_virial, volume):
         stress = stress_from_virial(virial, volume)
     return {"energy": float(energies.sum()), "energies": energies, "forces": forces,
             "virial": virial, "stress": stress, "atom_virial": atom_virial}
+
+
+def add_grades(results, phi, species, model, n_atoms):
+    """Add extrapolation_grades (n_atoms,) and extrapolation_grade to `results`, from the features
+    phi (n, m) and species indices (n,) of the first n atoms (the centres; the rest grade 0)."""
+    per_atom = np.zeros(n_atoms)
+    per_atom[:len(phi)] = feature_grades(phi, species, *model.grade_matrices())
+    results["extrapolation_grades"] = per_atom
+    results["extrapolation_grade"] = float(per_atom.max(initial=0.0))
+    return results

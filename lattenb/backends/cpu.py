@@ -13,7 +13,8 @@ from ..neighbors import NeighborCache, neighbor_list
 from ..pairs import no_sorted_pairs
 from ..repulsion import add_repulsion
 from ..validate import check_overlap
-from . import Backend, structure_results
+from ..extrapolation import features_from_descriptors, n_features
+from . import Backend, add_grades, structure_results
 
 
 class CpuBackend(Backend):
@@ -38,24 +39,35 @@ class CpuBackend(Backend):
                         shifts, species)
         return system, (volume if volume > MIN_VOLUME else None)
 
-    def compute(self, positions, cell, pbc, numbers, neighbors=None, n_centres=None):
+    def compute(self, positions, cell, pbc, numbers, neighbors=None, n_centres=None,
+                grades=False):
         """The result dict (see `lattenb.backends`) of one structure. neighbors: a neighbour list
         (offsets, second, shifts) built with a cutoff >= the model's, or a `NeighborCache`;
         n_centres: only atoms i < n_centres carry energy, the rest are neighbours only.
-        ValueError for overlapping atoms."""
+        grades: add the extrapolation grades (their descriptors come out of the same kernel
+        pass). ValueError for overlapping atoms."""
+        if grades:
+            self.model.grade_matrices()          # fails early without an active set
         system, volume = self._system(positions, cell, pbc, numbers, neighbors)
         n_atoms = len(system.positions)
         n_centres = n_atoms if n_centres is None else int(n_centres)
         if n_centres == 0:
-            return structure_results(np.zeros(n_atoms), np.zeros((n_atoms, 3)),
-                                     np.zeros((n_atoms, 3, 3)), volume)
-        energies, pair_grad, strain, closest = energy_forces_kernel(
+            out = structure_results(np.zeros(n_atoms), np.zeros((n_atoms, 3)),
+                                    np.zeros((n_atoms, 3, 3)), volume)
+            return add_grades(out, np.zeros((0, n_features(self.model))), system.species[:0],
+                              self.model, n_atoms) if grades else out
+        energies, pair_grad, strain, closest, descriptors = energy_forces_kernel(
             system, no_sorted_pairs(), self.model.kernel_arrays(), n_centres,
-            default_chunks(n_centres))
+            default_chunks(n_centres), n_centres if grades else 0)
         check_overlap(closest)
         add_repulsion(self.model, system, n_centres, energies, pair_grad, strain)
         forces = gather_forces(system.offsets, system.second, pair_grad, n_atoms)
-        return structure_results(energies, forces, -strain.reshape(n_atoms, 3, 3), volume)
+        out = structure_results(energies, forces, -strain.reshape(n_atoms, 3, 3), volume)
+        if grades:
+            species = system.species[:n_centres]
+            add_grades(out, features_from_descriptors(self.model, descriptors, species), species,
+                       self.model, n_atoms)
+        return out
 
     def descriptors(self, positions, cell, pbc, numbers, neighbors=None):
         """Raw (unstandardised) descriptors G (N, T) of one structure."""
@@ -81,7 +93,7 @@ class CpuBackend(Backend):
         arrays = self.model.kernel_arrays()
         system, pairs = data.kernel_inputs(arrays)
         n_atoms = len(data.positions)
-        energies, pair_grad, strain, closest = energy_forces_kernel(
+        energies, pair_grad, strain, closest, _ = energy_forces_kernel(
             system, pairs, arrays, n_atoms, n_chunks or default_chunks(n_atoms))
         check_overlap(closest)
         if repulsion:

@@ -4,7 +4,7 @@ The GPU builds and keeps its own neighbour list (`lattenb.cuda.neighbors.DeviceN
 one per skin; `compute(..., neighbors=nl)` takes that object back. Training and batched
 prediction run on the CPU backend. Nothing here imports numba.cuda before `check_available`.
 """
-from . import Backend
+from . import Backend, add_grades
 
 UNSUPPORTED = ("neighbors and n_centres are not supported with device='cuda' (the GPU builds "
                "and keeps its own neighbour list)")
@@ -34,7 +34,10 @@ class CudaBackend(Backend):
     def neighbor_list(self, skin=0.5):
         return self.evaluator(skin).neighbors
 
-    def compute(self, positions, cell, pbc, numbers, neighbors=None, n_centres=None):
+    def compute(self, positions, cell, pbc, numbers, neighbors=None, n_centres=None,
+                grades=False):
+        """As the CPU backend's; grades=True adds the extrapolation grades from a CPU descriptor
+        pass on the host (exact, and costing about a CPU evaluation)."""
         if n_centres is not None:
             raise ValueError(UNSUPPORTED)
         if neighbors is None:
@@ -44,4 +47,12 @@ class CudaBackend(Backend):
             if not owners:
                 raise ValueError(UNSUPPORTED)
             evaluator = owners[0]
-        return evaluator.compute(positions, cell, pbc, numbers)
+        out = evaluator.compute(positions, cell, pbc, numbers)
+        if grades:
+            from ..extrapolation import features_from_descriptors
+            cpu = self.model.backend("cpu")
+            species = self.model.species_indices(numbers)
+            phi = features_from_descriptors(
+                self.model, cpu.descriptors(positions, cell, pbc, numbers), species)
+            add_grades(out, phi, species, self.model, len(phi))
+        return out

@@ -1,0 +1,73 @@
+"""Cost of what MD can add to the learned energy: the core repulsion (`lattenb.repulsion`) and the
+extrapolation grades (`lattenb.extrapolation`). µs/atom/step of energy + forces + stress for the
+fast preset, plain, with the ZBL repulsion, with per-atom grades, side by side in one process.
+
+    python benchmarks/extras_cost.py [--repeats 7] [--threads 1]
+
+fcc Cu (256 atoms, a = 3.61 Å, rattled 0.05 Å, cutoff 5 Å). The repulsion is off above 2.2 Å (as
+`fit` places it below the shortest training distance: no pair inside it at equilibrium, the
+usual MD case, so what is measured is the extra pass over the pairs). The grades' active set is
+computed on ten rattled copies; they reuse the descriptors of the energy kernel's pass (copied out
+per atom), standardised and multiplied by the (T+1, T+1) grade matrix in NumPy. Medians of
+--repeats alternating runs after JIT warm-up, measured as `bench_md.py` does (`time_lattenb`,
+20 steps). Writes results/extras_cost.json (results/repulsion_cost.json: earlier runs of the
+repulsion alone).
+"""
+import argparse
+import json
+import platform
+from datetime import date
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--repeats", type=int, default=7)
+    ap.add_argument("--threads", type=int, default=1)
+    args = ap.parse_args()
+    import numba
+    from ase.build import bulk
+
+    from bench_md import time_lattenb
+    from lattenb import LatteModel
+    from lattenb.extrapolation import build_active_set
+    numba.set_num_threads(args.threads)
+    atoms = bulk("Cu", "fcc", a=3.61, cubic=True) * (4, 4, 4)
+    atoms.rattle(0.05, seed=1)
+    plain = LatteModel.preset("fast", ["Cu"], cutoff=5.0)
+    G = plain.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    plain.set_parameters(g_mean=G.mean(0)[None], g_std=G.std(0)[None] + 1e-3)
+    train = []
+    for k in range(10):
+        a = atoms.copy()
+        a.rattle(0.1, seed=10 + k)
+        train.append(a)
+    plain.set_active_set(build_active_set(plain, train))
+    zbl = LatteModel.preset("fast", ["Cu"], cutoff=5.0, repulsion="zbl",
+                            repulsion_radii=[[[1.65, 2.2]]])
+    zbl.set_parameters(**plain.params)
+    cases = {"plain": (plain, False), "zbl": (zbl, False), "grades": (plain, True)}
+    for model, grades in cases.values():                       # JIT warm-up
+        model.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers, grades=grades)
+    times = {name: [] for name in cases}
+    for _ in range(args.repeats):
+        for name, (model, grades) in cases.items():
+            times[name].append(time_lattenb(model, atoms, 20, 5, skin=0.0, grades=grades))
+    base = np.array(times["plain"])
+    row = {"us_per_atom_step": {k: float(np.median(v)) for k, v in times.items()},
+           "ratio_to_plain": {k: float(np.median(np.array(v) / base)) for k, v in times.items()
+                              if k != "plain"},
+           "threads": args.threads, "repeats": args.repeats, "date": str(date.today()),
+           "machine": platform.machine()}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "extras_cost.json").write_text(json.dumps(row, indent=1))
+    print(json.dumps(row, indent=1))
+
+
+if __name__ == "__main__":
+    main()
