@@ -9,7 +9,8 @@ The rest of the training set stands in for the structures one would compute with
 labelled). Every step is a `lattenb` command, printed as it runs (the README's recipe). Reports,
 for the start model, the selected refit and the random refit: test MAE (energy, forces), the
 extrapolation grades of the test set, and the largest grade and closest approach in a hot NVT
-run (benchmarks/hot_md.py at 2 x the highest training temperature, --md-ps long).
+run (benchmarks/hot_md.py at --md-factor x the highest training temperature, default 1: where the
+full training set has data; --md-ps long).
 """
 import argparse
 import json
@@ -53,9 +54,13 @@ def main(argv=None):
     p.add_argument("--time", default="3m", help="time budget of each fit")
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--md-ps", type=float, default=2.0, help="ps of hot MD per model")
+    p.add_argument("--md-factor", type=float, default=1.0,
+                   help="MD temperature as a multiple of the highest training temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default=None)
     p.add_argument("--work", default=None, help="folder for the files (default: next to -o)")
+    p.add_argument("--reuse", action="store_true",
+                   help="keep the fitted models and picks already in the work folder")
     args = p.parse_args(argv)
     log = lambda line: print(line, file=sys.stderr, flush=True)
     out = Path(args.output or f"benchmarks/results/active_learning_{args.element}")
@@ -72,17 +77,22 @@ def main(argv=None):
     write(work / "random.xyz", [train_all[rest[k]] for k in random_pick])
     fit = ["lattenb", "fit", "--time", args.time, "--threads", args.threads]
     t0 = time.perf_counter()
-    sh(fit + [work / "start.xyz", "-o", work / "start.npz"], log)
-    sh(["lattenb", "select", work / "start.npz", work / "pool.xyz", "-n", args.n,
-        "-o", work / "picked.xyz"], log)
-    sh(fit + [work / "start.xyz", work / "picked.xyz", "-o", work / "selected.npz"], log)
-    sh(fit + [work / "start.xyz", work / "random.xyz", "-o", work / "random.npz"], log)
+
+    def step(output, command):
+        if not (args.reuse and (work / output).exists()):
+            sh(command, log)
+    step("start.npz", fit + [work / "start.xyz", "-o", work / "start.npz"])
+    step("picked.xyz", ["lattenb", "select", work / "start.npz", work / "pool.xyz", "-n", args.n,
+                        "-o", work / "picked.xyz"])
+    step("selected.npz", fit + [work / "start.xyz", work / "picked.xyz", "-o",
+                                work / "selected.npz"])
+    step("random.npz", fit + [work / "start.xyz", work / "random.xyz", "-o", work / "random.npz"])
     picked = read(work / "picked.xyz", ":")
     rows = {}
     for name in ("start", "selected", "random"):
         model = str(work / f"{name}.npz")
         row = evaluate(model, test, log)
-        md = hot_md.run(model, args.md_ps, 0.5, 2.0, args.seed, log)
+        md = hot_md.run(model, args.md_ps, 0.5, args.md_factor, args.seed, log)
         row.update(md_max_grade=md["max_grade"], md_min_over_r_in=md["min_over_r_in"],
                    md_temperature_K=md["temperature_K"], md_ps=args.md_ps)
         rows[name] = row

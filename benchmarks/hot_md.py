@@ -143,13 +143,18 @@ def main(argv=None):
     p.add_argument("--factor", type=float, default=2.0, help="x the highest training temperature")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("-o", "--output", default="benchmarks/results/hot_md")
+    p.add_argument("--merge", action="store_true",
+                   help="the arguments are JSON outputs of earlier runs: write them as one")
     args = p.parse_args(argv)
     log = lambda line: print(line, file=sys.stderr, flush=True)
-    results = [run(m, args.ps, args.dt, args.factor, args.seed, log) for m in args.models]
+    if args.merge:
+        results = [r for path in args.models for r in json.loads(Path(path).read_text())["runs"]]
+    else:
+        results = [run(m, args.ps, args.dt, args.factor, args.seed, log) for m in args.models]
     out = Path(args.output)
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
-            "lattenb": lattenb.__version__ if hasattr(lattenb, "__version__") else None}
+            "lattenb": getattr(lattenb, "__version__", None)}
     out.with_suffix(".json").write_text(json.dumps({**meta, "runs": results}, indent=1))
     lines = ["| element | atoms | T (K) | steps | closest pair (Å) | r_in (Å) | closest / r_in | "
              "inside r_in | max grade | wall (s) |", "|---" * 10 + "|"]

@@ -204,9 +204,7 @@ def memory_of_mode(mode, threads=None):
     data = prepare_dataset(frames, model, keep_pairs=True)
     standardise(model, data)
     loss_and_gradient(model, data, LossWeights())          # JIT and the pair sort
-    stored = sum(v.nbytes for v in vars(data).values() if isinstance(v, np.ndarray))
-    stored += sum(a.nbytes for v in vars(data).values() if isinstance(v, tuple)
-                  for a in v if isinstance(a, np.ndarray))
+    stored = data.nbytes      # arrays and sorted pairs (before 2026-12-02 the pairs were missed)
     times = []
     for _ in range(3):
         t0 = time.perf_counter()

@@ -23,7 +23,7 @@ class LatteCalculator(Calculator):
         #: maximum); default: when the model has an active set (`lattenb.extrapolation`)
         self.grades = model.active_set is not None if grades is None else bool(grades)
         if self.grades:
-            model.grade_matrices()           # a clear error now rather than at the first step
+            model.require_active_set()           # a clear error now rather than at the first step
         self.backend = model.backend(device, dtype)
         self.device, self.dtype = self.backend.name, self.backend.dtype
         self.neighbors = self.backend.neighbor_list(skin)

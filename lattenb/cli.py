@@ -11,7 +11,9 @@ Any file ASE can read works; extended XYZ is the default format.
 """
 import argparse
 import json
+import os
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -30,7 +32,7 @@ def _read(paths):
     frames = []
     for path in paths:
         try:
-            frames += read(path, index=":")
+            frames += read(path, index=":", parallel=False)   # ASE would read on every rank
         except FileNotFoundError:
             raise SystemExit(f"lattenb: no such file: {path}")
         except Exception as exc:   # ASE raises many types for malformed files
@@ -158,16 +160,59 @@ def write_learning_curve(model, output, log=print):
             f"'lattenb[plot]', for the picture)")
 
 
-def cmd_fit(args):
-    import numba
+def _fit_inputs(args, comm, log):
+    """(train, valid, auto settings) of `lattenb fit`: this rank's shards under MPI, where rank 0
+    reads the files, chooses the settings and scatters contiguous, pair-balanced shards
+    (`lattenb.distributed`)."""
+    if comm.size == 1:
+        return fit_settings(args, _read(args.train), log)
+    from .distributed import scatter_frames
+    outcome = None
+    if comm.rank == 0:
+        try:
+            t0 = time.perf_counter()
+            train, valid, auto = fit_settings(args, _read(args.train), log)
+            outcome = ("ok", auto)
+        except (SystemExit, ValueError) as exc:
+            outcome = ("error", str(exc))
+    outcome = comm.bcast(outcome)
+    if outcome[0] == "error":
+        raise SystemExit(outcome[1] if comm.rank == 0 else 1)
+    auto = outcome[1]
+    cutoff = auto["cutoff"] or PRESETS[args.preset]["cutoff"]
+    train = scatter_frames(comm, train if comm.rank == 0 else None, cutoff)
+    has_valid = comm.bcast(comm.rank == 0 and bool(valid))
+    valid = scatter_frames(comm, valid if comm.rank == 0 else None, cutoff) if has_valid else None
+    sizes = comm.allgather((len(train), sum(len(a) for a in train)))
+    if comm.rank == 0:
+        log(f"{comm.size} MPI ranks: " + ", ".join(f"{n} structures / {a} atoms"
+                                                  for n, a in sizes)
+            + f" (read and split in {time.perf_counter() - t0:.1f} s)")
+    return train, valid, auto
 
+
+def cmd_fit(args):
+    from .distributed import abort, set_threads, world
     from .training import fit
-    if args.threads:
-        numba.set_num_threads(args.threads)
+    if args.np and args.np > 1 and not os.environ.get("LATTENB_LAMMPS_LAUNCHED"):
+        from .lammps import relaunch
+        relaunch(args.np, "lattenb.cli", sys.argv[1:], "--np")
+    comm = world()
+    set_threads(args.threads, comm.comm if comm.size > 1 else None)
     if args.embedding_dim is not None and args.species_mode != "embedding":
         raise SystemExit("lattenb fit: --embedding-dim applies to --species-mode embedding")
-    log = lambda line: print(line, flush=True)
-    train, valid, auto = fit_settings(args, _read(args.train), log)
+    log = (lambda line: print(line, flush=True)) if comm.rank == 0 else (lambda line: None)
+    try:
+        return _fit(args, comm, fit, log)
+    except BaseException as exc:
+        if comm.size == 1 or isinstance(exc, SystemExit) and exc.code in (0, None):
+            raise
+        print(f"lattenb fit (rank {comm.rank}): {type(exc).__name__}: {exc}", file=sys.stderr)
+        abort(comm, 1)
+
+
+def _fit(args, comm, fit, log):
+    train, valid, auto = _fit_inputs(args, comm, log)
     weights = _floats(args.weights, 3, "weights")
     output_weights = (_floats(args.output_weights, 3, "output-weights") if args.output_weights
                       else None)
@@ -180,7 +225,10 @@ def cmd_fit(args):
                 l2=args.l2, output_weights=output_weights,
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                resume=args.resume, max_time=max_time, log=log, log_every=args.log_every, **auto)
+                resume=args.resume, max_time=max_time, log=log, log_every=args.log_every,
+                comm=comm, **auto)
+    if comm.rank != 0:
+        return 130 if model.interrupted else 0
     model.save(args.output)
     info = model.fit_info
     print(f"wrote {args.output} ({info['iterations']} iterations, {info['wall_time_s']:.1f} s, "
@@ -242,7 +290,7 @@ def cmd_grade(model, frames_by_path, as_json):
     """The extrapolation grades of every file's structures (`lattenb eval --grade`)."""
     from .extrapolation import dataset_grades
     try:
-        model.grade_matrices()
+        model.require_active_set()
     except ValueError as exc:
         raise SystemExit(f"lattenb eval --grade: {exc}")
     report = {}
@@ -294,7 +342,8 @@ def cmd_select(args):
     for k, g in zip(chosen, taken):
         atoms = pool[k].copy()
         atoms.calc = pool[k].calc
-        atoms.info["extrapolation_grade"] = float(before[k])
+        atoms.info["extrapolation_grade"] = float(g)          # when it was picked
+        atoms.info["pool_grade"] = float(before[k])           # against the model's active set
         atoms.info["pool_index"] = int(k)
         picked.append(atoms)
     write(args.output, picked)
@@ -415,7 +464,11 @@ def build_parser():
                         "stops when the validation loss has converged")
     f.add_argument("--max-iter", type=int, help="stop after this many L-BFGS iterations")
     f.add_argument("--seed", type=int, default=0)
-    f.add_argument("--threads", type=int, help="Numba threads (default: all cores)")
+    f.add_argument("--threads", type=int, help="Numba threads per process (default: all cores, "
+                                               "shared among the MPI ranks of a node)")
+    f.add_argument("--np", type=int, metavar="N",
+                   help="train on N MPI ranks (started with the MPICH wheel's mpiexec, "
+                        "pip install 'lattenb[mpi]'); the same as mpiexec -np N lattenb fit ...")
     f.add_argument("--checkpoint", help="checkpoint file, written every --checkpoint-every iterations")
     f.add_argument("--checkpoint-every", type=int, default=50)
     f.add_argument("--resume", help="continue from a checkpoint file")

@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 import numpy as np
 
 from .conventions import MIN_VOLUME, voigt_from_tensor
+from .distributed import SERIAL
 from .kernels import System, default_chunks
 from .neighbors import neighbor_list
 from .pairs import no_sorted_pairs, sort_dataset_pairs
@@ -36,6 +37,9 @@ class Dataset:
     Concatenated over F frames and N atoms: positions (N, 3), species (N,), frame_of_atom (N,),
     cells (F, 3, 3), volumes (F,), atom_start (F + 1,), a global neighbour list (offsets, second,
     shifts), energies (F,), forces (N, 3), stresses (F, 6) eV/Å^3 and has_* masks (F,).
+    comm: the communicator of the ranks whose datasets together make the training set, this one
+    being one contiguous shard (`lattenb.distributed`); `SERIAL` for a whole dataset in one
+    process. Losses, statistics and solves over a dataset reduce through it.
     """
     positions: np.ndarray
     species: np.ndarray
@@ -54,6 +58,7 @@ class Dataset:
     has_stress: np.ndarray
     config_types: list
     keep_pairs: bool = False
+    comm: object = field(default=SERIAL, repr=False, compare=False)
     _sorted: tuple = field(default=(None, None), repr=False, compare=False)
 
     @property
@@ -82,6 +87,15 @@ class Dataset:
                                                     default_chunks(len(self.positions))))
         return system, self._sorted[1]
 
+    @property
+    def nbytes(self):
+        """Bytes the dataset keeps between loss evaluations: its arrays and, once sorted, its
+        sorted pairs (`kernel_inputs`)."""
+        total = sum(v.nbytes for v in vars(self).values() if isinstance(v, np.ndarray))
+        if self._sorted[1] is not None:
+            total += sum(a.nbytes for a in self._sorted[1] if isinstance(a, np.ndarray))
+        return total
+
     def composition(self, n_species):
         """(F, S) atom counts per species."""
         counts = np.zeros((self.n_frames, n_species))
@@ -89,10 +103,11 @@ class Dataset:
         return counts
 
 
-def prepare_dataset(frames, model, require_energy=True, keep_pairs=False):
+def prepare_dataset(frames, model, require_energy=True, keep_pairs=False, comm=SERIAL):
     """Build a `Dataset` from ASE Atoms for `model` (neighbour lists computed once here).
     keep_pairs: sort every atom's pairs once and keep them (48 bytes per pair) for the many
-    evaluations of training (see `Dataset.kernel_inputs`)."""
+    evaluations of training (see `Dataset.kernel_inputs`). comm: `frames` are this rank's shard
+    of a training set spread over the ranks of `comm` (`lattenb.distributed`)."""
     if not len(frames):
         raise ValueError("no structures given")
     pos, spec, frame_idx, cells, vols, starts = [], [], [], [], [], [0]
@@ -138,7 +153,7 @@ def prepare_dataset(frames, model, require_energy=True, keep_pairs=False):
         stresses.append(st if has_s else np.zeros(6))
         hs.append(has_s)
         ctypes.append(str(atoms.info.get("config_type", "default")))
-    if require_energy and not any(he):
+    if require_energy and not comm.max(float(any(he))):
         raise ValueError("none of the structures has an energy: training needs energies "
                          "(extended XYZ 'energy=' in the comment line or a calculator result)")
     return Dataset(
@@ -149,4 +164,4 @@ def prepare_dataset(frames, model, require_energy=True, keep_pairs=False):
         shifts=np.concatenate(shifts) if shifts else np.zeros((0, 3), np.int64),
         energies=np.array(energies), forces=np.concatenate(forces), stresses=np.array(stresses),
         has_energy=np.array(he), has_forces=np.array(hf), has_stress=np.array(hs),
-        config_types=ctypes, keep_pairs=bool(keep_pairs))
+        config_types=ctypes, keep_pairs=bool(keep_pairs), comm=comm)

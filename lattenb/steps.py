@@ -7,6 +7,7 @@ from dataclasses import replace
 import numpy as np
 
 from .conventions import EV_A3_TO_GPA
+from .distributed import tsqr_lstsq
 from .loss import LossWeights, loss_and_gradient
 from .predict import dataset_descriptors, predict
 
@@ -17,15 +18,29 @@ TRAINING_CHUNKS = 64     # fixed, so gradients are bit-identical whatever the th
 
 
 def standardise(model, data):
-    """Set the descriptor standardisation (g_mean, g_std per species) from a dataset."""
+    """Set the descriptor standardisation (g_mean, g_std per species) from a dataset (over every
+    rank's shard: two reductions, the sums and then the squared deviations from the mean)."""
     G = dataset_descriptors(model, data)
+    S, T = model.n_species, G.shape[1]
+    comm = data.comm
+    sums = np.zeros((S, T + 1))
+    for s in range(S):
+        rows = G[data.species == s]
+        sums[s, :T], sums[s, T] = rows.sum(axis=0), len(rows)
+    sums = comm.sum(sums)
+    count = sums[:, T]
+    centre = sums[:, :T] / np.maximum(count, 1.0)[:, None]
+    squares = np.zeros((S, T))
+    for s in range(S):
+        rows = G[data.species == s]
+        squares[s] = np.sum((rows - centre[s]) ** 2, axis=0)
+    squares = comm.sum(squares)
     mean = np.array(model.params["g_mean"])
     std = np.array(model.params["g_std"])
-    for s in range(model.n_species):
-        rows = G[data.species == s]
-        if len(rows):
-            mean[s] = rows.mean(axis=0)
-            sd = rows.std(axis=0)
+    for s in range(S):
+        if count[s]:
+            mean[s] = centre[s]
+            sd = np.sqrt(squares[s] / count[s])
             std[s] = np.where(sd > 1e-8 * (1 + np.abs(mean[s])), sd, 1.0)
     model.set_parameters(g_mean=mean, g_std=std)
 
@@ -52,8 +67,10 @@ def fit_reference_energies(model, data, fixed_e0=False):
         model.set_parameters(e0=fixed)
     E, _, _, _ = predict(model, data)
     m = data.has_energy
-    comp = data.composition(model.n_species)[m]
-    shift, *_ = np.linalg.lstsq(comp, data.energies[m] - E[m], rcond=None)
+    # every rank's structures, in file order (shards are contiguous): the one-process problem
+    comp = data.comm.concat(data.composition(model.n_species)[m])
+    target = data.comm.concat(data.energies[m] - E[m])
+    shift, *_ = np.linalg.lstsq(comp, target, rcond=None)
     present = comp.sum(axis=0) > 0
     if fixed_e0:
         mlp[:, -1] = np.where(present, shift, 0.0)
@@ -140,6 +157,7 @@ class _Objective:
         self.calls = 0
 
     def __call__(self, x):
+        x = self.data.comm.same(x)      # rank 0's parameters on every rank (`lattenb.distributed`)
         digest = hashlib.sha256(np.ascontiguousarray(x).tobytes()).hexdigest()[:16]
         if self.calls < len(self.f_hist):
             if digest != self.x_hash[self.calls]:
@@ -183,8 +201,11 @@ def solve_output_layer(model, data, weights=LossWeights(), n_chunks=None, fixed_
     penalty on W as ridge rows). The output bias is left as it is: it duplicates e0.
     Gradient descent resolves these directions slowly when the energy term is a small part of
     the loss, which is why `fit` solves them exactly. Memory: one (rows, S K + S + 1) matrix,
-    rows = frames with energy + 3 x atoms with forces + 6 x frames with stress + S K."""
+    rows = frames with energy + 3 x atoms with forces + 6 x frames with stress + S K, per rank
+    for its shard of a distributed set (`Dataset.comm`), whose rows are solved together by TSQR
+    (`distributed.tsqr_lstsq`)."""
     S, K = model.n_species, int(model.layer_sizes[-2])
+    comm = data.comm
     mlp0, e00 = model.params["mlp"].copy(), model.params["e0"].copy()
     n = data.n_atoms_per_frame.astype(np.float64)
     me = data.has_energy
@@ -193,7 +214,10 @@ def solve_output_layer(model, data, weights=LossWeights(), n_chunks=None, fixed_
     comp = data.composition(S)
     n_w = S * K
     # row blocks (energy, forces, stress, ridge) of the one design matrix, filled in place
-    sizes = (int(me.sum()), int(mf.sum()), 6 * int(ms.sum()), n_w if weights.l2 > 0 else 0)
+    # the ridge rows go to rank 0's block only
+    sizes = (int(me.sum()), int(mf.sum()), 6 * int(ms.sum()),
+             n_w if weights.l2 > 0 and comm.rank == 0 else 0)
+    totals = comm.sum(np.array(sizes[:3], dtype=np.float64))
     rE, rF, rS, rL = (slice(a, b) for a, b in zip(np.cumsum((0,) + sizes[:-1]), np.cumsum(sizes)))
     A = np.zeros((sum(sizes), n_w + S + 1))
     y = np.zeros(sum(sizes))
@@ -226,13 +250,13 @@ def solve_output_layer(model, data, weights=LossWeights(), n_chunks=None, fixed_
     if sizes[3]:
         A[rL, :n_w] = np.eye(n_w)
     # the loss weights and means of `loss_and_gradient` as row scales
-    for rows, scale in ((rE, weights.energy / max(sizes[0], 1)),
-                        (rF, weights.forces / max(sizes[1], 1)),
-                        (rS, weights.stress / max(sizes[2], 1)), (rL, weights.l2)):
+    for rows, scale in ((rE, weights.energy / max(totals[0], 1)),
+                        (rF, weights.forces / max(totals[1], 1)),
+                        (rS, weights.stress / max(totals[2], 1)), (rL, weights.l2)):
         A[rows] *= np.sqrt(scale)
         y[rows] *= np.sqrt(scale)
-    x, *_ = np.linalg.lstsq(A, y, rcond=None)
-    present = comp.sum(axis=0) > 0             # species absent from the data keep theirs
+    x = tsqr_lstsq(comm, A, y)
+    present = comm.sum(comp.sum(axis=0)) > 0   # species absent from the data keep theirs
     mlp = mlp0.copy()
     mlp[present, -(K + 1):-1] = x[:n_w].reshape(S, K)[present]
     if fixed_e0:     # the solved per-species constant x_e0 = output bias shift + e0, e0 kept

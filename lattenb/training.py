@@ -11,13 +11,16 @@ The stages it uses have their own modules: `lattenb.dataset` (structures and tar
 `lattenb.predict`, `lattenb.loss` (loss and gradient), `lattenb.steps`, `lattenb.evaluation`.
 """
 import copy
+import signal
 import time
 from dataclasses import replace
 
 import numpy as np
+from ase.data import atomic_numbers, chemical_symbols
 
 from .auto import isolated_atom_energies
 from .dataset import prepare_dataset
+from .distributed import SERIAL
 from .repulsion import closest_by_species, radii_from_data
 from .evaluation import rmse_report
 from .extrapolation import active_set_from_features, dataset_features, n_features
@@ -133,9 +136,12 @@ class _LbfgsRun:
         return line + f"  {elapsed:7.1f} s"
 
     def callback(self, x):
-        """Called by SciPy after every iteration: validation, log line, checkpoint, time limit."""
+        """Called by SciPy after every iteration: validation, log line, checkpoint, time limit.
+        On several ranks the decision to stop is rank 0's (its clock), or any rank's Ctrl-C."""
         self.iteration += 1
         it = self.iteration
+        comm = self.data.comm
+        x = comm.same(x)
         self.validate(x)
         if it > self.replay and self.log is not None and (it % self.log_every == 0 or it == 1):
             self.vector.set(x)
@@ -148,6 +154,11 @@ class _LbfgsRun:
             self.stop_reason = (f"converged (best {'validation' if self.vdata is not None else 'training'}"
                                 f" loss improved by less than {CONVERGENCE_TOL:g} in the last "
                                 f"{max(CONVERGENCE_WINDOW, it // 3)} iterations)")
+        if comm.size > 1:
+            self.stop_reason = comm.bcast(self.stop_reason)
+            if comm.max(float(self.interrupt_requested)):
+                self.model.interrupted = True
+                self.stop_reason = "interrupted (Ctrl-C)"
         if self.stop_reason is not None:
             if self.log is not None:
                 if it % self.log_every:
@@ -162,6 +173,14 @@ class _LbfgsRun:
         from scipy.optimize import minimize
         self.model.interrupted = False
         max_iter = 10 ** 9 if max_iter is None else max_iter
+        # on several ranks Ctrl-C only raises a flag that the ranks agree on at the next
+        # iteration (an exception in the middle of a reduction would leave the others waiting)
+        self.interrupt_requested = False
+        previous = None
+        if self.data.comm.size > 1:
+            def request(signum, frame):
+                self.interrupt_requested = True
+            previous = signal.signal(signal.SIGINT, request)
         try:
             if max_iter > 0:       # L-BFGS-B would still take a step with maxiter=0
                 minimize(self.objective, self.x0, jac=True, method="L-BFGS-B",
@@ -171,9 +190,12 @@ class _LbfgsRun:
                                   "maxcor": self.settings["lbfgs_memory"]})
         except KeyboardInterrupt:
             self.model.interrupted = True
-            if self.log is not None:
-                self.log(f"interrupted at iteration {self.iteration}: keeping the best parameters "
-                         f"so far")
+        finally:
+            if previous is not None:
+                signal.signal(signal.SIGINT, previous)
+        if self.model.interrupted and self.log is not None:
+            self.log(f"interrupted at iteration {self.iteration}: keeping the best parameters "
+                     f"so far")
 
     def keep_best(self):
         """Give the model the best parameters of the run (its current ones if none was kept)."""
@@ -225,13 +247,17 @@ def _store_active_set(model, data, vdata, log):
     """The extrapolation grades' active set of the training and validation environments
     (`lattenb.extrapolation`), stored in the model."""
     t0 = time.perf_counter()
+    comm = data.comm
     sets = [d for d in (data, vdata) if d is not None]
-    phi = np.vstack([dataset_features(model, d) for d in sets])
-    species = np.concatenate([d.species for d in sets])
-    model.set_active_set(active_set_from_features(phi, species, model.n_species))
+    phi = comm.gather(np.vstack([dataset_features(model, d) for d in sets]))   # on rank 0
+    species = comm.gather(np.concatenate([d.species for d in sets]))
+    active = (active_set_from_features(phi, species, model.n_species) if comm.rank == 0
+              else None)
+    model.set_active_set(comm.bcast(active))
     if log is not None:
+        n = comm.bcast(0 if phi is None else len(phi))
         log(f"active set for extrapolation grades: {n_features(model)} environments per species "
-            f"from {len(phi)} ({time.perf_counter() - t0:.1f} s)")
+            f"from {n} ({time.perf_counter() - t0:.1f} s)")
 
 
 def _save_checkpoint(path, model, best_params, x0, objective, val_hist, iteration, settings):
@@ -262,7 +288,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         stress_offset=False, seed=0, train_radial=True, output_weights=None, solve_output=True,
         checkpoint=None, checkpoint_every=50, resume=None, max_time=None, log=print,
         log_every=10, e0=None, shared_radial=None, radial_from=None, species_mode=None,
-        embedding_dim=None, repulsion=None):
+        embedding_dim=None, repulsion=None, comm=None):
     """Fit a LATTE model to structures with energies (and forces/stress where present).
 
     frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
@@ -299,15 +325,27 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     The learning curve (one row per log line) is `model.fit_curve`.
     Returns the model with the parameters best on `valid` (the last ones without `valid`).
     Ctrl-C stops the fit cleanly and returns the best model so far (attribute `interrupted`).
+    comm: data-parallel training (`lattenb.distributed`): `frames` and `valid` are this rank's
+    contiguous shards of the training and validation sets (`distributed.scatter_frames`), and
+    every rank of `comm` calls `fit` with the same settings; every rank returns the same model,
+    rank 0 logs and writes the checkpoint. None: one process.
     """
     t_start = time.perf_counter()
+    comm = SERIAL if comm is None else comm
+    reporting = comm.bcast(log is not None)        # every rank computes what rank 0 logs
+    log = (log if comm.rank == 0 else (lambda line: None)) if reporting else None
+    if comm.rank != 0:
+        checkpoint = None
     isolated, frames = isolated_atom_energies(frames)
+    for part in comm.allgather(isolated):
+        isolated.update(part)
     if valid:
         valid = isolated_atom_energies(valid)[1]
     if e0 is None and isolated:
         e0 = isolated
-    if not frames:
-        raise ValueError("no training structures (besides isolated atoms)")
+    if not comm.min(float(len(frames))):
+        raise ValueError("no training structures (besides isolated atoms)"
+                         + (" on one of the ranks" if comm.size > 1 else ""))
     if not isinstance(weights, LossWeights):
         weights = LossWeights(*weights, l2=l2, stress_offset=bool(stress_offset))
     output_weights = _output_weights(weights, output_weights)
@@ -336,7 +374,10 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     elif model is None:
         if radial_from is not None and radial is None:     # the source's family
             radial = radial_from.radial
-        species = species or species_in(frames)
+        if not species:          # every rank's elements, ordered by atomic number
+            numbers = {atomic_numbers[s] for part in comm.allgather(species_in(frames))
+                       for s in part}
+            species = [chemical_symbols[z] for z in sorted(numbers)]
         overrides = {k: v for k, v in (("cutoff", cutoff), ("blocks", blocks), ("hidden", hidden),
                                        ("radial", radial), ("shared_radial", shared_radial),
                                        ("species_mode", species_mode),
@@ -354,13 +395,16 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     # a model whose standardisation is set has been fitted: continue from it as it is
     fitted = resume is None and not (np.all(model.params["g_mean"] == 0.0)
                                      and np.all(model.params["g_std"] == 1.0))
-    data = prepare_dataset(frames, model, keep_pairs=True)
-    vdata = prepare_dataset(valid, model, keep_pairs=True) if valid else None
+    data = prepare_dataset(frames, model, keep_pairs=True, comm=comm)
+    has_valid = comm.max(float(bool(valid)))
+    if has_valid and comm.size > 1 and not comm.min(float(bool(valid))):
+        raise ValueError("every rank needs validation structures (use fewer ranks)")
+    vdata = prepare_dataset(valid, model, keep_pairs=True, comm=comm) if has_valid else None
     if repulsion is not None and resume is None:
         radii = None
         if repulsion != "none":
-            radii = radii_from_data(closest_by_species(*data.kernel_inputs(
-                model.kernel_arrays())[0], model.n_species))
+            radii = radii_from_data(comm.min(closest_by_species(*data.kernel_inputs(
+                model.kernel_arrays())[0], model.n_species)))
         model.set_repulsion(repulsion, radii)
         if log is not None and repulsion != "none":
             r = np.array(model.repulsion_radii)

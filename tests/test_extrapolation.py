@@ -41,16 +41,20 @@ def test_maxvol_is_locally_maximal():
 
 
 def test_rank_deficient_features_and_missing_species():
-    """A direction the training features never take is left out of the active set (and is
-    ignored by the grade); a species without training atoms grades inf."""
+    """A direction the training features never take is left out of the active set, and leaving
+    it grades far above 1; a species without training atoms grades inf."""
     rng = np.random.default_rng(1)
     phi = np.hstack([rng.normal(size=(30, 3)), np.zeros((30, 1)), np.ones((30, 1))])
     active = ex.active_set_from_features(phi, np.zeros(30, np.int64), 2)
-    assert list(active.rank) == [4, 0]
-    matrices = active.grade_matrices()
-    g = ex.grades(phi, np.zeros(30, np.int64), matrices, active.rank)
+    assert list(active.rank) == [4, 0] and np.isinf(active.null_scale[1])
+    g = active.grades(phi, np.zeros(30, np.int64))
     assert g.max() <= TRAINING_BOUND and g.max() > 0.999
-    assert np.isinf(ex.grades(phi[:2], np.ones(2, np.int64), matrices, active.rank)).all()
+    unseen = phi[:1].copy()
+    unseen[0, 3] = 1e-3                        # a small step along the direction never seen
+    assert active.grades(unseen, np.zeros(1, np.int64))[0] > 1e3
+    assert np.isinf(active.grades(phi[:2], np.ones(2, np.int64))).all()
+    full = ex.active_set_from_features(phi[:, [0, 1, 2, 4]], np.zeros(30, np.int64), 1)
+    assert full.rank[0] == 4 and np.isinf(full.null_scale[0])
 
 
 @pytest.fixture(scope="module")
@@ -100,8 +104,8 @@ def test_kernel_features_match_numpy_and_last_hidden_is_linear(fitted):
     atoms = read(TEST, "0")
     species = model.species_indices(atoms.numbers)
     G = model.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
-    reference = ex.grades(ex.features_from_descriptors(model, G, species), species,
-                          *model.grade_matrices())
+    reference = model.active_set.grades(ex.features_from_descriptors(model, G, species),
+                                        species)
     out = model.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers, grades=True)
     np.testing.assert_allclose(out["extrapolation_grades"], reference, rtol=1e-12, atol=1e-12)
     phi = ex.last_hidden_features(model, G, species)
@@ -125,6 +129,12 @@ def test_active_set_saved_cleared_and_required(fitted, tmp_path):
     assert "extrapolation_grade" not in grade_of(changed, atoms)     # calculator: off without
     changed.save(tmp_path / "plain.npz")
     assert lattenb.load(tmp_path / "plain.npz").active_set is None
+    # files from before null_scale was stored: three arrays, full rank assumed
+    arrays = {k: v for k, v in model.active_set.arrays().items() if k != "active_set_null_scale"}
+    model.save(tmp_path / "three.npz", params=model.params, extra_arrays=arrays)
+    older = lattenb.load(tmp_path / "three.npz")
+    assert np.isinf(older.active_set.null_scale).all()
+    np.testing.assert_array_equal(older.active_set.active, model.active_set.active)
 
 
 def test_select_takes_high_grades_and_learns_from_them(fitted):
@@ -143,8 +153,7 @@ def test_select_takes_high_grades_and_learns_from_them(fitted):
     assert chosen[0] == len(pool) - 1 == np.argmax(before) and taken[0] == before.max()
     assert before[surfaces].min() > 1 and len(set(chosen) & set(surfaces)) == 1
     assert np.all(np.diff(taken) <= 0) and taken[-1] > 1 and len(chosen) < len(pool)
-    after = ex.structure_grades(ex.grades(ex.dataset_features(model, data), data.species,
-                                          grown.grade_matrices(), grown.rank),
+    after = ex.structure_grades(grown.grades(ex.dataset_features(model, data), data.species),
                                 data.frame_of_atom, data.n_frames)
     assert after.max() <= TRAINING_BOUND
 

@@ -22,7 +22,6 @@ import importlib
 import numpy as np
 
 from ..conventions import dtype_name, stress_from_virial, symmetrise
-from ..extrapolation import grades as feature_grades
 
 #: name -> "module:class" of every backend (relative to this package), imported on first use
 BACKENDS = {"cpu": ".cpu:CpuBackend", "cuda": ".cuda:CudaBackend"}
@@ -116,7 +115,7 @@ def add_grades(results, phi, species, model, n_atoms):
     """Add extrapolation_grades (n_atoms,) and extrapolation_grade to `results`, from the features
     phi (n, m) and species indices (n,) of the first n atoms (the centres; the rest grade 0)."""
     per_atom = np.zeros(n_atoms)
-    per_atom[:len(phi)] = feature_grades(phi, species, *model.grade_matrices())
+    per_atom[:len(phi)] = model.require_active_set().grades(phi, species)
     results["extrapolation_grades"] = per_atom
     results["extrapolation_grade"] = float(per_atom.max(initial=0.0))
     return results

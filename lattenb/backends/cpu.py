@@ -47,7 +47,7 @@ class CpuBackend(Backend):
         grades: add the extrapolation grades (their descriptors come out of the same kernel
         pass). ValueError for overlapping atoms."""
         if grades:
-            self.model.grade_matrices()          # fails early without an active set
+            self.model.require_active_set()          # fails early without an active set
         system, volume = self._system(positions, cell, pbc, numbers, neighbors)
         n_atoms = len(system.positions)
         n_centres = n_atoms if n_centres is None else int(n_centres)

