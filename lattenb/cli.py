@@ -197,7 +197,10 @@ def cmd_fit(args):
     if args.np and args.np > 1 and not os.environ.get("LATTENB_LAMMPS_LAUNCHED"):
         from .lammps import relaunch
         relaunch(args.np, "lattenb.cli", sys.argv[1:], "--np")
-    comm = world()
+    try:
+        comm = world()
+    except ImportError as exc:
+        raise SystemExit(f"lattenb fit: {exc}")
     set_threads(args.threads, comm.comm if comm.size > 1 else None)
     if args.embedding_dim is not None and args.species_mode != "embedding":
         raise SystemExit("lattenb fit: --embedding-dim applies to --species-mode embedding")
