@@ -24,6 +24,7 @@ from .distributed import SERIAL
 from .repulsion import closest_by_species, radii_from_data
 from .evaluation import rmse_report
 from .extrapolation import active_set_from_features, dataset_features, n_features
+from .short_range import MonotonePenalty, crystal_candidates
 from .loss import LossWeights, loss_and_gradient, stress_residuals
 from .model import LatteModel, load_model, read_model
 from .predict import predict
@@ -76,10 +77,10 @@ class _LbfgsRun:
 
     def __init__(self, vector, data, vdata, weights, x0, settings, history=None, val_hist=(), *,
                  checkpoint=None, checkpoint_every=50, max_time=None, log=None, log_every=10,
-                 t_start=None):
+                 t_start=None, penalty=None):
         self.model, self.vector, self.data, self.vdata = vector.model, vector, data, vdata
         self.weights, self.x0, self.settings = weights, x0, settings
-        self.objective = _Objective(vector, data, weights, history)
+        self.objective = _Objective(vector, data, weights, history, penalty)
         self.iteration = 0
         self.best = None
         self.best_val = np.inf
@@ -243,6 +244,29 @@ def _final_output_solve(model, data, vdata, weights, log, fixed_e0=False):
 
 
 # --------------------------------------------------------------------------- checkpoints
+def _monotone_penalty(model, frames, comm, weight, settings, resume, log):
+    """The `short_range.MonotonePenalty` of this fit, or None; its weight goes into `settings`
+    (a resumed fit takes the checkpoint's: 0 for checkpoints from before it existed)."""
+    if resume is not None:
+        weight = settings.get("monotone", 0.0)
+    settings["monotone"] = float(weight or 0.0)
+    if not weight:
+        return None
+    if model.repulsion == "none":
+        raise ValueError("the monotone penalty works below the core repulsion's radii: fit with "
+                         "repulsion='zbl'")
+    crystals = {}
+    for part in comm.allgather(crystal_candidates(frames)):      # every rank's, in rank order
+        for key, (energy, atoms) in part.items():
+            if key not in crystals or energy < crystals[key][0]:
+                crystals[key] = (energy, atoms)
+    penalty = MonotonePenalty.build(model, crystals, weight)
+    if log is not None:
+        log(f"short range: {penalty.n_curves} probe curves (dimers and compressed crystals) must "
+            f"rise below the training data (penalty weight {weight:g})")
+    return penalty
+
+
 def _store_active_set(model, data, vdata, log):
     """The extrapolation grades' active set of the training and validation environments
     (`lattenb.extrapolation`), stored in the model."""
@@ -288,7 +312,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         stress_offset=False, seed=0, train_radial=True, output_weights=None, solve_output=True,
         checkpoint=None, checkpoint_every=50, resume=None, max_time=None, log=print,
         log_every=10, e0=None, shared_radial=None, radial_from=None, species_mode=None,
-        embedding_dim=None, repulsion=None, comm=None):
+        embedding_dim=None, repulsion=None, monotone=0.0, comm=None):
     """Fit a LATTE model to structures with energies (and forces/stress where present).
 
     frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
@@ -319,6 +343,9 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     repulsion: "zbl" adds the core repulsion (`lattenb.repulsion`), off above 0.9 x the shortest
     distance of each species pair in `frames` (so it leaves the fit unchanged),
     "none" removes it; None keeps the model's (a new model has none).
+    monotone: weight of the penalty that makes the energy rise below the training data (dimers
+    and compressed crystals, `lattenb.short_range`; needs the core repulsion). Experimental and
+    off by default (0): on mlearn it made 3 of 4 probe curves rise but cost test accuracy.
     e0: isolated-atom reference energies {symbol: eV}, kept fixed (the MLP learns the binding
     energy). Frames marked as isolated atoms (config_type IsolatedAtom / isolated_atom) are taken
     out of `frames` and give e0 when it is not given; without either, e0 is fitted on composition.
@@ -364,6 +391,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
                               stress_offset=fit_info.get("stress_offset", False))
         train_radial = fit_info["train_radial"]
         settings.update({k: fit_info[k] for k in ("preset", "weights", "l2", "seed", "train_radial")})
+        settings["monotone"] = fit_info.get("monotone", 0.0)      # 0 before it existed
         settings["stress_offset"] = weights.stress_offset
         settings["output_weights"] = fit_info.get("output_weights")
         e0 = fit_info.get("e0")
@@ -412,6 +440,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
                 f"{r[..., 0].max():.2f} Å, off above {r[..., 1].min():.2f}-{r[..., 1].max():.2f} Å "
                 f"(0.6 and 0.9 x the shortest distances in the training data)")
     vector = ParameterVector(model, train_radial=train_radial, train_e0=not fixed_e0)
+    penalty = _monotone_penalty(model, frames, comm, monotone, settings, resume, log)
 
     # step 1: the starting point
     if resume is not None:
@@ -424,7 +453,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     # step 2: L-BFGS-B, keeping the parameters best on the validation set
     run = _LbfgsRun(vector, data, vdata, weights, x0, settings, history, val_hist,
                     checkpoint=checkpoint, checkpoint_every=checkpoint_every, max_time=max_time,
-                    log=log, log_every=log_every, t_start=t_start)
+                    log=log, log_every=log_every, t_start=t_start, penalty=penalty)
     if run.replay and log is not None:
         log(f"resuming from {resume}: replaying {run.replay} recorded iterations")
     run.minimise(max_iter)
