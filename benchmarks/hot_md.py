@@ -155,7 +155,10 @@ def main(argv=None):
     out.parent.mkdir(parents=True, exist_ok=True)
     meta = {"date": time.strftime("%Y-%m-%d"), "command": " ".join(sys.argv),
             "lattenb": getattr(lattenb, "__version__", None)}
-    out.with_suffix(".json").write_text(json.dumps({**meta, "runs": results}, indent=1))
+    # one line per run: the traces are long
+    out.with_suffix(".json").write_text("{\n" + ",\n".join(
+        [f"{json.dumps(k)}: {json.dumps(v)}" for k, v in meta.items()]
+        + ['"runs": [\n' + ",\n".join(json.dumps(r) for r in results) + "\n]"]) + "\n}\n")
     lines = ["| element | atoms | T (K) | steps | closest pair (Å) | r_in (Å) | closest / r_in | "
              "inside r_in | max grade | wall (s) |", "|---" * 10 + "|"]
     for r in results:

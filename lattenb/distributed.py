@@ -5,7 +5,7 @@ Every rank holds a shard of the training structures (a `Dataset` whose `comm` is
 communicator) and runs the same `fit`: the loss, its gradient, the validation loss, the
 standardisation statistics, the composition fit, the output-layer solve and the active set reduce
 their per-shard parts through `comm`, so each rank ends with the same numbers, and so with the same
-L-BFGS-B steps. Rank 0's parameters are broadcast at every evaluation (`Comm.same`), rank 0 prints
+L-BFGS-B steps. Rank 0's parameters are broadcast at every evaluation (`MpiComm.same`), rank 0 prints
 and writes files. With one process, `SERIAL` stands in and nothing is communicated.
 
 Reductions are MPI_Reduce to rank 0 followed by MPI_Bcast rather than MPI_Allreduce, so every rank
