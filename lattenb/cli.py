@@ -11,7 +11,6 @@ Any file ASE can read works; extended XYZ is the default format.
 """
 import argparse
 import json
-import os
 import sys
 import time
 from pathlib import Path
@@ -20,6 +19,7 @@ import numpy as np
 
 from . import extrapolation, radial, repulsion, species_modes
 from .audit import TOLERANCE as AUDIT_TOLERANCE
+from .dataset import as_dataset
 from .evaluation import evaluate_frames
 from .mlp import ACTIVATIONS
 from .model import PRESETS
@@ -194,7 +194,7 @@ def _fit_inputs(args, comm, log):
 def cmd_fit(args):
     from .distributed import abort, set_threads, world
     from .training import fit
-    if args.np and args.np > 1 and not os.environ.get("LATTENB_LAMMPS_LAUNCHED"):
+    if args.np:
         from .lammps import relaunch
         relaunch(args.np, "lattenb.cli", sys.argv[1:], "--np")
     try:
@@ -245,10 +245,11 @@ def _fit(args, comm, fit, log):
 def cmd_eval(args):
     model = _load_model(args.model)
     results = {}
-    frames = {}
+    frames, data = {}, {}
     for path in args.files:
         frames[path] = _read([path])
-        results[path] = evaluate_frames(model, frames[path])
+        data[path] = as_dataset(frames[path], model)     # prepared once: errors and grades
+        results[path] = evaluate_frames(model, data[path])
     if getattr(args, "plot", None):
         from . import plots
         every = [a for path in args.files for a in frames[path]]
@@ -259,7 +260,7 @@ def cmd_eval(args):
         print(f"wrote {args.plot}", file=sys.stderr)
     if args.json:
         if args.grade:
-            for path, grades in cmd_grade(model, frames, True).items():
+            for path, grades in cmd_grade(model, data, True).items():
                 results[path]["extrapolation"] = grades
         json.dump(results, sys.stdout, indent=2)
         print()
@@ -267,18 +268,13 @@ def cmd_eval(args):
         for path, table in results.items():
             _print_table(path, table)
         if args.grade:
-            cmd_grade(model, frames, False)
+            cmd_grade(model, data, False)
         offset = model.fit_info.get("stress_offset_GPa")
         if offset is not None:
             print(f"note: this model was fitted to reference stresses up to an isotropic offset of "
                   f"{offset:+.3f} GPa (the training data's Pulay stress); the stress errors above "
                   f"include it for data from the same DFT setting")
     return 0
-
-
-def _grade_data(model, frames):
-    from .dataset import prepare_dataset
-    return prepare_dataset(frames, model, require_energy=False)
 
 
 def grade_summary(grades):
@@ -289,16 +285,17 @@ def grade_summary(grades):
             **{f"above_{t}": int(np.sum(g > t)) for t in (1, 2, 10)}}
 
 
-def cmd_grade(model, frames_by_path, as_json):
-    """The extrapolation grades of every file's structures (`lattenb eval --grade`)."""
+def cmd_grade(model, data_by_path, as_json):
+    """The extrapolation grades of every file's structures (`lattenb eval --grade`), from their
+    prepared `Dataset`s."""
     from .extrapolation import dataset_grades
     try:
         model.require_active_set()
     except ValueError as exc:
         raise SystemExit(f"lattenb eval --grade: {exc}")
     report = {}
-    for path, frames in frames_by_path.items():
-        per_structure = dataset_grades(model, _grade_data(model, frames))[1]
+    for path, data in data_by_path.items():
+        per_structure = dataset_grades(model, data)[1]
         report[path] = {**grade_summary(per_structure), "grades": per_structure.tolist()}
     if as_json:
         return report
@@ -318,7 +315,7 @@ def cmd_activeset(args):
     if args.features:
         model.grade_features = args.features
     frames = _read(args.train)
-    model.set_active_set(build_active_set(model, _grade_data(model, frames)))
+    model.set_active_set(build_active_set(model, frames))
     model.save(args.output)
     print(f"wrote {args.output}: active set of {int(model.active_set.rank.max())} environments "
           f"per species from {sum(len(a) for a in frames)} atoms ({model.grade_features})",
@@ -337,7 +334,7 @@ def cmd_select(args):
         raise SystemExit("lattenb select: -n must be at least 1")
     log = lambda line: print(line, file=sys.stderr, flush=True)
     try:
-        chosen, taken, before, _ = select_structures(model, _grade_data(model, pool), args.n,
+        chosen, taken, before, _ = select_structures(model, as_dataset(pool, model), args.n,
                                                   log=log if args.verbose else None)
     except ValueError as exc:
         raise SystemExit(f"lattenb select: {exc}")

@@ -103,6 +103,13 @@ class Dataset:
         return counts
 
 
+def as_dataset(frames, model):
+    """`frames` itself if it is a `Dataset`, else a `Dataset` of the ASE Atoms for `model`
+    (targets optional): for functions that take either, so a caller can prepare once."""
+    return frames if isinstance(frames, Dataset) else prepare_dataset(frames, model,
+                                                                      require_energy=False)
+
+
 def prepare_dataset(frames, model, require_energy=True, keep_pairs=False, comm=SERIAL):
     """Build a `Dataset` from ASE Atoms for `model` (neighbour lists computed once here).
     keep_pairs: sort every atom's pairs once and keep them (48 bytes per pair) for the many

@@ -5,8 +5,8 @@ Every rank holds a shard of the training structures (a `Dataset` whose `comm` is
 communicator) and runs the same `fit`: the loss, its gradient, the validation loss, the
 standardisation statistics, the composition fit, the output-layer solve and the active set reduce
 their per-shard parts through `comm`, so each rank ends with the same numbers, and so with the same
-L-BFGS-B steps. Rank 0's parameters are broadcast at every evaluation (`MpiComm.same`), rank 0 prints
-and writes files. With one process, `SERIAL` stands in and nothing is communicated.
+L-BFGS-B steps. Rank 0's parameters are broadcast at every evaluation (`MpiComm.same`), rank 0
+prints and writes files. With one process, `SERIAL` stands in and nothing is communicated.
 
 Reductions are MPI_Reduce to rank 0 followed by MPI_Bcast rather than MPI_Allreduce, so every rank
 holds rank 0's bits (an Allreduce may round differently on different ranks, and L-BFGS-B must take
@@ -25,44 +25,26 @@ LAUNCH_ENV = ("PMI_SIZE", "OMPI_COMM_WORLD_SIZE", "PMIX_SIZE", "MPI_LOCALNRANKS"
 
 
 class SerialComm:
-    """One process: the reductions return their argument."""
+    """The communicator protocol, for one process (where each operation returns its argument):
+
+    sum, max, min (float or float array)   over ranks; every rank gets rank 0's result
+    concat (array)                         the ranks' arrays along axis 0 in rank order, everywhere
+    gather (array)                         as concat, on rank 0 only (None elsewhere)
+    bcast (object)                         rank 0's object on every rank
+    allgather (object)                     every rank's object in rank order, as a list
+    same (array)                           rank 0's array on every rank; RuntimeError if a rank's
+                                           own differs (its optimiser went another way)
+    """
     size = 1
     rank = 0
 
     def sum(self, value):
-        """The sum over ranks of a float or float array (every rank gets rank 0's result)."""
         return value
 
-    def max(self, value):
-        return value
-
-    def min(self, value):
-        return value
-
-    def concat(self, array):
-        """The ranks' arrays concatenated along axis 0 in rank order, on every rank."""
-        return array
-
-    def gather(self, array):
-        """As `concat`, on rank 0 only (None elsewhere)."""
-        return array
-
-    def bcast(self, obj):
-        """Rank 0's object on every rank."""
-        return obj
+    max = min = concat = gather = bcast = same = sum
 
     def allgather(self, obj):
-        """Every rank's object, in rank order, on every rank."""
         return [obj]
-
-    def same(self, x):
-        """Rank 0's array x on every rank; RuntimeError if a rank's own x differs (its optimiser
-        went another way)."""
-        return x
-
-    def stacked_r(self, r):
-        """The rank's triangular factors stacked in rank order, on rank 0 (None elsewhere)."""
-        return r
 
 
 class MpiComm(SerialComm):
@@ -111,9 +93,6 @@ class MpiComm(SerialComm):
             raise RuntimeError("the ranks' optimisers took different steps (different CPUs or "
                                "libraries on the nodes?); rerun on identical nodes")
         return ref
-
-    def stacked_r(self, r):
-        return self.gather(r)
 
 
 SERIAL = SerialComm()
@@ -219,7 +198,7 @@ def tsqr_lstsq(comm, A, y):
     C = A.shape[1]
     block = np.hstack([A, y[:, None]])
     r = np.linalg.qr(block, mode="r") if len(block) else np.zeros((0, C + 1))
-    stacked = comm.stacked_r(r)
+    stacked = comm.gather(r)
     x = None
     if comm.rank == 0:
         R = np.linalg.qr(stacked, mode="r") if len(stacked) > C + 1 else stacked

@@ -3,7 +3,7 @@ config_type, what ``lattenb eval`` prints) and `rmse_report` (the RMSEs a fit lo
 import numpy as np
 
 from .conventions import EV_A3_TO_GPA
-from .dataset import prepare_dataset
+from .dataset import as_dataset
 from .predict import predict
 
 
@@ -11,8 +11,9 @@ def evaluate_frames(model, frames, groups=True):
     """MAE and RMSE of energy (meV/atom), forces (eV/Å), stress (GPa) overall and per config_type.
 
     Energy errors are |dE|/N per structure averaged over structures (Zuo et al.'s metric);
-    force errors run over all Cartesian components. Returns {group: {metric: value}}."""
-    data = prepare_dataset(frames, model, require_energy=False)
+    force errors run over all Cartesian components. frames: ASE Atoms or a prepared `Dataset`.
+    Returns {group: {metric: value}}."""
+    data = as_dataset(frames, model)
     E, F, S, _ = predict(model, data)
     de = (E - data.energies) / data.n_atoms_per_frame * 1000.0
     df = F - data.forces

@@ -41,7 +41,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .mlp import activation_code
+from .mlp import mlp_reference
 
 #: MaxVol stops when no training row has a coefficient above this (its guarantee on training data)
 MAXVOL_TOL = 1.0 + 1e-9
@@ -125,21 +125,12 @@ def descriptor_features(model, G, species):
 def last_hidden_features(model, G, species):
     """phi = (h, 1): the last hidden layer's outputs h (N, layer_sizes[-2]) and a one (the output
     layer's bias), the features the atomic energy is linear in."""
-    funcs = {0: lambda z: np.exp(-z * z), 1: np.tanh, 2: lambda z: z / (1.0 + np.exp(-z))}
-    act = funcs[activation_code(model.activation)]
-    h = _standardised(model, G, species)
-    sizes = model.layer_sizes
-    out = np.empty((len(G), sizes[-2]))
+    x = _standardised(model, G, species)
+    out = np.empty((len(G), model.layer_sizes[-2]))
     for s in np.unique(species):
         rows = species == s
-        x, off = h[rows], 0
-        mlp = model.params["mlp"][s]
-        for n_in, n_out in zip(sizes[:-2], sizes[1:-1]):      # the hidden layers only
-            w = mlp[off:off + n_in * n_out].reshape(n_in, n_out)
-            b = mlp[off + n_in * n_out:off + n_in * n_out + n_out]
-            off += n_in * n_out + n_out
-            x = act(x @ w + b)
-        out[rows] = x
+        out[rows] = mlp_reference(model.params["mlp"][s], model.layer_sizes, model.activation,
+                                  x[rows], hidden_only=True)
     return _with_bias(out)
 
 
@@ -231,9 +222,8 @@ def dataset_features(model, data):
 
 def build_active_set(model, frames):
     """The `ActiveSet` of `model` on training structures (ASE Atoms or a `Dataset`)."""
-    from .dataset import Dataset, prepare_dataset
-    data = frames if isinstance(frames, Dataset) else prepare_dataset(frames, model,
-                                                                      require_energy=False)
+    from .dataset import as_dataset
+    data = as_dataset(frames, model)
     return active_set_from_features(dataset_features(model, data), data.species, model.n_species)
 
 

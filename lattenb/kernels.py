@@ -167,13 +167,13 @@ def _descriptors(n_chunks, positions, cells, frame_of_atom, offsets, second, shi
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
-def _energy_forces(n_centres, n_chunks, n_feature_atoms, positions, cells, frame_of_atom, offsets, second, shifts,
-                   species, sorted_rows, sorted_q, sorted_start, sorted_count, sorted_keys,
-                   sorted_closest, cutoff, body_rank, body_offset, term_body_start, term_pattern,
-                   pattern_rows, pattern_table_start, tables, body_projection, operand_start,
-                   index_start, index, pair_rows, moment_sizes, family, radial, n_radial_slots,
-                   sigma, sigma_scaled, bin_ptr, bin_bodies, inv_bin, g_mean, g_inv_std,
-                   mlp_params, layer_sizes, act, e0):
+def _energy_forces(n_centres, n_chunks, n_feature_atoms, positions, cells, frame_of_atom, offsets,
+                   second, shifts, species, sorted_rows, sorted_q, sorted_start, sorted_count,
+                   sorted_keys, sorted_closest, cutoff, body_rank, body_offset, term_body_start,
+                   term_pattern, pattern_rows, pattern_table_start, tables, body_projection,
+                   operand_start, index_start, index, pair_rows, moment_sizes, family, radial,
+                   n_radial_slots, sigma, sigma_scaled, bin_ptr, bin_bodies, inv_bin, g_mean,
+                   g_inv_std, mlp_params, layer_sizes, act, e0):
     n_max, n_bins, body_bins, projected, paired, presorted = _setup(
         offsets, body_rank, body_projection, pair_rows, bin_ptr, bin_bodies, sorted_count)
     n_atoms = positions.shape[0]

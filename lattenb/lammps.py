@@ -176,8 +176,11 @@ def mpiexec_path():
 
 def relaunch(n_ranks, module, argv, option):
     """Replace this process by ``mpiexec -np N python -m module ARGS`` (the MPICH wheel's
-    mpiexec, `mpiexec_path`), ARGS being `argv` without `option` and its value. SystemExit when
+    mpiexec, `mpiexec_path`), ARGS being `argv` without `option` and its value; nothing for
+    n_ranks None or 1, or in a process that mpiexec already started this way. SystemExit when
     there is no mpiexec."""
+    if not n_ranks or n_ranks <= 1 or os.environ.get(_LAUNCHED_ENV):
+        return
     mpiexec = mpiexec_path()
     if mpiexec is None:
         raise SystemExit("lattenb: no mpiexec found; pip install 'lattenb[mpi]'")
@@ -342,7 +345,7 @@ class LatteFix:
                 raise ImportError("running on several MPI ranks needs mpi4py: "
                                   "pip install mpi4py") from None
             comm = lmp.get_mpi_comm() if getattr(lmp, "has_mpi4py", False) else None
-            self._comm, self._mpi_sum = comm or MPI.COMM_WORLD, MPI.SUM
+            self._comm, self._mpi_sum, self._mpi_max = comm or MPI.COMM_WORLD, MPI.SUM, MPI.MAX
         self._global = np.zeros(7)
         self.threads = self._set_threads(threads)
         self.error = None
@@ -544,8 +547,7 @@ class LatteFix:
         local = np.array([grades.max(initial=0.0)])
         highest = local.copy()
         if self._comm is not None:
-            from mpi4py import MPI
-            self._comm.Allreduce(local, highest, op=MPI.MAX)
+            self._comm.Allreduce(local, highest, op=self._mpi_max)
         highest = float(highest[0])
         self.max_grade = max(self.max_grade, highest)
         lmp.fix_external_set_vector(self.fix_id, 1, highest)
@@ -808,8 +810,7 @@ def main(argv=None):
     if path is None:
         parser.error("no LAMMPS input file given")
 
-    if args.np and args.np > 1 and not os.environ.get(_LAUNCHED_ENV):
-        relaunch(args.np, "lattenb.lammps", argv if argv is not None else sys.argv[1:], "-np")
+    relaunch(args.np, "lattenb.lammps", argv if argv is not None else sys.argv[1:], "-np")
 
     size, rank, _ = _world()
     try:

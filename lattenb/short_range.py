@@ -54,13 +54,16 @@ def _dimer_curves(numbers, closest, r_in):
 
 
 def shortest_distance(atoms, cutoff):
+    """The shortest distance (Å) between two atoms of a structure within `cutoff`, or None."""
     from .neighbors import neighbor_list
-    offsets, second, shifts = neighbor_list(atoms.positions, atoms.cell.array, atoms.pbc, cutoff)
-    if not len(second):
-        return None
-    first = np.repeat(np.arange(len(atoms)), np.diff(offsets))
-    v = atoms.positions[second] + shifts @ atoms.cell.array - atoms.positions[first]
-    return float(np.sqrt(np.einsum("ij,ij->i", v, v)).min())
+    from .repulsion import closest_by_species
+    n = len(atoms)
+    positions = np.asarray(atoms.positions, dtype=np.float64)
+    cell = np.asarray(atoms.cell.array, dtype=np.float64)
+    closest = closest_by_species(positions, cell[None], np.zeros(n, np.int64),
+                                 *neighbor_list(positions, cell, atoms.pbc, cutoff),
+                                 np.zeros(n, np.int64), 1)[0, 0]
+    return float(closest) if np.isfinite(closest) else None
 
 
 #: a crystal probe is the smallest periodic structure of its composition within this much of the
@@ -181,7 +184,7 @@ class MonotonePenalty:
         rise, _ = self.drops(model)
         h = np.maximum(-rise, 0.0)
         value = self.weight * float(np.sum(h * h))
-        if not with_gradient:
+        if not with_gradient or not value:      # every curve rises: nothing to push
             return value, None
         data = self.data
         e_bar_frame = np.zeros(data.n_frames)

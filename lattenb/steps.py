@@ -23,18 +23,12 @@ def standardise(model, data):
     G = dataset_descriptors(model, data)
     S, T = model.n_species, G.shape[1]
     comm = data.comm
-    sums = np.zeros((S, T + 1))
-    for s in range(S):
-        rows = G[data.species == s]
-        sums[s, :T], sums[s, T] = rows.sum(axis=0), len(rows)
-    sums = comm.sum(sums)
+    by_species = [G[data.species == s] for s in range(S)]
+    sums = comm.sum(np.array([np.append(rows.sum(axis=0), len(rows)) for rows in by_species]))
     count = sums[:, T]
     centre = sums[:, :T] / np.maximum(count, 1.0)[:, None]
-    squares = np.zeros((S, T))
-    for s in range(S):
-        rows = G[data.species == s]
-        squares[s] = np.sum((rows - centre[s]) ** 2, axis=0)
-    squares = comm.sum(squares)
+    squares = comm.sum(np.array([np.sum((rows - c) ** 2, axis=0)
+                                 for rows, c in zip(by_species, centre)]))
     mean = np.array(model.params["g_mean"])
     std = np.array(model.params["g_std"])
     for s in range(S):

@@ -255,11 +255,9 @@ def _monotone_penalty(model, frames, comm, weight, settings, resume, log):
     if model.repulsion == "none":
         raise ValueError("the monotone penalty works below the core repulsion's radii: fit with "
                          "repulsion='zbl'")
-    crystals = {}
-    for part in comm.allgather(crystal_candidates(frames)):      # every rank's, in rank order
-        for key, (energy, atoms) in part.items():
-            if key not in crystals or energy < crystals[key][0]:
-                crystals[key] = (energy, atoms)
+    # each rank's candidates, then the same choice among all of them (in rank order)
+    mine = [atoms for _, atoms in crystal_candidates(frames).values()]
+    crystals = crystal_candidates([a for part in comm.allgather(mine) for a in part])
     penalty = MonotonePenalty.build(model, crystals, weight)
     if log is not None:
         log(f"short range: {penalty.n_curves} probe curves (dimers and compressed crystals) must "
@@ -474,7 +472,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         model.fit_info["e0_isolated_atoms"] = settings["e0"]
     model.fit_curve = run.curve
     _store_active_set(model, data, vdata, log)
-    if weights.stress_offset and data.has_stress.any():
+    if weights.stress_offset and comm.max(float(data.has_stress.any())):
         offset = stress_residuals(predict(model, data)[2], data, True)[1]
         model.fit_info["stress_offset_GPa"] = offset
         if log is not None:

@@ -13,7 +13,7 @@ from ..neighbors import NeighborCache, neighbor_list
 from ..pairs import no_sorted_pairs
 from ..repulsion import add_repulsion
 from ..validate import check_overlap
-from ..extrapolation import features_from_descriptors, n_features
+from ..extrapolation import features_from_descriptors
 from . import Backend, add_grades, structure_results
 
 
@@ -52,16 +52,16 @@ class CpuBackend(Backend):
         n_atoms = len(system.positions)
         n_centres = n_atoms if n_centres is None else int(n_centres)
         if n_centres == 0:
-            out = structure_results(np.zeros(n_atoms), np.zeros((n_atoms, 3)),
-                                    np.zeros((n_atoms, 3, 3)), volume)
-            return add_grades(out, np.zeros((0, n_features(self.model))), system.species[:0],
-                              self.model, n_atoms) if grades else out
-        energies, pair_grad, strain, closest, descriptors = energy_forces_kernel(
-            system, no_sorted_pairs(), self.model.kernel_arrays(), n_centres,
-            default_chunks(n_centres), n_centres if grades else 0)
-        check_overlap(closest)
-        add_repulsion(self.model, system, n_centres, energies, pair_grad, strain)
-        forces = gather_forces(system.offsets, system.second, pair_grad, n_atoms)
+            energies, forces = np.zeros(n_atoms), np.zeros((n_atoms, 3))
+            strain = np.zeros((n_atoms, 9))
+            descriptors = np.zeros((0, self.model.layout.n_terms))
+        else:
+            energies, pair_grad, strain, closest, descriptors = energy_forces_kernel(
+                system, no_sorted_pairs(), self.model.kernel_arrays(), n_centres,
+                default_chunks(n_centres), n_centres if grades else 0)
+            check_overlap(closest)
+            add_repulsion(self.model, system, n_centres, energies, pair_grad, strain)
+            forces = gather_forces(system.offsets, system.second, pair_grad, n_atoms)
         out = structure_results(energies, forces, -strain.reshape(n_atoms, 3, 3), volume)
         if grades:
             species = system.species[:n_centres]
