@@ -278,11 +278,12 @@ def cmd_eval(args):
 
 
 def grade_summary(grades):
-    """{structures, max, median, above_1, above_2, above_10} of per-structure grades."""
+    """{structures, max, median, above_1, above_2, above_10} of per-structure grades (above: by
+    more than MaxVol's tolerance, since the active set's own members grade 1 + round-off)."""
     g = np.asarray(grades)
     return {"structures": int(g.size), "max": float(g.max(initial=0.0)),
             "median": float(np.median(g)) if g.size else 0.0,
-            **{f"above_{t}": int(np.sum(g > t)) for t in (1, 2, 10)}}
+            **{f"above_{t}": int(np.sum(g > t * extrapolation.MAXVOL_TOL)) for t in (1, 2, 10)}}
 
 
 def cmd_grade(model, data_by_path, as_json):

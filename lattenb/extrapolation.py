@@ -260,7 +260,7 @@ def select_structures(model, pool, n, log=None):
             first = g.copy()
         g[chosen] = -np.inf
         best = int(np.argmax(g))
-        if g[best] <= 1.0:
+        if g[best] <= MAXVOL_TOL:          # the active set's own members grade 1 + round-off
             if log is not None:
                 log(f"no structure grades above 1 after {len(chosen)}: stopping")
             break
