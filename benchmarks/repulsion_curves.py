@@ -6,10 +6,10 @@ repulsion (`lattenb.repulsion`): do they rise monotonically below the training d
 For every model: the dimer energy E(r) of each species pair from 0.4 Å to the cutoff, and for a
 unary model the energy per atom of its element's ASE reference crystal (`ase.build.bulk`)
 compressed uniformly to nearest-neighbour distances from 0.4 Å up to its equilibrium one. Both
-with the model's repulsion and without it (the learned part alone). Reports where each curve stops
-rising as r decreases ("monotonic below X Å": the largest r below which E only grows as r
-shrinks) next to the repulsion's r_out (0.9 x the shortest training distance when `fit` placed
-it). Writes
+with the model's repulsion (ZBL and the wall `fit` solves, `lattenb.short_range`) and without it
+(the learned part alone). Reports where each curve stops rising as r decreases ("monotonic below
+X Å": the largest r below which E only grows as r shrinks) next to the shortest training
+distance d of the pair (r_out / 0.9 where `fit` placed the repulsion). Writes
 results/repulsion_curves_<tag>.{json,png}.
 """
 import argparse
@@ -65,6 +65,7 @@ def main():
     ap.add_argument("--tag", default="models")
     args = ap.parse_args()
     import lattenb
+    from lattenb.repulsion import RADIUS_FRACTIONS
     report = {}
     panels = []
     for path in args.models:
@@ -78,14 +79,17 @@ def main():
         for name in with_rep:
             r, e, r_out = with_rep[name]
             e0 = without[name][1]
+            d = r_out / RADIUS_FRACTIONS[1]
+            below = monotonic_below(r, e)
             row = {"model": Path(path).name, "curve": name, "r_out": float(r_out),
-                   "monotonic_below_with_repulsion": monotonic_below(r, e),
+                   "shortest_training_distance": float(d),
+                   "monotonic_below_with_repulsion": below,
+                   "rises_below_d": bool(below >= r[r <= d].max() - 1e-12),
                    "monotonic_below_without": monotonic_below(r, e0),
-                   "min_energy_below_r_out_with": float(e[r < r_out].min()),
-                   "energy_at_r_out_with": float(np.interp(r_out, r, e))}
+                   "wall": model.repulsion_wall is not None}
             report[f"{Path(path).name}: {name}"] = row
             print(json.dumps(row))
-            panels.append((f"{Path(path).stem}: {name}", r, e, e0, r_out))
+            panels.append((f"{Path(path).stem}: {name}", r, e, e0, d))
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"repulsion_curves_{args.tag}.json").write_text(json.dumps(report, indent=1))
     try:
@@ -100,14 +104,14 @@ def main():
     fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
     for ax in axes.flat[len(panels):]:
         ax.axis("off")
-    for ax, (title, r, e, e0, r_out) in zip(axes.flat, panels):
-        ref = np.interp(r_out, r, e)
-        ax.plot(r, e - ref, label="with repulsion")
+    for ax, (title, r, e, e0, d) in zip(axes.flat, panels):
+        ref = np.interp(d, r, e)
+        ax.plot(r, e - ref, label="with repulsion and wall")
         ax.plot(r, e0 - ref, "--", label="learned part alone")
-        ax.axvline(r_out, color="grey", lw=0.8, label="r_out (0.9 x shortest training distance)")
+        ax.axvline(d, color="grey", lw=0.8, label="d (shortest training distance)")
         ax.set_yscale("symlog", linthresh=1.0)
         ax.set_xlabel("distance (Å)" if "dimer" in title else "nearest-neighbour distance (Å)")
-        ax.set_ylabel("E - E(r_out) (eV" + ("/atom)" if "compression" in title else ")"))
+        ax.set_ylabel("E - E(d) (eV" + ("/atom)" if "compression" in title else ")"))
         ax.set_title(title, fontsize=9)
     axes.flat[0].legend(fontsize=7)
     fig.tight_layout()

@@ -229,7 +229,7 @@ def _fit(args, comm, fit, log):
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume=args.resume, max_time=max_time, log=log, log_every=args.log_every,
-                monotone=args.monotone, comm=comm, **auto)
+                comm=comm, **auto)
     if comm.rank != 0:
         return 130 if model.interrupted else 0
     model.save(args.output)
@@ -436,12 +436,9 @@ def build_parser():
     f.add_argument("--repulsion", choices=repulsion.NAMES,
                    help="core repulsion added to the learned energy: zbl (the ZBL screened "
                         "nuclear repulsion, whole below 0.6 x and off above 0.9 x the shortest "
-                        "distance of each species pair in the training data; the default) or "
-                        "none")
-    f.add_argument("--monotone", type=float, default=0.0, metavar="W",
-                   help="experimental: weight of a penalty that makes dimers and compressed "
-                        "crystals rise below the training data (lattenb.short_range; costs "
-                        "accuracy, see its notes); default 0, off")
+                        "distance of each species pair in the training data, plus a wall "
+                        "solved at the end of the fit so that dimers and compressed crystals "
+                        "rise below the data; the default) or none")
     f.add_argument("--radial-from", metavar="MODEL",
                    help="start from the radial functions of this model (same radial family and "
                         "blocks): filters learned on another system")

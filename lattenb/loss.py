@@ -59,14 +59,11 @@ def mlp_weight_mask(layer_sizes):
     return np.concatenate(parts)
 
 
-def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_chunks=None,
-                      penalty=None):
+def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_chunks=None):
     """Loss (float), its parts (dict) and, if asked, dL/dparams as a dict of arrays shaped like
     `model.params` (the radial family's, sigma, mlp, e0; g_mean and g_std are fixed buffers).
     On a shard of a distributed set (`Dataset.comm`) the means, the loss and the gradient run
-    over every rank's shard, and every rank gets them. penalty: a
-    `short_range.MonotonePenalty` whose value (parts["monotone"]) and gradient are added (every
-    rank computes the same, after the reductions)."""
+    over every rank's shard, and every rank gets them."""
     comm = data.comm
     E, F, S, _ = predict(model, data)
     n_per = data.n_atoms_per_frame
@@ -93,9 +90,6 @@ def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_
     mask = mlp_weight_mask(model.layer_sizes)
     mlp = model.params["mlp"]
     parts["l2"] = weights.l2 * float(np.sum((mlp * mask) ** 2))
-    extra = None
-    if penalty is not None:
-        parts["monotone"], extra = penalty.value_and_gradient(model, with_gradient)
     loss = sum(parts.values())
     if not with_gradient:
         return loss, parts, None
@@ -111,7 +105,4 @@ def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_
             grad[n] = flat[start:start + size].reshape(np.shape(grad[n]))
             start += size
     grad["mlp"] += 2.0 * weights.l2 * mlp * mask
-    if extra is not None:
-        for name, value in extra.items():
-            grad[name] = grad[name] + value
     return loss, parts, grad

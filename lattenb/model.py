@@ -70,8 +70,9 @@ class LatteModel:
     parameters linear in the number of species; `lattenb.species_modes`), saved with the model.
     repulsion: "none" (default) or "zbl", a core repulsion added to the learned energy
     (`lattenb.repulsion`), with repulsion_radii (S, S, 2) Å, (r_in, r_out) per species pair
-    (`lattenb.repulsion.radii_from_data` places them below the training data); saved with the
-    model. grade_features: what the extrapolation grades are computed on, "descriptors" (default)
+    (`lattenb.repulsion.radii_from_data` places them below the training data) and repulsion_wall
+    (S, S, K, 2), (reach Å, coefficient eV) per species pair, or None (`fit` solves it:
+    `lattenb.short_range`); saved with the model. grade_features: what the extrapolation grades are computed on, "descriptors" (default)
     or "last_hidden" (`lattenb.extrapolation`), saved with the model. width: initial
     radial width in Å (default cutoff / 4). seed: for the random initialisation.
     """
@@ -80,7 +81,7 @@ class LatteModel:
                  activation="gaussian", width=None, seed=0, radial=radial_families.DEFAULT,
                  shared_radial=False, species_mode=species_modes.DEFAULT,
                  embedding_dim=species_modes.DEFAULT_EMBEDDING_DIM,
-                 repulsion=repulsion_terms.DEFAULT, repulsion_radii=None,
+                 repulsion=repulsion_terms.DEFAULT, repulsion_radii=None, repulsion_wall=None,
                  grade_features=DEFAULT_FEATURES):
         self.numbers = parse_species(species)
         self.species = tuple(chemical_symbols[z] for z in self.numbers)
@@ -96,7 +97,7 @@ class LatteModel:
         self.species_mode = self.species_mode_impl.name
         self.embedding_dim = species_modes.check_embedding_dim(embedding_dim)
         self.cutoff = cutoff
-        self.set_repulsion(repulsion, repulsion_radii)
+        self.set_repulsion(repulsion, repulsion_radii, repulsion_wall)
         self.grade_features = check_features(grade_features)
         self.blocks = format_blocks(parse_blocks(blocks))
         self.layout = descriptor_layout(self.blocks)
@@ -217,14 +218,16 @@ class LatteModel:
                 activation=activation_code(self.activation), e0=np.ascontiguousarray(p["e0"]))
         return self._kernel_arrays
 
-    def set_repulsion(self, repulsion, radii=None):
+    def set_repulsion(self, repulsion, radii=None, wall=None):
         """Set the core repulsion: "none", or "zbl" with radii (S, S, 2) Å, (r_in, r_out) per
-        species pair, r_out within the cutoff (`lattenb.repulsion`). ValueError for bad input."""
+        species pair, r_out within the cutoff, and optionally a wall (S, S, K, 2), (reach Å,
+        coefficient eV) per species pair (`lattenb.repulsion`). ValueError for bad input."""
         name = repulsion_terms.check_name(repulsion)
         if name == "none":
-            if radii is not None:
-                raise ValueError('repulsion_radii given with repulsion="none"')
+            if radii is not None or wall is not None:
+                raise ValueError('repulsion_radii or repulsion_wall given with repulsion="none"')
             self.repulsion, self.repulsion_radii, self._repulsion_arrays = name, None, None
+            self.repulsion_wall = None
             return
         if radii is None:
             raise ValueError(f"repulsion={name!r} needs repulsion_radii (S, S, 2) Å "
@@ -233,14 +236,17 @@ class LatteModel:
         if radii.max() > self.cutoff:
             raise ValueError(f"repulsion_radii reach {radii.max():.3f} Å, beyond the cutoff "
                              f"{self.cutoff} Å")
+        wall_array = repulsion_terms.check_wall(wall, len(self.numbers), self.cutoff)
         self.repulsion = name
-        self.repulsion_radii = radii.tolist()     # a JSON-ready nested list, as saved
+        self.repulsion_radii = radii.tolist()     # JSON-ready nested lists, as saved
+        self.repulsion_wall = wall_array.tolist() if wall_array.shape[2] else None
         # what the kernel reads, made once rather than on every MD step
-        self._repulsion_arrays = (self.numbers.astype(np.float64), radii)
+        reach = np.maximum(radii[..., 1], wall_array[..., 0].max(axis=-1, initial=0.0))
+        self._repulsion_arrays = (self.numbers.astype(np.float64), radii, wall_array, reach)
 
     def repulsion_arrays(self):
-        """(atomic numbers (S,) float64, radii (S, S, 2) Å) for `repulsion.add_repulsion_kernel`, or
-        None without a repulsion."""
+        """(atomic numbers (S,) float64, radii (S, S, 2) Å, wall (S, S, K, 2), reach (S, S) Å)
+        for `repulsion.add_repulsion_kernel`, or None without a repulsion."""
         return self._repulsion_arrays
 
     def take_radial(self, source):
@@ -413,6 +419,7 @@ class LatteModel:
                    "species_mode": species_modes.DEFAULT,
                    "embedding_dim": species_modes.DEFAULT_EMBEDDING_DIM,
                    "repulsion": repulsion_terms.DEFAULT, "repulsion_radii": None,
+                   "repulsion_wall": None,
                    "grade_features": DEFAULT_FEATURES}
 
     def file_header(self, extra=None):

@@ -2,8 +2,8 @@
 
 The learned energy has compactly supported radial functions and no data below the shortest
 training distance, so nothing in it keeps two atoms apart; hot MD can fall into holes there.
-The core repulsion (as ACE's core repulsion and the ZBL term of MACE and NequIP) is a fixed pair
-energy, switched off before the training data begin, so it does not change the fit:
+The core repulsion has two parts. ZBL (as ACE's core repulsion and the ZBL term of MACE and
+NequIP), a fixed pair energy switched off before the training data begin:
 
     E_rep = 1/2 sum_i sum_{j != i} phi(r_ij; Z_i, Z_j) s(r_ij),
     phi(r) = k_e Z_i Z_j / r  sum_m c_m exp(-d_m r / a),   a = 0.46850 / (Z_i^0.23 + Z_j^0.23) Å,
@@ -17,6 +17,20 @@ r_in = 0.6 d (RADIUS_FRACTIONS). Below d (r_out = d, tried first) the repulsion 
 of the benchmarks: AcAc's 600 K set has H-O at 0.901 Å against 0.936 in train_300K.xyz, where ZBL
 between bonded atoms is of the order of an eV; 0.9 d leaves every benchmark's test set alone
 (shortest test distances: Ni 0.98 d, AcAc 0.95 d for H-C and H-H, 0.96 d for H-O).
+
+The learned energy still falls below the data in places, between r_out and d and for crystals
+squeezed until their neighbours come closer than d (issue 18 notes): it is extrapolation there.
+The *wall* closes that band: a non-negative sum of C^2 polynomials per species pair
+
+    w(r) = sum_k a_k (1 - r / rho_k)^3   (r < rho_k),   a_k >= 0 eV,
+
+each falling monotonically to 0 at its reach rho_k, some a little above d (`WALL_FRACTIONS`).
+Its coefficients are solved at the end of a fit (`lattenb.short_range.close_short_range`): the
+smallest wall, measured by the forces it adds to the training structures, under which every
+probe curve (dimers, compressed crystals) rises below d. It reaches only the few training
+structures with a pair just above d, with small forces (0.0006 eV/Å on average on mlearn Mo).
+Saved with the model as wall (S, S, K, 2), (rho_k Å, a_k eV) per species pair; a model without
+one has K = 0.
 
 Per-pair outputs follow the energy kernel (`lattenb.kernels`): per-atom energies (N,) eV, dE/dv
 (P, 3) eV/Å for the pair vectors v_q = r_j + shift - r_i of the neighbour list, per-atom
@@ -39,6 +53,8 @@ ZBL_C = (0.18175, 0.50986, 0.28022, 0.02817)
 ZBL_D = (3.19980, 0.94229, 0.40290, 0.20162)
 #: (r_in, r_out) as fractions of the shortest training distance in `radii_from_data`
 RADIUS_FRACTIONS = (0.6, 0.9)
+#: the wall's reaches rho_k as fractions of the shortest training distance d
+WALL_FRACTIONS = (0.95, 1.0, 1.05, 1.1, 1.15)
 
 
 def check_name(name):
@@ -60,6 +76,24 @@ def check_radii(radii, n_species):
     if not np.array_equal(radii, radii.transpose(1, 0, 2)):
         raise ValueError("repulsion_radii must be symmetric in the two species")
     return radii
+
+
+def check_wall(wall, n_species, cutoff):
+    """wall as a float64 (S, S, K, 2) array of (rho_k Å, a_k eV), symmetric, 0 < rho_k <= cutoff,
+    a_k >= 0 (None: no wall, K = 0); ValueError naming the problem."""
+    if wall is None:
+        return np.zeros((n_species, n_species, 0, 2))
+    wall = np.array(wall, dtype=np.float64)
+    if wall.ndim != 4 or wall.shape[:2] != (n_species, n_species) or wall.shape[3] != 2:
+        raise ValueError(f"repulsion_wall must have shape ({n_species}, {n_species}, K, 2) "
+                         f"(reach, coefficient per species pair), got {wall.shape}")
+    if not np.all(np.isfinite(wall)) or np.any(wall[..., 0] <= 0) \
+            or np.any(wall[..., 0] > cutoff) or np.any(wall[..., 1] < 0):
+        raise ValueError(f"repulsion_wall needs reaches 0 < rho <= the cutoff ({cutoff} Å) and "
+                         "coefficients >= 0 eV")
+    if not np.array_equal(wall, wall.transpose(1, 0, 2, 3)):
+        raise ValueError("repulsion_wall must be symmetric in the two species")
+    return wall
 
 
 def radii_from_data(closest, fractions=RADIUS_FRACTIONS):
@@ -97,29 +131,56 @@ def zbl_switched(r, zz, inv_a, r_in, r_out):
     return phi * s, dphi * s + phi * ds
 
 
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def wall_term(r, rho):
+    """((1 - r/rho)^3, its derivative in r (1/Å)) for r < rho, else (0, 0): one wall term."""
+    if r >= rho:
+        return 0.0, 0.0
+    x = 1.0 - r / rho
+    return x * x * x, -3.0 * x * x / rho
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def wall_value(r, wall_ab):
+    """(w, dw/dr) at distance r (eV, eV/Å) of one species pair's wall, (K, 2) (rho_k, a_k)."""
+    w = 0.0
+    dw = 0.0
+    for k in range(wall_ab.shape[0]):
+        t, dt = wall_term(r, wall_ab[k, 0])
+        w += wall_ab[k, 1] * t
+        dw += wall_ab[k, 1] * dt
+    return w, dw
+
+
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
 def add_repulsion_kernel(n_centres, positions, cells, frame_of_atom, offsets, second, shifts,
-                         species, atomic_numbers, radii, energies, pair_grad, strain):
+                         species, atomic_numbers, radii, wall, reach, energies, pair_grad, strain):
     """Add the core repulsion of the atoms i < n_centres (the others only as neighbours) to
     per-atom energies (N,) eV, per-pair dE/dv (P, 3) eV/Å and per-atom dE/d(strain) (N, 9) eV,
-    in place (each atom writes only its own rows and pairs). atomic_numbers (S,) float64 and
-    radii (S, S, 2) Å of the model's species."""
+    in place (each atom writes only its own rows and pairs). atomic_numbers (S,) float64, radii
+    (S, S, 2) Å, wall (S, S, K, 2) and reach (S, S) Å (the larger of r_out and the wall's
+    reaches) of the model's species."""
     for i in prange(n_centres):
         si = species[i]
         cell = cells[frame_of_atom[i]]
         for q in range(offsets[i], offsets[i + 1]):
             j = second[q]
             sj = species[j]
-            r_out = radii[si, sj, 1]
+            r_max = reach[si, sj]
             vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
             r2 = vx * vx + vy * vy + vz * vz
-            if r2 >= r_out * r_out:
+            if r2 >= r_max * r_max:
                 continue
             r = np.sqrt(r2)
-            zi = atomic_numbers[si]
-            zj = atomic_numbers[sj]
-            inv_a = (zi ** 0.23 + zj ** 0.23) / 0.46850
-            e, de = zbl_switched(r, COULOMB * zi * zj, inv_a, radii[si, sj, 0], r_out)
+            e, de = wall_value(r, wall[si, sj])
+            r_out = radii[si, sj, 1]
+            if r < r_out:
+                zi = atomic_numbers[si]
+                zj = atomic_numbers[sj]
+                inv_a = (zi ** 0.23 + zj ** 0.23) / 0.46850
+                ez, dez = zbl_switched(r, COULOMB * zi * zj, inv_a, radii[si, sj, 0], r_out)
+                e += ez
+                de += dez
             energies[i] += 0.5 * e                  # each pair is in the list once per atom
             g = 0.5 * de / r
             gx = g * vx
@@ -189,12 +250,12 @@ def repulsion_results(model, positions, cell, pbc, species):
     learned part elsewhere (CUDA): (energies (N,) eV, forces (N, 3) eV/Å, atom_virial (N, 3, 3)
     eV, each atom's share of W = -dE/d(strain)), or None without a repulsion. positions (N, 3),
     cell (3, 3), pbc (3,) validated, species (N,) indices into the model's species. Builds its
-    own neighbour list out to the largest r_out, so it costs little."""
+    own neighbour list out to the repulsion's reach, so it costs little."""
     arrays = model.repulsion_arrays()
     if arrays is None:
         return None
     n = len(positions)
-    offsets, second, shifts = neighbor_list(positions, cell, pbc, float(arrays[1][..., 1].max()))
+    offsets, second, shifts = neighbor_list(positions, cell, pbc, float(arrays[-1].max()))
     system = System(positions, np.asarray(cell, dtype=np.float64)[None], np.zeros(n, np.int64),
                     offsets, second, shifts, np.asarray(species, dtype=np.int64))
     energies, pair_grad, strain = np.zeros(n), np.zeros((len(second), 3)), np.zeros((n, 9))

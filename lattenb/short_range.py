@@ -1,55 +1,80 @@
 """Short range below the training data: probe curves that must rise as atoms are pushed together,
-and the training penalty that makes them rise.
+and the wall (`lattenb.repulsion`) that makes them rise.
 
-EXPERIMENTAL, off by default (`fit(..., monotone=W)`, `lattenb fit --monotone W`). Measured on
-plain 6-minute fits of mlearn Cu and Mo (1 thread each, side by side): with W = 10 and 64 steps the
-dimers of both and Cu's compression curve rise all the way up to d, Mo's compression curve still
-has a 0.02 eV/atom blip at 1.77 Å and a 0.51 eV/atom step just above d (the probes start at d);
-but the test force MAE rose from 0.0155 to 0.0343 eV/Å (Cu) and 0.119 to 0.136 (Mo), partly
-because an iteration costs about 1.5 x (412 against 640 iterations in 6 minutes for Cu): the MLP
-that fits the data is the one bent here. W = 1 with 16 steps left the curves falling between
-probes (Cu 0.0237, Mo 0.136 eV/Å).
+The core repulsion (ZBL) is switched off by r_out = 0.9 d, d the shortest training distance of
+each species pair, so that it leaves the data alone. Between r_out and d, and for a crystal
+squeezed until its nearest neighbours are closer than d, the learned energy is on its own and
+extrapolates: its radial functions fade out below the data, so the squeezed neighbours count
+less and less, and on plain 6-minute mlearn fits the energy of bcc Mo fell by 0.40 eV/atom
+within 0.014 Å below d and the Ni dimer by 0.47 eV between d and 0.88 d (issue 18 notes).
 
-The core repulsion (`lattenb.repulsion`) is switched off by r_out = 0.9 d, d the shortest
-training distance of each species pair, so that it leaves the data alone. Between r_out and d,
-and for a crystal squeezed until its nearest neighbours are closer than d, the learned energy
-is on its own and extrapolates: on plain 6-minute mlearn fits the energy of bcc Mo fell by
-0.40 eV/atom within 0.014 Å below d, the Mo dimer by 0.016 eV (issue 18 notes). A fixed repulsion
-cannot fix that smoothly, since the learned curve already falls at d (a C^2 wall vanishing at d
-would need 7,000-27,000 eV at r_in for Ni and Mo). So the fit itself is asked for it:
+The probes: the dimer of every species pair and, for each composition with periodic structures
+in the training data, its lowest-energy one (reduced to its smallest repeat) and, for each
+element with crystals of its own there, its ASE reference crystal, compressed uniformly from the
+shortest training distance d down to `LOWEST` d in `N_STEPS` steps (`probe_distances`: finest
+at d). Every step must raise the
+energy per atom by at least `MIN_SLOPE` times its length (a sampled curve can still dip between
+its samples where it is only flat on average; a least slope leaves room for the learned part's
+curvature between them).
 
-    P = weight * sum over probe curves and steps k of relu(E_k - E_(k+1))^2   (eV/atom)^2,
+`close_short_range` solves the wall that makes them: the coefficients a >= 0 of the wall terms
+(1 - r/rho_k)^3, rho_k = `repulsion.WALL_FRACTIONS` x d per species pair, that minimise what the
+wall adds to the training forces (a bound on their mean absolute component) subject to the
+rises, a linear program (SciPy's HiGHS). The terms reaching above d are what can lift a curve
+that already falls at d; they touch only the training structures with a pair between d and
+their reach. Measured on a 6-minute mlearn Mo fit, the wall placed afterwards: minimising the
+energy it adds chose a term reaching 1.1 d and moved the test force MAE from 0.1193 to 0.1200
+eV/Å; minimising the forces chose 1.05 d and left it at 0.1193 (energy MAE 3.032 both).
 
-E_k the energy per atom (learned part plus repulsion) of the k-th configuration of a curve, each
-more compressed than the one before: the dimer of every species pair and, for each composition in
-the training data, its lowest-energy periodic structure compressed uniformly, from the shortest
-distance d (of that pair, or of the structure) down to the repulsion's inner radius in
-`N_STEPS` steps. P is zero on curves that already rise, and it touches no training structure.
-Its gradient is an energy-only adjoint on the probe configurations (`backend.parameter_gradients`
-with e_bar on their atoms), the same pass as the energy term of the loss.
+`fit` solves the wall last, after its L-BFGS run and exact output solve. Also tried, on mlearn
+Cu and Mo: training on with the wall in place for the last 20 % of the budget, so that the learned
+part could absorb it: test force MAE 0.0153 and 0.1212 eV/Å against 0.0148 and 0.1193 with the
+wall simply added at the end (0.0150 and 0.1193 without a wall), so the fit does not.
+
+Tried before this (issue 18 notes): a wall vanishing at d (a C^2 wall cannot lift a curve that
+falls at d: 3,000-27,000 eV at 0.6 d for Li, Ni and Mo), and a training penalty on the same
+probe curves (made three of four curves rise but bent the MLP: Cu's test force MAE went from
+0.0155 to 0.0343 eV/Å).
 """
-from dataclasses import dataclass
+import time
 
 import numpy as np
 from ase import Atoms
+from numba import njit, prange
 
-from .repulsion import RADIUS_FRACTIONS
+from .pairs import pair_vector
+from .repulsion import RADIUS_FRACTIONS, WALL_FRACTIONS, wall_term
 
-#: configurations per probe curve below d (the first at d itself)
-N_STEPS = 64
-#: a weight that made the dimers and Cu's compression rise (module docstring); per (eV/atom)^2 of
-#: a drop, where the energy weight of a plain fit is 10 per (eV/atom)^2 of mean squared error
-SUGGESTED_WEIGHT = 10.0
+#: steps per probe curve, from d down to LOWEST x d, spaced quadratically: the first is
+#: (1 - LOWEST) d / N_STEPS^2 (4e-5 Å for d = 2 Å), so its least rise asks for an outward force
+#: right at d (with even steps a fit's dimer still fell in the first 0.005 Å below d, where
+#: the learned part falls and a wall term reaching exactly d has no slope yet)
+N_STEPS = 160
+LOWEST = 0.5
 
 
-def _dimer_curves(numbers, closest, r_in):
-    """One curve per species pair: two atoms from d down to r_in."""
+def probe_distances(d):
+    """(N_STEPS + 1,) Å: the shortest distances of a probe curve, d down to LOWEST d."""
+    return d - (1.0 - LOWEST) * d * (np.arange(N_STEPS + 1) / N_STEPS) ** 2
+#: the least rise of the energy per atom per Å of a probe step (eV/Å per atom): the least
+#: outward force below the data. With 1e-5 eV per step a 10-iteration Cu fit still dipped by
+#: 1.6e-4 eV between two probe samples.
+MIN_SLOPE = 0.1
+#: weight of the wall's height at LOWEST x d in the program's objective (per eV), next to the
+#: forces it adds to the training structures (eV/Å): it only breaks ties between terms that
+#: reach no training pair
+HEIGHT_WEIGHT = 1e-6
+
+
+def _dimer_curves(numbers, closest):
+    """(d, curve) per species pair: two atoms from d down to LOWEST d."""
     curves = []
     for a in range(len(numbers)):
         for b in range(a, len(numbers)):
-            d, lo = closest[a, b], r_in[a, b]
-            curves.append([Atoms(numbers=[numbers[a], numbers[b]], positions=[[0, 0, 0], [r, 0, 0]])
-                           for r in np.linspace(d, lo, N_STEPS + 1)])
+            d = closest[a, b]
+            curves.append((d, [Atoms(numbers=[numbers[a], numbers[b]],
+                                     positions=[[0, 0, 0], [r, 0, 0]])
+                               for r in probe_distances(d)]))
     return curves
 
 
@@ -124,75 +149,264 @@ def reduce_supercell(atoms):
     return Atoms(numbers=numbers, scaled_positions=frac, cell=cell, pbc=True)
 
 
-def _compression_curves(crystals, closest_d, r_in_min, cutoff):
+def reference_crystal(number):
+    """The ASE reference crystal (`ase.build.bulk`) of an element, or None where ASE has none
+    (molecular elements such as H and O)."""
+    from ase.build import bulk
+    from ase.data import chemical_symbols
+    try:
+        return bulk(chemical_symbols[number])
+    except (ValueError, KeyError, RuntimeError, TypeError):
+        return None
+
+
+def probe_crystals(crystals):
+    """The periodic structures whose compression is probed: the lowest-energy structure of each
+    composition (`crystal_candidates`), reduced to its smallest repeat, and the reference crystal
+    of every element that has periodic structures of its own among them."""
+    out = [reduce_supercell(atoms) for _, atoms in sorted(crystals.values(),
+                                                            key=lambda item: item[0])]
+    for key in sorted(crystals):
+        if len(key) == 1:
+            atoms = reference_crystal(key[0][0])
+            if atoms is not None:
+                out.append(atoms)
+    return out
+
+
+def _compression_curves(crystals, closest, cutoff):
+    """(d, curve) per crystal: compressed uniformly from its shortest distance = d (the shortest
+    training distance among its species pairs) down to LOWEST d."""
     curves = []
-    for _, atoms in sorted(crystals.values(), key=lambda item: item[0]):
-        atoms = reduce_supercell(atoms)
+    for atoms in crystals:
         d0 = shortest_distance(atoms, cutoff)
         if d0 is None:
             continue
-        start = min(d0, closest_d)
+        present = np.unique(atoms.numbers)
+        d = min(closest[a, b] for a in present for b in present)
         curve = []
-        for r in np.linspace(start, r_in_min, N_STEPS + 1):
+        for r in probe_distances(d):
             x = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
                       pbc=atoms.pbc)
             x.set_cell(atoms.cell.array * (r / d0), scale_atoms=True)
             curve.append(x)
-        curves.append(curve)
+        curves.append((d, curve))
     return curves
 
 
-@dataclass
-class MonotonePenalty:
-    """The penalty P over probe curves (see the module docstring), prepared once for a model.
+class ProbeCurves:
+    """The probe curves of a model, prepared once: `data` a `Dataset` of every configuration
+    (curves one after the other), `first`, `second` the frame indices of each step (second more
+    compressed), `step` its length (Å of the shortest distance), `n_curves`."""
 
-    data: a `Dataset` of every probe configuration (curves one after the other); first, second:
-    the frame indices of each step (second more compressed); weight."""
-    data: object
-    first: np.ndarray
-    second: np.ndarray
-    weight: float
-    n_curves: int
-
-    @classmethod
-    def build(cls, model, crystals, weight=SUGGESTED_WEIGHT):
-        """Probe curves for `model` (with a core repulsion): dimers of every species pair and
-        the compression of each structure in `crystals` (`crystal_candidates`)."""
+    def __init__(self, model, crystals):
+        """model: with a core repulsion (its radii give d = r_out / 0.9 per species pair);
+        crystals: `crystal_candidates` of the training data."""
         from .dataset import prepare_dataset
-        radii = np.array(model.repulsion_radii)
-        closest = radii[..., 1] / RADIUS_FRACTIONS[1]     # d, where `fit` placed r_out
-        curves = _dimer_curves(model.numbers, closest, radii[..., 0])
-        curves += _compression_curves(crystals, float(closest.min()), float(radii[..., 0].min()),
-                                      model.cutoff)
-        frames = [a for c in curves for a in c]
-        data = prepare_dataset(frames, model, require_energy=False, keep_pairs=True)
-        first, start = [], 0
-        for c in curves:
+        self.closest = np.array(model.repulsion_radii)[..., 1] / RADIUS_FRACTIONS[1]
+        index = {z: k for k, z in enumerate(model.numbers)}
+        by_number = np.full((max(model.numbers) + 1,) * 2, np.inf)
+        for a, za in enumerate(model.numbers):
+            for b, zb in enumerate(model.numbers):
+                by_number[za, zb] = self.closest[a, b]
+        known = [c for c in probe_crystals(crystals) if all(z in index for z in c.numbers)]
+        ends, curves = zip(*(_dimer_curves(model.numbers, self.closest)
+                             + _compression_curves(known, by_number, model.cutoff)))
+        self.data = prepare_dataset([a for c in curves for a in c], model, require_energy=False)
+        first, start, step = [], 0, []
+        for c, d in zip(curves, ends):
             first.extend(range(start, start + len(c) - 1))
+            step.extend(-np.diff(probe_distances(d)))
             start += len(c)
-        first = np.array(first, dtype=np.int64)
-        return cls(data, first, first + 1, float(weight), len(curves))
+        self.first = np.array(first, dtype=np.int64)
+        self.step = np.array(step)
+        self.second = self.first + 1
+        self.n_curves = len(curves)
 
-    def drops(self, model):
-        """The rise E_(k+1) - E_k (eV/atom) of every step (negative: the curve falls)."""
+    def rises(self, model):
+        """E_(k+1) - E_k (eV/atom) of every step (negative: the curve falls there)."""
         from .predict import predict
         energy = predict(model, self.data)[0] / self.data.n_atoms_per_frame
-        return energy[self.second] - energy[self.first], energy
+        return energy[self.second] - energy[self.first]
 
-    def value_and_gradient(self, model, with_gradient=True):
-        """(P, dP/dparams as in `loss.loss_and_gradient`, or None)."""
-        rise, _ = self.drops(model)
-        h = np.maximum(-rise, 0.0)
-        value = self.weight * float(np.sum(h * h))
-        if not with_gradient or not value:      # every curve rises: nothing to push
-            return value, None
-        data = self.data
-        e_bar_frame = np.zeros(data.n_frames)
-        np.add.at(e_bar_frame, self.first, 2.0 * self.weight * h)
-        np.add.at(e_bar_frame, self.second, -2.0 * self.weight * h)
-        e_bar = (e_bar_frame / data.n_atoms_per_frame)[data.frame_of_atom]
-        n = len(data.positions)
-        grad = model.backend("cpu").parameter_gradients(
-            data, e_bar, np.zeros((n, 3)), np.zeros((data.n_frames, 3, 3)))
-        grad["e0"] = np.bincount(data.species, weights=e_bar, minlength=model.n_species)
-        return value, grad
+
+def wall_reaches(closest):
+    """(S, S, K) Å: the wall's reaches, WALL_FRACTIONS x the shortest training distance d."""
+    return np.asarray(closest)[..., None] * np.asarray(WALL_FRACTIONS)
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def wall_energy_basis(positions, cells, frame_of_atom, offsets, second, shifts, species, rho):
+    """(N, S, K): for every atom i, half the sum over its neighbours j of species s of the wall
+    term (1 - r_ij / rho[s_i, s, k])^3, the energy a wall of unit coefficients gives atom i."""
+    n_atoms = positions.shape[0]
+    out = np.zeros((n_atoms, rho.shape[1], rho.shape[2]))
+    for i in prange(n_atoms):
+        si = species[i]
+        cell = cells[frame_of_atom[i]]
+        for q in range(offsets[i], offsets[i + 1]):
+            sj = species[second[q]]
+            vx, vy, vz = pair_vector(positions, cell, shifts, i, second[q], q)
+            r = np.sqrt(vx * vx + vy * vy + vz * vz)
+            for k in range(rho.shape[2]):
+                out[i, sj, k] += 0.5 * wall_term(r, rho[si, sj, k])[0]
+    return out
+
+
+@njit(cache=True, error_model="numpy")
+def wall_force_basis(positions, cells, frame_of_atom, offsets, second, shifts, species, rho,
+                     pair_index, n_pairs):
+    """The forces (eV/Å) a wall of unit coefficients exerts, on the atoms it reaches only:
+    (atoms (M,) their indices, forces (M, n_pairs, K, 3) per unordered species pair
+    pair_index[s_i, s_j] and term k). Serial: the pairs scatter to both atoms."""
+    n_atoms = positions.shape[0]
+    reach = np.zeros(rho.shape[:2])
+    for a in range(rho.shape[0]):
+        for b in range(rho.shape[1]):
+            reach[a, b] = rho[a, b].max()
+    row = np.full(n_atoms, -1)
+    n_rows = 0
+    for stage in range(2):          # 0: find the atoms the wall reaches, 1: their forces
+        if stage == 1:
+            out = np.zeros((n_rows, n_pairs, rho.shape[2], 3))
+        for i in range(n_atoms):
+            si = species[i]
+            cell = cells[frame_of_atom[i]]
+            for q in range(offsets[i], offsets[i + 1]):
+                j = second[q]
+                sj = species[j]
+                vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
+                r = np.sqrt(vx * vx + vy * vy + vz * vz)
+                if r >= reach[si, sj]:
+                    continue
+                if stage == 0:
+                    for m in (i, j):
+                        if row[m] < 0:
+                            row[m] = n_rows
+                            n_rows += 1
+                    continue
+                p = pair_index[si, sj]
+                for k in range(rho.shape[2]):
+                    g = 0.5 * wall_term(r, rho[si, sj, k])[1] / r     # each pair is listed twice
+                    out[row[i], p, k, 0] += g * vx
+                    out[row[i], p, k, 1] += g * vy
+                    out[row[i], p, k, 2] += g * vz
+                    out[row[j], p, k, 0] -= g * vx
+                    out[row[j], p, k, 1] -= g * vy
+                    out[row[j], p, k, 2] -= g * vz
+    atoms = np.empty(n_rows, np.int64)
+    for m in range(n_atoms):
+        if row[m] >= 0:
+            atoms[row[m]] = m
+    return atoms, out
+
+
+def _pair_index(n_species):
+    """(S, S) int64: the index of each unordered species pair among the upper triangle."""
+    upper = np.triu_indices(n_species)
+    index = np.zeros((n_species, n_species), np.int64)
+    index[upper] = index[upper[::-1]] = np.arange(len(upper[0]))
+    return index
+
+
+def wall_energies(model, data, rho):
+    """(F, U, K) eV: per frame of a `Dataset`, the energy each wall term of unit coefficient gives,
+    U = S (S + 1) / 2 unordered species pairs (in `numpy.triu_indices` order)."""
+    system = data.kernel_inputs(model.kernel_arrays())[0]
+    per_atom = wall_energy_basis(system.positions, system.cells, system.frame_of_atom,
+                                 system.offsets, system.second, system.shifts, system.species,
+                                 rho)
+    S, K = rho.shape[0], rho.shape[2]
+    index = _pair_index(S)
+    out = np.zeros((data.n_frames, index.max() + 1, K))
+    np.add.at(out, (data.frame_of_atom[:, None], index[data.species]), per_atom)
+    return out
+
+
+def wall_force_impact(model, data, rho):
+    """(U, K) eV/Å: the mean absolute force component a wall term of unit coefficient adds to
+    the atoms with reference forces of a `Dataset` (all ranks of `data.comm`); a wall's impact
+    on the training forces is at most impact . a (the triangle inequality)."""
+    system = data.kernel_inputs(model.kernel_arrays())[0]
+    index = _pair_index(rho.shape[0])
+    atoms, forces = wall_force_basis(system.positions, system.cells, system.frame_of_atom,
+                                     system.offsets, system.second, system.shifts,
+                                     system.species, rho, index, index.max() + 1)
+    with_forces = data.has_forces[data.frame_of_atom]
+    total = np.abs(forces[with_forces[atoms]]).sum(axis=(0, 3))
+    count = 3.0 * with_forces.sum()
+    return data.comm.sum(total) / max(data.comm.sum(count), 1.0)
+
+
+def solve_wall(model, probes, impact):
+    """The coefficients (S, S, K) eV (symmetric) to add to the model's wall so that every probe
+    step rises by MIN_SLOPE x its length, minimising impact . a (impact (U, K) per unordered
+    species pair and term, `wall_force_impact`), or None when the curves rise already;
+    RuntimeError when the program has no solution."""
+    from scipy.optimize import linprog
+    rise = probes.rises(model)
+    least = MIN_SLOPE * probes.step
+    if np.all(rise >= 0.99 * least):        # (the program's own tolerance is 1e-7)
+        return None
+    rho = wall_reaches(probes.closest)
+    S, K = rho.shape[0], rho.shape[2]
+    upper = np.triu_indices(S)
+    basis = wall_energies(model, probes.data, rho).reshape(
+        probes.data.n_frames, -1) / probes.data.n_atoms_per_frame[:, None]
+    # rise_k + (B_second - B_first) a >= least_k  <=>  (B_first - B_second) a <= rise_k - least_k
+    A = basis[probes.first] - basis[probes.second]
+    height = np.clip(1.0 - LOWEST * probes.closest[..., None] / rho, 0.0, None) ** 3
+    cost = (impact + HEIGHT_WEIGHT * height[upper]).ravel()
+    result = linprog(cost, A_ub=A, b_ub=rise - least, bounds=(0, None), method="highs")
+    if result.status != 0:
+        raise RuntimeError(f"no wall makes the probe curves rise ({result.message})")
+    add = np.zeros((S, S, K))
+    add[upper] = add[upper[::-1]] = result.x.reshape(-1, K)
+    return add
+
+
+def close_short_range(model, data, crystals, log=None):
+    """Give `model` (with a core repulsion) the wall that makes every probe curve rise below the
+    training data (module docstring), in place, added to the wall it has (a refit of a fitted
+    model keeps the wall it was fitted with). data: the training `Dataset` (a shard of it on
+    each rank of `data.comm`); crystals: `crystal_candidates` of all the training data (the same
+    on every rank). Returns a summary dict (what `fit` records in `fit_info["short_range"]`)."""
+    comm = data.comm
+    t0 = time.perf_counter()
+    probes = ProbeCurves(model, crystals)
+    rho = wall_reaches(probes.closest)
+    impact = wall_force_impact(model, data, rho)
+    falls = int(np.sum(probes.rises(model) <= 0.0))
+    wall = np.zeros_like(rho)
+    if model.repulsion_wall is not None and np.shape(model.repulsion_wall)[:3] == rho.shape \
+            and np.allclose(np.array(model.repulsion_wall)[..., 0], rho):
+        wall = np.array(model.repulsion_wall)[..., 1]        # a refit: the wall only grows
+    add, problem = None, None
+    if comm.rank == 0:
+        try:
+            add = solve_wall(model, probes, impact)
+        except RuntimeError as exc:     # keep the fitted model: say so, do not fail the fit
+            problem = str(exc)
+    add, problem = comm.bcast((add, problem))
+    if add is not None:
+        wall += add
+        model.set_repulsion(model.repulsion, model.repulsion_radii,
+                            np.stack([rho, wall], axis=-1))
+    left = int(np.sum(probes.rises(model) <= 0.0))
+    at_d = np.sum(wall * np.clip(1.0 - probes.closest[..., None] / rho, 0.0, None) ** 3, axis=-1)
+    summary = {"curves": probes.n_curves, "steps_falling_before": falls,
+               "steps_falling_after": left, "problem": problem,
+               "training_forces_eV_per_A": float(np.sum(impact * wall[np.triu_indices(
+                   len(rho))])),
+               "largest_wall_at_d_eV": float(at_d.max()),
+               "seconds": time.perf_counter() - t0}
+    if log is not None:
+        log(f"short range: {probes.n_curves} probe curves (dimers, compressed crystals) below "
+            f"the training data, {falls} of {len(probes.first)} steps falling; wall: "
+            f"{summary['largest_wall_at_d_eV']:.3g} eV at d at most, at most "
+            f"{summary['training_forces_eV_per_A']:.2g} eV/Å added to the training forces "
+            f"(mean absolute component), {left} steps falling after "
+            f"({summary['seconds']:.1f} s)")
+        if problem is not None:
+            log(f"WARNING: short range: {problem}; the curves may still fall below the data")
+    return summary

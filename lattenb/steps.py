@@ -144,9 +144,8 @@ class _Objective:
     exactly: a resumed fit replays the recorded values through the same deterministic L-BFGS-B
     and so reaches the same model as an uninterrupted run."""
 
-    def __init__(self, vector, data, weights, history=None, penalty=None):
+    def __init__(self, vector, data, weights, history=None):
         self.vector, self.data, self.weights = vector, data, weights
-        self.penalty = penalty          # `short_range.MonotonePenalty` or None
         self.f_hist, self.g_hist = ([], []) if history is None else (list(history[0]), list(history[1]))
         self.x_hash = [] if history is None else list(history[2])
         self.calls = 0
@@ -163,7 +162,7 @@ class _Objective:
             return f, np.array(g)
         self.vector.set(x)
         loss, parts, grad = loss_and_gradient(self.vector.model, self.data, self.weights,
-                                              n_chunks=TRAINING_CHUNKS, penalty=self.penalty)
+                                              n_chunks=TRAINING_CHUNKS)
         g = self.vector.gradient(grad)
         self.f_hist.append(loss)
         self.g_hist.append(g.copy())

@@ -24,7 +24,7 @@ from .distributed import SERIAL
 from .repulsion import closest_by_species, radii_from_data
 from .evaluation import rmse_report
 from .extrapolation import active_set_from_features, dataset_features, n_features
-from .short_range import MonotonePenalty, crystal_candidates
+from .short_range import close_short_range, crystal_candidates
 from .loss import LossWeights, loss_and_gradient, stress_residuals
 from .model import LatteModel, load_model, read_model
 from .predict import predict
@@ -77,10 +77,10 @@ class _LbfgsRun:
 
     def __init__(self, vector, data, vdata, weights, x0, settings, history=None, val_hist=(), *,
                  checkpoint=None, checkpoint_every=50, max_time=None, log=None, log_every=10,
-                 t_start=None, penalty=None):
+                 t_start=None):
         self.model, self.vector, self.data, self.vdata = vector.model, vector, data, vdata
         self.weights, self.x0, self.settings = weights, x0, settings
-        self.objective = _Objective(vector, data, weights, history, penalty)
+        self.objective = _Objective(vector, data, weights, history)
         self.iteration = 0
         self.best = None
         self.best_val = np.inf
@@ -244,25 +244,10 @@ def _final_output_solve(model, data, vdata, weights, log, fixed_e0=False):
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _monotone_penalty(model, frames, comm, weight, settings, resume, log):
-    """The `short_range.MonotonePenalty` of this fit, or None; its weight goes into `settings`
-    (a resumed fit takes the checkpoint's: 0 for checkpoints from before it existed)."""
-    if resume is not None:
-        weight = settings.get("monotone", 0.0)
-    settings["monotone"] = float(weight or 0.0)
-    if not weight:
-        return None
-    if model.repulsion == "none":
-        raise ValueError("the monotone penalty works below the core repulsion's radii: fit with "
-                         "repulsion='zbl'")
-    # each rank's candidates, then the same choice among all of them (in rank order)
+def _all_crystals(frames, comm):
+    """`short_range.crystal_candidates` of every rank's frames (the same on every rank)."""
     mine = [atoms for _, atoms in crystal_candidates(frames).values()]
-    crystals = crystal_candidates([a for part in comm.allgather(mine) for a in part])
-    penalty = MonotonePenalty.build(model, crystals, weight)
-    if log is not None:
-        log(f"short range: {penalty.n_curves} probe curves (dimers and compressed crystals) must "
-            f"rise below the training data (penalty weight {weight:g})")
-    return penalty
+    return crystal_candidates([a for part in comm.allgather(mine) for a in part])
 
 
 def _store_active_set(model, data, vdata, log):
@@ -310,7 +295,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         stress_offset=False, seed=0, train_radial=True, output_weights=None, solve_output=True,
         checkpoint=None, checkpoint_every=50, resume=None, max_time=None, log=print,
         log_every=10, e0=None, shared_radial=None, radial_from=None, species_mode=None,
-        embedding_dim=None, repulsion=None, monotone=0.0, comm=None):
+        embedding_dim=None, repulsion=None, comm=None):
     """Fit a LATTE model to structures with energies (and forces/stress where present).
 
     frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
@@ -338,12 +323,11 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     radial_from: a model (or model file) whose radial functions start this fit
     (`LatteModel.take_radial`: filters learned on another system); with train_radial=False they
     stay fixed (the species weights sigma still scale them).
-    repulsion: "zbl" adds the core repulsion (`lattenb.repulsion`), off above 0.9 x the shortest
-    distance of each species pair in `frames` (so it leaves the fit unchanged),
-    "none" removes it; None keeps the model's (a new model has none).
-    monotone: weight of the penalty that makes the energy rise below the training data (dimers
-    and compressed crystals, `lattenb.short_range`; needs the core repulsion). Experimental and
-    off by default (0): on mlearn it made 3 of 4 probe curves rise but cost test accuracy.
+    repulsion: "zbl" adds the core repulsion (`lattenb.repulsion`): ZBL, off above 0.9 x the
+    shortest distance of each species pair in `frames` (so it leaves the fit unchanged), and a
+    wall the fit solves at its end (`lattenb.short_range`) so that dimers and compressed crystals
+    rise below the training data; "none" removes both; None keeps the model's (a new model has
+    none).
     e0: isolated-atom reference energies {symbol: eV}, kept fixed (the MLP learns the binding
     energy). Frames marked as isolated atoms (config_type IsolatedAtom / isolated_atom) are taken
     out of `frames` and give e0 when it is not given; without either, e0 is fitted on composition.
@@ -389,7 +373,6 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
                               stress_offset=fit_info.get("stress_offset", False))
         train_radial = fit_info["train_radial"]
         settings.update({k: fit_info[k] for k in ("preset", "weights", "l2", "seed", "train_radial")})
-        settings["monotone"] = fit_info.get("monotone", 0.0)      # 0 before it existed
         settings["stress_offset"] = weights.stress_offset
         settings["output_weights"] = fit_info.get("output_weights")
         e0 = fit_info.get("e0")
@@ -438,7 +421,6 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
                 f"{r[..., 0].max():.2f} Å, off above {r[..., 1].min():.2f}-{r[..., 1].max():.2f} Å "
                 f"(0.6 and 0.9 x the shortest distances in the training data)")
     vector = ParameterVector(model, train_radial=train_radial, train_e0=not fixed_e0)
-    penalty = _monotone_penalty(model, frames, comm, monotone, settings, resume, log)
 
     # step 1: the starting point
     if resume is not None:
@@ -451,7 +433,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     # step 2: L-BFGS-B, keeping the parameters best on the validation set
     run = _LbfgsRun(vector, data, vdata, weights, x0, settings, history, val_hist,
                     checkpoint=checkpoint, checkpoint_every=checkpoint_every, max_time=max_time,
-                    log=log, log_every=log_every, t_start=t_start, penalty=penalty)
+                    log=log, log_every=log_every, t_start=t_start)
     if run.replay and log is not None:
         log(f"resuming from {resume}: replaying {run.replay} recorded iterations")
     run.minimise(max_iter)
@@ -468,6 +450,10 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
                       "wall_time_s": time.perf_counter() - t_start,
                       "stopped": run.stop_reason or ("interrupted" if model.interrupted
                                                      else "iteration limit")}
+    # step 4: the short-range wall (`lattenb.short_range`)
+    if model.repulsion != "none":
+        model.fit_info["short_range"] = close_short_range(model, data,
+                                                          _all_crystals(frames, comm), log)
     if fixed_e0:
         model.fit_info["e0_isolated_atoms"] = settings["e0"]
     model.fit_curve = run.curve

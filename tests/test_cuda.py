@@ -181,12 +181,14 @@ def test_species_embedding_matches_cpu():
 
 @needs_cuda
 def test_core_repulsion_matches_cpu():
-    """A model with the ZBL core repulsion reaching the structure's closest pairs: the GPU
-    evaluator adds it on the host, as the CPU adds it; compute_device refuses it."""
+    """A model with the ZBL core repulsion reaching the structure's closest pairs and a wall
+    reaching further: the GPU evaluator adds them on the host, as the CPU adds them;
+    compute_device refuses it."""
     from ase.neighborlist import neighbor_list
     atoms = periodic_triclinic()
     r_out = np.sort(neighbor_list("d", atoms, CUTOFF))[len(atoms)] + 0.05
-    m = make_model(repulsion="zbl", repulsion_radii=np.tile([0.8 * r_out, r_out], (2, 2, 1)))
+    m = make_model(repulsion="zbl", repulsion_radii=np.tile([0.8 * r_out, r_out], (2, 2, 1)),
+                   repulsion_wall=np.tile([[1.2 * r_out, 0.5]], (2, 2, 1, 1)))
     ref = cpu_result(m, atoms)
     plain = copy.deepcopy(m)
     plain.set_repulsion("none")

@@ -132,21 +132,25 @@ def test_triclinic_two_species_matches_ase(mode):
 
 @pytest.mark.parametrize("mode", ["periodic", "domain"])
 def test_core_repulsion_in_lammps_matches_ase(mode):
-    """A model with the ZBL core repulsion reaching the structure's closest pairs: the per-atom
-    halves of each pair add up across ghost atoms as in ASE."""
+    """A model with the ZBL core repulsion reaching the structure's closest pairs, and a wall
+    reaching further: the per-atom halves of each pair add up across ghost atoms as in ASE."""
     from ase.neighborlist import neighbor_list
     atoms = triclinic_two_species()
     r_out = np.sort(neighbor_list("d", atoms, 4.5))[len(atoms)] + 0.05
+    radii = np.tile([0.8 * r_out, r_out], (2, 2, 1))
+    wall = np.tile([[r_out, 2.0], [1.2 * r_out, 0.5]], (2, 2, 1, 1))
     model = standardised(lattenb.LatteModel(["Ni", "Mo"], cutoff=4.5,
                                             blocks="4,-:4,i,i:4,ij,ij:4,i,j,ij", hidden=(8,),
-                                            seed=2, repulsion="zbl",
-                                            repulsion_radii=np.tile([0.8 * r_out, r_out],
-                                                                    (2, 2, 1))), atoms)
+                                            seed=2, repulsion="zbl", repulsion_radii=radii,
+                                            repulsion_wall=wall), atoms)
     ref = ase_results(atoms, model)
+    model.set_repulsion("zbl", radii)
+    no_wall = ase_results(atoms, model)
     model.set_repulsion("none")
     plain = ase_results(atoms, model)
-    assert abs(ref["energy"] - plain["energy"]) > 1e-3          # the repulsion acts
-    model.set_repulsion("zbl", np.tile([0.8 * r_out, r_out], (2, 2, 1)))
+    assert abs(ref["energy"] - no_wall["energy"]) > 1e-3        # the wall acts
+    assert abs(no_wall["energy"] - plain["energy"]) > 1e-3      # ZBL acts
+    model.set_repulsion("zbl", radii, wall)
     got = run_in_lammps(atoms, model, ["Mo", "Ni"], types={2: "Ni", 1: "Mo"}, mode=mode)
     assert_agree(got, ref)
 

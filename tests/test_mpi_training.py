@@ -87,8 +87,9 @@ def same_model(a, b, rtol):
 def test_two_ranks_equal_one_process_and_resume(tmp_path):
     """`lattenb fit --np 2` (shards of 20 and 16 structures) reaches the one-process fit: the
     loss of every L-BFGS evaluation and every validation loss to 1e-10 relative, the model (after
-    the distributed output-layer solve and active set) to 1e-8. A two-rank run stopped at
-    iteration 6 and resumed from its checkpoint reaches the uninterrupted two-rank model."""
+    the distributed output-layer solve, active set and short-range wall) to 1e-8. A two-rank
+    run stopped at iteration 6 and resumed from its checkpoint reaches the uninterrupted
+    two-rank model."""
     run_fit(tmp_path, "one", "--max-iter", "12", "--checkpoint", str(tmp_path / "one_ck.npz"))
     out = run_fit(tmp_path, "two", "--max-iter", "12", "--checkpoint",
                   str(tmp_path / "two_ck.npz"), ranks=2)
@@ -100,6 +101,10 @@ def test_two_ranks_equal_one_process_and_resume(tmp_path):
     m1, m2 = lattenb.load(tmp_path / "one.npz"), lattenb.load(tmp_path / "two.npz")
     same_model(m1, m2, 1e-8)
     np.testing.assert_allclose(m2.active_set.active, m1.active_set.active, rtol=1e-8, atol=1e-8)
+    wall = np.array(m1.repulsion_wall)             # the short-range wall (impact reduced)
+    assert wall[..., 1].max() > 0
+    np.testing.assert_allclose(np.array(m2.repulsion_wall), wall, rtol=1e-6,
+                               atol=1e-9 * wall.max())
     run_fit(tmp_path, "half", "--max-iter", "6", "--checkpoint", str(tmp_path / "r_ck.npz"),
             "--checkpoint-every", "3", ranks=2)
     run_fit(tmp_path, "resumed", "--max-iter", "12", "--resume", str(tmp_path / "r_ck.npz"),

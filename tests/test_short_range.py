@@ -1,26 +1,39 @@
-"""The experimental short-range penalty (lattenb.short_range): its gradient against finite
-differences, the probe curves it builds, the supercell reduction, and its path through `fit`."""
+"""The short-range wall (lattenb.short_range): the probe curves it is solved on, its basis against
+ASE's neighbour list, the supercell reduction, and `fit` ending with dimers and compressed
+crystals that rise below the training data (checked on fine grids of its own, not the probes)."""
 import copy
 
 import numpy as np
 import pytest
+from ase import Atoms
 from ase.build import bulk
 from ase.io import read
+from ase.neighborlist import neighbor_list as ase_neighbor_list
 
 import lattenb
 from lattenb.cli import DATA_DIR
-from lattenb.short_range import N_STEPS, MonotonePenalty, crystal_candidates, reduce_supercell
+from lattenb.dataset import prepare_dataset
+from lattenb.repulsion import WALL_FRACTIONS
+from lattenb.short_range import (LOWEST, MIN_SLOPE, N_STEPS, ProbeCurves, crystal_candidates,
+                                 reduce_supercell, solve_wall, wall_energies, wall_force_basis,
+                                 wall_reaches)
 
 TRAIN = str(DATA_DIR / "Cu_train_subset.xyz")
 SMALL = {"blocks": "4,-:4,i,i:4,ij,ij", "hidden": (8,), "cutoff": 4.5}
 
 
 @pytest.fixture(scope="module")
-def crude():
-    """A briefly fitted small Cu model with the core repulsion: its probe curves still fall."""
+def fitted():
+    """A briefly fitted small Cu model (its fit ends by solving the wall) and its frames."""
     frames = read(TRAIN, ":")
-    model = lattenb.fit(frames, max_iter=5, log=None, repulsion="zbl", **SMALL)
+    model = lattenb.fit(frames, max_iter=10, log=None, repulsion="zbl", **SMALL)
     return model, frames
+
+
+def without_wall(model):
+    plain = copy.deepcopy(model)
+    plain.set_repulsion(plain.repulsion, plain.repulsion_radii)
+    return plain
 
 
 def test_reduce_supercell():
@@ -33,54 +46,102 @@ def test_reduce_supercell():
     assert len(reduce_supercell(rattled)) == len(rattled)       # not a repeat: unchanged
 
 
-def test_probe_curves(crude):
-    model, frames = crude
+def test_probe_curves(fitted):
+    model, frames = fitted
     crystals = crystal_candidates(frames)
     assert len(crystals) == 1                                    # one composition: Cu
-    penalty = MonotonePenalty.build(model, crystals, 10.0)
-    assert penalty.n_curves == 2                                 # the Cu dimer, fcc compressed
-    assert penalty.data.n_frames == 2 * (N_STEPS + 1)
-    assert len(penalty.first) == 2 * N_STEPS and np.all(penalty.second == penalty.first + 1)
-    sizes = penalty.data.n_atoms_per_frame
-    assert sizes[0] == 2 and sizes[-1] == 4                      # a dimer; the 4-atom fcc cell
-    rise, _ = penalty.drops(model)
-    h = np.maximum(-rise, 0.0)
-    assert h.any()                                               # this crude model still falls
-    assert penalty.value_and_gradient(model, False)[0] == pytest.approx(10.0 * np.sum(h * h))
+    probes = ProbeCurves(model, crystals)
+    # the Cu dimer, the lowest-energy training crystal, ASE's fcc reference crystal
+    assert probes.n_curves == 3
+    assert probes.data.n_frames == 3 * (N_STEPS + 1)
+    assert len(probes.first) == 3 * N_STEPS and np.all(probes.second == probes.first + 1)
+    sizes = probes.data.n_atoms_per_frame
+    assert sizes[0] == 2 and sizes[-1] == 1                      # a dimer; the primitive fcc cell
+    d = np.array(model.repulsion_radii)[0, 0, 1] / 0.9
+    dimer = probes.data.positions[:2 * (N_STEPS + 1)].reshape(-1, 2, 3)
+    r = np.linalg.norm(dimer[:, 1] - dimer[:, 0], axis=1)
+    np.testing.assert_allclose(r[[0, -1]], [d, LOWEST * d], rtol=1e-12)
+    np.testing.assert_allclose(probes.step[:N_STEPS], -np.diff(r), rtol=1e-9)
+    assert np.all(np.diff(probes.step[:N_STEPS]) > 0)          # finest at d
 
 
-def test_penalty_gradient_matches_finite_differences(crude):
-    model, frames = crude
-    penalty = MonotonePenalty.build(model, crystal_candidates(frames), 10.0)
-    value, grad = penalty.value_and_gradient(model)
-    assert value > 0
-    for name in ("mlp", "sigma", "centres", "widths"):
-        index = np.unravel_index(np.argmax(np.abs(grad[name])), grad[name].shape)
-        step = 1e-6 * max(1.0, abs(model.params[name][index]))
-        values = []
-        for sign in (1, -1):
-            other = copy.deepcopy(model)
-            p = other.params[name].copy()
-            p[index] += sign * step
-            other.set_parameters(**{name: p})
-            values.append(penalty.value_and_gradient(other, False)[0])
-        fd = (values[0] - values[1]) / (2 * step)
-        assert grad[name][index] == pytest.approx(fd, rel=1e-5, abs=1e-8), name
+def test_wall_basis_against_ase_neighbours_and_the_model_forces(fitted):
+    model, frames = fitted
+    frames = frames[:3]
+    rho = wall_reaches(np.full((1, 1), 2.15))         # reaching some of the atoms, not all
+    data = prepare_dataset(frames, model)
+    basis = wall_energies(model, data, rho)
+    for k, atoms in enumerate(frames):
+        d = ase_neighbor_list("d", atoms, float(rho.max()))
+        assert len(d) > 0
+        expected = [0.5 * np.sum(np.clip(1 - d / r, 0, None) ** 3) for r in rho[0, 0]]
+        np.testing.assert_allclose(basis[k, 0], expected, rtol=1e-12)
+    # the forces of each term: the model's with a wall of that one term at unit coefficient
+    # minus the model's without a wall (its repulsion kernel is checked against finite
+    # differences in test_repulsion.py)
+    system = data.kernel_inputs(model.kernel_arrays())[0]
+    atoms_reached, forces = wall_force_basis(system.positions, system.cells,
+                                             system.frame_of_atom, system.offsets, system.second,
+                                             system.shifts, system.species, rho,
+                                             np.zeros((1, 1), np.int64), 1)
+    assert 0 < len(atoms_reached) < len(data.positions)
+    plain = without_wall(model)
+    start = np.concatenate([[0], np.cumsum(data.n_atoms_per_frame)])
+    for k in (3, 4):                                  # the terms reaching past 2.22 Å
+        unit = np.zeros((1, 1, len(WALL_FRACTIONS), 2))
+        unit[..., 0] = rho
+        unit[0, 0, k, 1] = 1.0
+        walled = copy.deepcopy(plain)
+        walled.set_repulsion("zbl", plain.repulsion_radii, unit)
+        expected = np.zeros((len(data.positions), 3))
+        for f, atoms in enumerate(frames):
+            args = (atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+            expected[start[f]:start[f + 1]] = (walled.compute(*args)["forces"]
+                                               - plain.compute(*args)["forces"])
+        got = np.zeros_like(expected)
+        got[atoms_reached] = forces[:, 0, k]
+        assert np.abs(expected).max() > 1e-3
+        np.testing.assert_allclose(got, expected, atol=1e-10)
 
 
-def test_fit_with_the_penalty_lowers_it_and_records_it(crude, tmp_path):
-    """The same short fit with and without the penalty: with it the probe curves fall less, and
-    the checkpoint records the weight (so --resume uses it)."""
-    _, frames = crude
-    plain = lattenb.fit(frames, max_iter=30, log=None, repulsion="zbl", solve_output=False,
-                        **SMALL)
-    pushed = lattenb.fit(frames, max_iter=30, log=None, repulsion="zbl", solve_output=False,
-                         monotone=10.0, checkpoint=str(tmp_path / "ck.npz"),
-                         checkpoint_every=10, **SMALL)
-    penalty = MonotonePenalty.build(plain, crystal_candidates(frames), 10.0)
-    assert penalty.value_and_gradient(pushed, False)[0] < penalty.value_and_gradient(plain,
-                                                                                   False)[0]
-    from lattenb.model import read_model
-    assert read_model(tmp_path / "ck.npz")[1]["fit"]["monotone"] == 10.0
-    with pytest.raises(ValueError, match="core repulsion"):
-        lattenb.fit(frames, max_iter=1, log=None, monotone=1.0, **SMALL)
+def test_fit_ends_with_curves_that_rise_below_the_data(fitted):
+    model, frames = fitted
+    summary = model.fit_info["short_range"]
+    assert summary["curves"] == 3 and summary["steps_falling_after"] == 0
+    probes = ProbeCurves(model, crystal_candidates(frames))
+    assert np.all(probes.rises(model) >= 0.99 * MIN_SLOPE * probes.step)
+    assert np.any(probes.rises(without_wall(model)) < 0)        # the wall is what does it
+    assert solve_wall(model, probes, np.ones((1, 5))) is None   # nothing left to add
+    # on grids of their own, d down to 0.4 Å: the dimer and ASE's cubic fcc cell compressed
+    d = np.array(model.repulsion_radii)[0, 0, 1] / 0.9
+    r = np.concatenate([np.linspace(0.4, 0.9 * d, 150, endpoint=False),
+                        np.linspace(0.9 * d, d, 250)])            # fine just below the data
+    dimer = [model.compute(np.array([[0, 0, 0], [x, 0, 0]]), None, False, [29, 29])["energy"]
+             for x in r]
+    assert np.all(np.diff(dimer) < 0)
+    cubic = bulk("Cu", cubic=True)
+    d0 = cubic.get_distance(0, 1)
+    compressed = []
+    for x in r:
+        atoms = cubic.copy()
+        atoms.set_cell(cubic.cell * (x / d0), scale_atoms=True)
+        compressed.append(model.compute(atoms.positions, atoms.cell.array, atoms.pbc,
+                                        atoms.numbers)["energy"] / len(atoms))
+    assert np.all(np.diff(compressed) < 0)
+
+
+def test_refit_keeps_the_wall_and_a_dimer_only_model_needs_one(fitted, tmp_path):
+    model, frames = fitted
+    again = lattenb.fit(frames, model=model, max_iter=5, log=None)
+    wall, before = np.array(again.repulsion_wall), np.array(model.repulsion_wall)
+    np.testing.assert_array_equal(wall[..., 0], before[..., 0])
+    assert np.all(wall[..., 1] >= before[..., 1])               # the wall only grows
+    path = tmp_path / "m.npz"
+    again.save(path)
+    assert lattenb.load(path).repulsion_wall == again.repulsion_wall
+    # non-periodic training data (a molecule-like set): dimers only
+    molecules = [Atoms("Cu3", positions=a.positions[:3], pbc=False) for a in frames[:6]]
+    for mol, atoms in zip(molecules, frames):
+        mol.info["energy"] = atoms.get_potential_energy() / len(atoms) * 3
+    m = lattenb.fit(molecules, max_iter=5, log=None, repulsion="zbl", **SMALL)
+    assert m.fit_info["short_range"]["curves"] == 1

@@ -404,7 +404,7 @@ def test_cli_output_weights(tmp_path, capsys):
     train = tmp_path / "train.xyz"
     write(train, frames)
     common = [str(train), "--cutoff", "3.5", "--blocks", "2,-:2,i,i", "--hidden", "3",
-              "--max-iter", "3", "--no-stress-offset"]
+              "--max-iter", "3", "--no-stress-offset", "--repulsion", "none"]
     solved, plain = tmp_path / "solved.npz", tmp_path / "plain.npz"
     assert cli.main(["fit", *common, "-o", str(solved), "--output-weights", "50,1,0.01"]) == 0
     assert "solving the output layer exactly at weights E,F,S = 50,1,0.01" in capsys.readouterr().out

@@ -1,0 +1,83 @@
+"""What the short-range wall costs in accuracy: test errors of fitted models with their wall and
+without it (the same model otherwise: `fit` adds the wall last, `lattenb.short_range`).
+
+    python benchmarks/wall_accuracy.py MODEL.npz=TEST.xyz[,TEST2.xyz] ... [--tag TAG]
+
+For every model and test file: energy MAE and RMSE (meV/atom and meV per structure) and force MAE
+and RMSE (eV/Å), with the wall and with the wall removed, the share of test structures the wall
+reaches (a pair inside its reach), and the wall's summary from the fit (`fit_info["short_range"]`).
+Writes results/wall_accuracy_<tag>.{json,md}.
+"""
+import argparse
+import copy
+import json
+from pathlib import Path
+
+import numpy as np
+
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def errors(model, frames):
+    """Test errors of `model` on `frames` (with energies and forces)."""
+    from lattenb.dataset import prepare_dataset
+    from lattenb.predict import predict
+    data = prepare_dataset(frames, model)
+    E, F, _, _ = predict(model, data)
+    de = E - data.energies
+    df = (F - data.forces)[data.has_forces[data.frame_of_atom]]
+    return {"E_MAE_meV_per_atom": 1000 * float(np.mean(np.abs(de / data.n_atoms_per_frame))),
+            "E_RMSE_meV_per_structure": 1000 * float(np.sqrt(np.mean(de ** 2))),
+            "F_MAE_eV_per_A": float(np.mean(np.abs(df))),
+            "F_RMSE_eV_per_A": float(np.sqrt(np.mean(df ** 2)))}
+
+
+def reached(model, frames):
+    """How many of `frames` have a pair inside the reach of the model's wall."""
+    from lattenb.dataset import prepare_dataset
+    from lattenb.short_range import wall_energies
+    wall = np.array(model.repulsion_wall)
+    data = prepare_dataset(frames, model)
+    basis = wall_energies(model, data, wall[..., 0])
+    return int(np.sum(basis.reshape(len(frames), -1).max(axis=1) > 0))
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__,
+                                 formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("pairs", nargs="+", metavar="MODEL=TEST[,TEST]")
+    ap.add_argument("--tag", default="models")
+    args = ap.parse_args()
+    import lattenb
+    from ase.io import read
+    report, lines = {}, []
+    lines.append("| model | test file | structures reached | E MAE with / without (meV/atom) "
+                 "| F MAE with / without (eV/Å) | F RMSE with / without (eV/Å) |")
+    lines.append("|---|---|---|---|---|---|")
+    for pair in args.pairs:
+        path, tests = pair.split("=", 1)
+        model = lattenb.load(path)
+        if model.repulsion_wall is None:
+            raise SystemExit(f"{path}: the model has no wall")
+        plain = copy.deepcopy(model)
+        plain.set_repulsion(model.repulsion, model.repulsion_radii)
+        for test in tests.split(","):
+            frames = read(test, ":")
+            row = {"with_wall": errors(model, frames), "without_wall": errors(plain, frames),
+                   "structures": len(frames), "reached": reached(model, frames),
+                   "fit_summary": model.fit_info.get("short_range")}
+            report[f"{Path(path).name}: {Path(test).name}"] = row
+            w, o = row["with_wall"], row["without_wall"]
+            lines.append(f"| {Path(path).name} | {Path(test).name} | {row['reached']} of "
+                         f"{row['structures']} | {w['E_MAE_meV_per_atom']:.3f} / "
+                         f"{o['E_MAE_meV_per_atom']:.3f} | {w['F_MAE_eV_per_A']:.4f} / "
+                         f"{o['F_MAE_eV_per_A']:.4f} | {w['F_RMSE_eV_per_A']:.4f} / "
+                         f"{o['F_RMSE_eV_per_A']:.4f} |")
+            print(lines[-1], flush=True)
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"wall_accuracy_{args.tag}.json").write_text(json.dumps(report, indent=1))
+    (RESULTS / f"wall_accuracy_{args.tag}.md").write_text("\n".join(lines) + "\n")
+
+
+if __name__ == "__main__":
+    main()
