@@ -24,7 +24,7 @@ The *wall* closes that band: a non-negative sum of C^2 polynomials per species p
 
     w(r) = sum_k a_k (1 - r / rho_k)^3   (r < rho_k),   a_k >= 0 eV,
 
-each falling monotonically to 0 at its reach rho_k, some a little above d (`WALL_FRACTIONS`).
+each falling monotonically to 0 at its reach rho_k, 0.8-1.15 d (`WALL_FRACTIONS`).
 Its coefficients are solved at the end of a fit (`lattenb.short_range.close_short_range`): the
 smallest wall, measured by the forces it adds to the training structures, under which every
 probe curve (dimers, compressed crystals) rises below d. It reaches only the few training
@@ -54,7 +54,7 @@ ZBL_D = (3.19980, 0.94229, 0.40290, 0.20162)
 #: (r_in, r_out) as fractions of the shortest training distance in `radii_from_data`
 RADIUS_FRACTIONS = (0.6, 0.9)
 #: the wall's reaches rho_k as fractions of the shortest training distance d
-WALL_FRACTIONS = (0.95, 1.0, 1.05, 1.1, 1.15)
+WALL_FRACTIONS = (0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)
 
 
 def check_name(name):

@@ -87,7 +87,7 @@ def test_wall_basis_against_ase_neighbours_and_the_model_forces(fitted):
     assert 0 < len(atoms_reached) < len(data.positions)
     plain = without_wall(model)
     start = np.concatenate([[0], np.cumsum(data.n_atoms_per_frame)])
-    for k in (3, 4):                                  # the terms reaching past 2.22 Å
+    for k in (WALL_FRACTIONS.index(1.1), WALL_FRACTIONS.index(1.15)):   # reaching past 2.22 Å
         unit = np.zeros((1, 1, len(WALL_FRACTIONS), 2))
         unit[..., 0] = rho
         unit[0, 0, k, 1] = 1.0
@@ -108,10 +108,12 @@ def test_fit_ends_with_curves_that_rise_below_the_data(fitted):
     model, frames = fitted
     summary = model.fit_info["short_range"]
     assert summary["curves"] == 3 and summary["steps_falling_after"] == 0
+    assert summary["reaches_training_pairs"]
+    assert 0 < summary["training_forces_eV_per_A"] <= 0.01 * summary["training_force_mae_eV_per_A"]
     probes = ProbeCurves(model, crystal_candidates(frames))
     assert np.all(probes.rises(model) >= 0.99 * MIN_SLOPE * probes.step)
     assert np.any(probes.rises(without_wall(model)) < 0)        # the wall is what does it
-    assert solve_wall(model, probes, np.ones((1, 5))) is None   # nothing left to add
+    assert solve_wall(model, probes, np.ones((1, len(WALL_FRACTIONS)))) is None   # nothing left to add
     # on grids of their own, d down to 0.4 Å: the dimer and ASE's cubic fcc cell compressed
     d = np.array(model.repulsion_radii)[0, 0, 1] / 0.9
     r = np.concatenate([np.linspace(0.4, 0.9 * d, 150, endpoint=False),
@@ -145,3 +147,25 @@ def test_refit_keeps_the_wall_and_a_dimer_only_model_needs_one(fitted, tmp_path)
         mol.info["energy"] = atoms.get_potential_energy() / len(atoms) * 3
     m = lattenb.fit(molecules, max_iter=5, log=None, repulsion="zbl", **SMALL)
     assert m.fit_info["short_range"]["curves"] == 1
+
+
+def test_a_wall_that_would_cost_accuracy_stays_below_the_data(fitted, monkeypatch):
+    """Where the terms reaching past d would move the training forces by more than
+    FORCE_TOLERANCE of the fit's MAE (here: any), only those up to ZBL's r_out = 0.9 d are used:
+    the training structures are untouched, and the curves still rise below 0.85 d."""
+    import lattenb.short_range as short_range
+    model, frames = fitted
+    plain = without_wall(model)
+    monkeypatch.setattr(short_range, "FORCE_TOLERANCE", 0.0)
+    data = prepare_dataset(frames, plain, keep_pairs=True)
+    summary = short_range.close_short_range(plain, data, crystal_candidates(frames))
+    assert not summary["reaches_training_pairs"] and summary["training_forces_eV_per_A"] == 0
+    wall = np.array(plain.repulsion_wall)
+    d = np.array(plain.repulsion_radii)[0, 0, 1] / 0.9
+    assert np.all(wall[wall[..., 0] > 0.9 * d + 1e-9][:, 1] == 0)
+    probes = ProbeCurves(plain, crystal_candidates(frames))
+    deep = probes.reached < 0.85          # (the terms reaching 0.9 d have no slope there)
+    assert np.all(probes.rises(plain)[deep] >= 0.99 * MIN_SLOPE * probes.step[deep])
+    for atoms in frames[:5]:                                     # the data are untouched
+        args = (atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+        assert plain.compute(*args)["energy"] == without_wall(plain).compute(*args)["energy"]
