@@ -72,9 +72,10 @@ class LatteModel:
     (`lattenb.repulsion`), with repulsion_radii (S, S, 2) Å, (r_in, r_out) per species pair
     (`lattenb.repulsion.radii_from_data` places them below the training data) and repulsion_wall
     (S, S, K, 2), (reach Å, coefficient eV) per species pair, or None (`fit` solves it:
-    `lattenb.short_range`); saved with the model. grade_features: what the extrapolation grades are computed on, "descriptors" (default)
-    or "last_hidden" (`lattenb.extrapolation`), saved with the model. width: initial
-    radial width in Å (default cutoff / 4). seed: for the random initialisation.
+    `lattenb.short_range`); saved with the model. grade_features: what the extrapolation grades
+    are computed on, "descriptors" (default) or "last_hidden" (`lattenb.extrapolation`), saved
+    with the model. width: initial radial width in Å (default cutoff / 4). seed: for the random
+    initialisation.
     """
 
     def __init__(self, species, cutoff=5.0, blocks=PRESETS["fast"]["blocks"], hidden=(32, 16),

@@ -435,7 +435,9 @@ def close_short_range(model, data, crystals, log=None):
         except RuntimeError as exc:     # keep the fitted model: say so, do not fail the fit
             problem = str(exc)
     add, problem = comm.bcast((add, problem))
-    if add is not None and training.mean_abs((wall + add)[upper]) > FORCE_TOLERANCE * mae:
+    # without reference forces nothing measures what the wall does to the data: keep off it
+    if add is not None and (training.count <= 1.0 or training.mean_abs((wall + add)[upper])
+                            > FORCE_TOLERANCE * mae):
         within_data = False         # e.g. molecules: their bonds sit just above d
         add = comm.bcast(solve_wall(model, probes, None, within_data=False)
                          if comm.rank == 0 else None)

@@ -169,3 +169,16 @@ def test_a_wall_that_would_cost_accuracy_stays_below_the_data(fitted, monkeypatc
     for atoms in frames[:5]:                                     # the data are untouched
         args = (atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
         assert plain.compute(*args)["energy"] == without_wall(plain).compute(*args)["energy"]
+
+
+def test_without_reference_forces_the_wall_stays_below_the_data(fitted):
+    """Nothing measures what a wall reaching past d would do to energy-only data: only the terms
+    up to 0.9 d are used."""
+    model, frames = fitted
+    energy_only = []
+    for atoms in frames:
+        a = Atoms(atoms.numbers, positions=atoms.positions, cell=atoms.cell, pbc=atoms.pbc)
+        a.info["energy"] = atoms.get_potential_energy()
+        energy_only.append(a)
+    m = lattenb.fit(energy_only, max_iter=5, log=None, repulsion="zbl", **SMALL)
+    assert not m.fit_info["short_range"]["reaches_training_pairs"]
