@@ -33,13 +33,16 @@ def errors(model, frames):
 
 
 def reached(model, frames):
-    """How many of `frames` have a pair inside the reach of the model's wall."""
+    """How many of `frames` have a pair inside the reach of a term of the model's wall whose
+    coefficient is not zero."""
     from lattenb.dataset import prepare_dataset
     from lattenb.short_range import wall_energies
     wall = np.array(model.repulsion_wall)
     data = prepare_dataset(frames, model)
-    basis = wall_energies(model, data, wall[..., 0])
-    return int(np.sum(basis.reshape(len(frames), -1).max(axis=1) > 0))
+    upper = np.triu_indices(len(wall))
+    used = wall[upper][..., 1] > 0                                  # (U, K)
+    basis = wall_energies(model, data, wall[..., 0])                # (F, U, K)
+    return int(np.sum((basis * used).reshape(len(frames), -1).max(axis=1) > 0))
 
 
 def main():
