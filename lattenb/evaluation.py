@@ -1,5 +1,6 @@
 """Errors of a model against reference data: `evaluate_frames` (MAE and RMSE overall and per
-config_type, what ``lattenb eval`` prints) and `rmse_report` (the RMSEs a fit logs)."""
+config_type, what ``lattenb eval`` prints), `rmse_report` (the RMSEs a fit logs) and `force_mae`
+(the short-range wall's yardstick); the last two over every rank of a distributed set."""
 import numpy as np
 
 from .conventions import EV_A3_TO_GPA
@@ -50,3 +51,12 @@ def rmse_report(model, data):
         np.sum((S - data.stresses)[ms] ** 2), 6.0 * ms.sum()]))
     e, f, s = (np.sqrt(sums[k] / sums[k + 1]) if sums[k + 1] else np.nan for k in (0, 2, 4))
     return 1000 * e, f, EV_A3_TO_GPA * s
+
+
+def force_mae(model, data):
+    """Force MAE (eV/Å, over Cartesian components) on a dataset (nan without forces; over every
+    rank's shard of a distributed set, `Dataset.comm`)."""
+    F = predict(model, data)[1]
+    af = data.has_forces[data.frame_of_atom]
+    sums = data.comm.sum(np.array([np.abs(F - data.forces)[af].sum(), 3.0 * af.sum()]))
+    return float(sums[0] / sums[1]) if sums[1] else np.nan

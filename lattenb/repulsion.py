@@ -141,14 +141,15 @@ def wall_term(r, rho):
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def wall_value(r, wall_ab):
-    """(w, dw/dr) at distance r (eV, eV/Å) of one species pair's wall, (K, 2) (rho_k, a_k)."""
+def wall_value(r, wall, a, b):
+    """(w, dw/dr) at distance r (eV, eV/Å) of the wall of species pair (a, b), wall (S, S, K, 2)
+    (rho_k, a_k); indexed in place (no per-pair array view)."""
     w = 0.0
     dw = 0.0
-    for k in range(wall_ab.shape[0]):
-        t, dt = wall_term(r, wall_ab[k, 0])
-        w += wall_ab[k, 1] * t
-        dw += wall_ab[k, 1] * dt
+    for k in range(wall.shape[2]):
+        t, dt = wall_term(r, wall[a, b, k, 0])
+        w += wall[a, b, k, 1] * t
+        dw += wall[a, b, k, 1] * dt
     return w, dw
 
 
@@ -172,7 +173,7 @@ def add_repulsion_kernel(n_centres, positions, cells, frame_of_atom, offsets, se
             if r2 >= r_max * r_max:
                 continue
             r = np.sqrt(r2)
-            e, de = wall_value(r, wall[si, sj])
+            e, de = wall_value(r, wall, si, sj)
             r_out = radii[si, sj, 1]
             if r < r_out:
                 zi = atomic_numbers[si]

@@ -47,6 +47,7 @@ import numpy as np
 from ase import Atoms
 from numba import njit, prange
 
+from .evaluation import force_mae
 from .pairs import pair_vector
 from .repulsion import RADIUS_FRACTIONS, WALL_FRACTIONS, wall_term
 
@@ -109,11 +110,15 @@ def shortest_distance(atoms, cutoff):
 CRYSTAL_WINDOW = 0.010
 
 
-def crystal_candidates(frames):
+def crystal_candidates(frames, comm=None):
     """{composition: (energy per atom, Atoms)}: for each composition (sorted atomic numbers and
     reduced counts) among `frames`, the smallest periodic structure with an energy within
-    CRYSTAL_WINDOW of the lowest energy per atom of that composition."""
+    CRYSTAL_WINDOW of the lowest energy per atom of that composition. comm: `frames` is this
+    rank's shard (`lattenb.distributed`); every rank gets the choice among all ranks' frames."""
     from .dataset import read_targets
+    if comm is not None and comm.size > 1:      # each rank's candidates, then the one choice
+        mine = [atoms for _, atoms in crystal_candidates(frames).values()]
+        return crystal_candidates([a for part in comm.allgather(mine) for a in part])
     found = {}
     for atoms in frames:
         if not atoms.pbc.all():
@@ -211,7 +216,8 @@ class ProbeCurves:
     """The probe curves of a model, prepared once: `data` a `Dataset` of every configuration
     (curves one after the other), `first`, `second` the frame indices of each step (second more
     compressed), `step` its length (Å of the shortest distance), `reached` the shortest distance
-    it reaches over d, `n_curves`."""
+    it reaches over d, `n_curves`; `rho` (S, S, K) the wall's reaches and `lift` (steps, U K)
+    what each wall term of unit coefficient adds to each step's rise."""
 
     def __init__(self, model, crystals):
         """model: with a core repulsion (its radii give d = r_out / 0.9 per species pair);
@@ -238,6 +244,12 @@ class ProbeCurves:
         self.reached = np.array(reached)
         self.second = self.first + 1
         self.n_curves = len(curves)
+        # what each wall term at unit coefficient adds to each step's rise (eV/atom), (steps, U K):
+        # the program's matrix, fixed by the probes alone
+        self.rho = wall_reaches(self.closest)
+        per_atom = wall_energies(model, self.data, self.rho).reshape(
+            self.data.n_frames, -1) / self.data.n_atoms_per_frame[:, None]
+        self.lift = per_atom[self.second] - per_atom[self.first]
 
     def rises(self, model):
         """E_(k+1) - E_k (eV/atom) of every step (negative: the curve falls there)."""
@@ -353,49 +365,37 @@ class TrainingForces:
         with_forces = data.has_forces[data.frame_of_atom]
         self.forces = forces[with_forces[atoms]]           # (M, U, K, 3)
         self.comm = data.comm
-        self.count = max(self.comm.sum(3.0 * with_forces.sum()), 1.0)
+        self.count = float(self.comm.sum(3.0 * with_forces.sum()))    # force components
 
     def impact(self):
         """(U, K) eV/Å: the mean absolute force component of each term at unit coefficient; a
         wall's mean absolute force is at most impact . a (the triangle inequality)."""
-        return self.comm.sum(np.abs(self.forces).sum(axis=(0, 3))) / self.count
+        return self.comm.sum(np.abs(self.forces).sum(axis=(0, 3))) / max(self.count, 1.0)
 
     def mean_abs(self, coefficients):
         """eV/Å: the mean absolute force component a wall of (U, K) coefficients adds (the most
         it can change the training force MAE by)."""
         f = np.einsum("mukc,uk->mc", self.forces, coefficients)
-        return float(self.comm.sum(np.sum(np.abs(f))) / self.count)
+        return float(self.comm.sum(np.sum(np.abs(f))) / max(self.count, 1.0))
 
 
-def force_mae(model, data):
-    """eV/Å: the mean absolute force error of `model` on a `Dataset` (all ranks)."""
-    from .predict import predict
-    F = predict(model, data)[1]
-    with_forces = data.has_forces[data.frame_of_atom]
-    total = data.comm.sum(np.array([np.abs(F - data.forces)[with_forces].sum(),
-                                    3.0 * with_forces.sum()]))
-    return float(total[0] / max(total[1], 1.0))
-
-def solve_wall(model, probes, impact, within_data=True):
+def solve_wall(probes, rise, impact, within_data=True):
     """The coefficients (S, S, K) eV (symmetric) to add to the model's wall, or None when the
-    probe curves rise already. within_data: every probe step must rise by MIN_SLOPE x its
-    length, minimising impact . a (impact (U, K) per unordered species pair and term,
-    `TrainingForces.impact`); RuntimeError when no wall does it. Otherwise only the terms that
-    reach no further than ZBL's r_out = 0.9 d (where test sets still go, as ZBL's radii say),
-    and the steps fall short as little as possible in total."""
+    probe curves rise already. rise: `probes.rises(model)`. within_data: every probe step must
+    rise by MIN_SLOPE x its length, minimising impact . a (impact (U, K) per unordered species
+    pair and term, `TrainingForces.impact`); RuntimeError when no wall does it. Otherwise only
+    the terms that reach no further than ZBL's r_out = 0.9 d (where test sets still go, as ZBL's
+    radii say), and the steps fall short as little as possible in total."""
     from scipy import sparse
     from scipy.optimize import linprog
-    rise = probes.rises(model)
     least = MIN_SLOPE * probes.step
     if np.all(rise >= 0.99 * least):        # (the program's own tolerance is 1e-7)
         return None
-    rho = wall_reaches(probes.closest)
+    rho = probes.rho
     S, K = rho.shape[0], rho.shape[2]
     upper = np.triu_indices(S)
-    basis = wall_energies(model, probes.data, rho).reshape(
-        probes.data.n_frames, -1) / probes.data.n_atoms_per_frame[:, None]
-    # rise_k + (B_second - B_first) a >= least_k  <=>  (B_first - B_second) a <= rise_k - least_k
-    A = basis[probes.first] - basis[probes.second]
+    # rise_k + lift_k . a >= least_k  <=>  -lift_k . a <= rise_k - least_k
+    A = -probes.lift
     height = np.clip(1.0 - LOWEST * probes.closest[..., None] / rho, 0.0, None) ** 3
     if within_data:
         cost = (impact + HEIGHT_WEIGHT * height[upper]).ravel()
@@ -420,32 +420,34 @@ def close_short_range(model, data, crystals, log=None):
     training data (module docstring), in place, added to the wall it has (a refit of a fitted
     model keeps the wall it was fitted with). data: the training `Dataset` (a shard of it on
     each rank of `data.comm`); crystals: `crystal_candidates` of all the training data (the same
-    on every rank). Returns a summary dict (what `fit` records in `fit_info["short_range"]`)."""
+    on every rank: `crystal_candidates(frames, comm)`). Returns a summary dict (what `fit`
+    records in `fit_info["short_range"]`)."""
     comm = data.comm
     t0 = time.perf_counter()
     probes = ProbeCurves(model, crystals)
-    rho = wall_reaches(probes.closest)
+    rho = probes.rho
     training = TrainingForces(model, data, rho)
-    falls = int(np.sum(probes.rises(model) <= 0.0))
+    rise = probes.rises(model)
+    falls = int(np.sum(rise <= 0.0))
     wall = np.zeros_like(rho)
     if model.repulsion_wall is not None and np.shape(model.repulsion_wall)[:3] == rho.shape \
             and np.allclose(np.array(model.repulsion_wall)[..., 0], rho):
         wall = np.array(model.repulsion_wall)[..., 1]        # a refit: the wall only grows
     upper = np.triu_indices(len(rho))
     mae = force_mae(model, data)
-    impact = training.impact()          # (a reduction: every rank)
+    impact = training.impact()          # (reductions: every rank, before rank 0 solves)
     add, problem, within_data = None, None, True
     if comm.rank == 0:
         try:
-            add = solve_wall(model, probes, impact)
+            add = solve_wall(probes, rise, impact)
         except RuntimeError as exc:     # keep the fitted model: say so, do not fail the fit
             problem = str(exc)
     add, problem = comm.bcast((add, problem))
     # without reference forces nothing measures what the wall does to the data: keep off it
-    if add is not None and (training.count <= 1.0 or training.mean_abs((wall + add)[upper])
+    if add is not None and (training.count == 0 or training.mean_abs((wall + add)[upper])
                             > FORCE_TOLERANCE * mae):
         within_data = False         # e.g. molecules: their bonds sit just above d
-        add = comm.bcast(solve_wall(model, probes, None, within_data=False)
+        add = comm.bcast(solve_wall(probes, rise, None, within_data=False)
                          if comm.rank == 0 else None)
     if add is not None:
         wall += add
@@ -457,7 +459,7 @@ def close_short_range(model, data, crystals, log=None):
                "steps_falling_after": left, "problem": problem,
                "reaches_training_pairs": within_data,
                "training_forces_eV_per_A": training.mean_abs(wall[upper]),
-               "training_force_mae_eV_per_A": mae,
+               "training_force_mae_eV_per_A": mae if np.isfinite(mae) else None,
                "largest_wall_at_d_eV": float(at_d.max()),
                "seconds": time.perf_counter() - t0}
     if log is not None:
@@ -470,9 +472,8 @@ def close_short_range(model, data, crystals, log=None):
         if not within_data:
             log("short range: a wall reaching past the shortest training distances d would have "
                 f"added more than {FORCE_TOLERANCE:.0%} of the fit's force MAE to the training "
-                "forces: "
-                "only terms reaching up to 0.9 d (as ZBL) are used, and the curves may fall "
-                "between 0.9 d and d")
+                "forces: only terms reaching up to 0.9 d (as ZBL) are used, and the curves may "
+                "fall between 0.9 d and d")
         if problem is not None:
             log(f"WARNING: short range: {problem}; the curves may still fall below the data")
     return summary

@@ -244,12 +244,6 @@ def _final_output_solve(model, data, vdata, weights, log, fixed_e0=False):
 
 
 # --------------------------------------------------------------------------- checkpoints
-def _all_crystals(frames, comm):
-    """`short_range.crystal_candidates` of every rank's frames (the same on every rank)."""
-    mine = [atoms for _, atoms in crystal_candidates(frames).values()]
-    return crystal_candidates([a for part in comm.allgather(mine) for a in part])
-
-
 def _store_active_set(model, data, vdata, log):
     """The extrapolation grades' active set of the training and validation environments
     (`lattenb.extrapolation`), stored in the model."""
@@ -452,8 +446,8 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
                                                      else "iteration limit")}
     # step 4: the short-range wall (`lattenb.short_range`)
     if model.repulsion != "none":
-        model.fit_info["short_range"] = close_short_range(model, data,
-                                                          _all_crystals(frames, comm), log)
+        model.fit_info["short_range"] = close_short_range(
+            model, data, crystal_candidates(frames, comm), log)
     if fixed_e0:
         model.fit_info["e0_isolated_atoms"] = settings["e0"]
     model.fit_curve = run.curve

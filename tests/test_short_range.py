@@ -113,7 +113,7 @@ def test_fit_ends_with_curves_that_rise_below_the_data(fitted):
     probes = ProbeCurves(model, crystal_candidates(frames))
     assert np.all(probes.rises(model) >= 0.99 * MIN_SLOPE * probes.step)
     assert np.any(probes.rises(without_wall(model)) < 0)        # the wall is what does it
-    assert solve_wall(model, probes, np.ones((1, len(WALL_FRACTIONS)))) is None   # nothing left to add
+    assert solve_wall(probes, probes.rises(model), np.ones((1, len(WALL_FRACTIONS)))) is None   # nothing left to add
     # on grids of their own, d down to 0.4 Å: the dimer and ASE's cubic fcc cell compressed
     d = np.array(model.repulsion_radii)[0, 0, 1] / 0.9
     r = np.concatenate([np.linspace(0.4, 0.9 * d, 150, endpoint=False),
@@ -171,9 +171,9 @@ def test_a_wall_that_would_cost_accuracy_stays_below_the_data(fitted, monkeypatc
         assert plain.compute(*args)["energy"] == without_wall(plain).compute(*args)["energy"]
 
 
-def test_without_reference_forces_the_wall_stays_below_the_data(fitted):
+def test_without_reference_forces_the_wall_stays_below_the_data(fitted, tmp_path):
     """Nothing measures what a wall reaching past d would do to energy-only data: only the terms
-    up to 0.9 d are used."""
+    up to 0.9 d are used (and the summary, without a force MAE, is still a valid model file)."""
     model, frames = fitted
     energy_only = []
     for atoms in frames:
@@ -182,3 +182,6 @@ def test_without_reference_forces_the_wall_stays_below_the_data(fitted):
         energy_only.append(a)
     m = lattenb.fit(energy_only, max_iter=5, log=None, repulsion="zbl", **SMALL)
     assert not m.fit_info["short_range"]["reaches_training_pairs"]
+    assert m.fit_info["short_range"]["training_force_mae_eV_per_A"] is None
+    m.save(tmp_path / "energy_only.npz")
+    assert lattenb.load(tmp_path / "energy_only.npz").repulsion_wall == m.repulsion_wall
