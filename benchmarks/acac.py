@@ -43,7 +43,7 @@ TARGETS = {"300K": (3.0, 15.0), "600K": (15.0, 60.0)}
 
 #: the documented setting: what plain `lattenb fit train_300K.xyz --e0 isolated_atoms.xyz` does
 SETTING = {"preset": "fast", "blocks": None, "hidden": None, "cutoff": None, "time": "30m",
-           "seed": 0, "radial": None}
+           "seed": 0, "radial": None, "pair_radial": False}
 
 
 def rmse(model, frames):
@@ -135,6 +135,8 @@ def main():
     ap.add_argument("--cutoff", type=float, default=SETTING["cutoff"])
     ap.add_argument("--radial", default=SETTING["radial"], help="radial family (polynomial, spline, spline-N)")
     ap.add_argument("--seed", type=int, default=SETTING["seed"])
+    ap.add_argument("--pair-radial", action="store_true",
+                    help="radial functions per species pair (lattenb fit --pair-radial)")
     ap.add_argument("--threads", type=int, help="Numba threads for training (default: all)")
     ap.add_argument("--tag", default="default")
     ap.add_argument("--evaluate", metavar="MODEL", help="evaluate this model instead of fitting")
@@ -169,6 +171,7 @@ def main():
     else:
         model = lattenb.fit(train, valid=valid, preset=args.preset, blocks=args.blocks,
                             hidden=args.hidden, seed=args.seed, max_iter=None,
+                            pair_radial=args.pair_radial or None,
                             max_time=cli.parse_duration(args.time),
                             log=lambda line: print(f"  {line}", flush=True), log_every=100, **auto)
         wall, iterations = time.perf_counter() - t0, model.fit_info["iterations"]

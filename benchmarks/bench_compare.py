@@ -5,8 +5,11 @@
 
 Runs, in alternating child processes (baseline, this tree, baseline, ...) so that both see the
 same machine load: the fast preset's energy + forces + stress on fcc Cu (864 atoms, neighbour
-list rebuilt every step, as `bench_md.py`'s main column) on 1 and 2 threads, and one training loss
-+ full gradient evaluation on the bundled Cu subset (as `bench_training.py`). Each child warms
+list rebuilt every step, as `bench_md.py`'s main column) and on a random 4-species bcc alloy (432
+atoms) on 1 and 2 threads, and one training loss + full gradient evaluation on the bundled Cu
+subset (as `bench_training.py`). Where this tree has radial functions per species pair
+(`pair_radial`), the row md_alloy_pair compares them with the per-central-species ones on the
+alloy, in the same children of this tree. Each child warms
 the JIT up first (compile time is not counted) and reports the median of its repeats; the table
 gives the median over rounds of each tree and the ratio this tree / baseline (below 1: faster).
 """
@@ -40,6 +43,27 @@ for _ in range(int(sys.argv[2])):
     for pos in traj:
         model.compute(pos, cell, pbc, numbers)
     md.append((time.perf_counter() - t0) / (len(traj) * len(atoms)) * 1e6)
+# a random 4-species bcc alloy (432 atoms): the per-neighbour-species runs of the pair loops, with
+# one set of radial functions per central species and, where the tree has it, per species pair
+alloy = bulk("Mo", "bcc", a=3.2, cubic=True).repeat((6, 6, 6))
+alloy.numbers = rng.choice([41, 42, 73, 74], len(alloy))
+traj_alloy = [alloy.positions + rng.normal(0.0, 0.03, alloy.positions.shape) for _ in range(10)]
+alloy_models = {"md_alloy": lattenb.LatteModel.preset("fast", ["Nb", "Mo", "Ta", "W"])}
+try:
+    alloy_models["md_alloy_pair"] = lattenb.LatteModel.preset("fast", ["Nb", "Mo", "Ta", "W"],
+                                                              pair_radial=True)
+except TypeError:                             # a tree without radial functions per species pair
+    pass
+alloy_times = {}
+for key, m in alloy_models.items():
+    m.compute(traj_alloy[0], alloy.cell.array, alloy.pbc, alloy.numbers)
+    times = []
+    for _ in range(int(sys.argv[2])):
+        t0 = time.perf_counter()
+        for pos in traj_alloy:
+            m.compute(pos, alloy.cell.array, alloy.pbc, alloy.numbers)
+        times.append((time.perf_counter() - t0) / (len(traj_alloy) * len(alloy)) * 1e6)
+    alloy_times[key] = float(np.median(times))
 try:                                          # the stage layout
     from functools import partial
     from lattenb.dataset import prepare_dataset
@@ -58,7 +82,7 @@ for _ in range(int(sys.argv[2])):
     for _ in range(3):
         loss_and_gradient(model, data, LossWeights(10.0, 1.0, 0.001), n_chunks=64)
     train.append((time.perf_counter() - t0) / (3 * n_atoms) * 1e6)
-print(json.dumps({"md": float(np.median(md)), "train": float(np.median(train)),
+print(json.dumps({"md": float(np.median(md)), "train": float(np.median(train)), **alloy_times,
                   "file": lattenb.__file__}))
 '''
 
@@ -90,11 +114,17 @@ def main(argv=None):
         for _ in range(args.rounds):
             for name, tree in trees.items():
                 runs[name].append(run_child(tree, threads, args.repeats))
-        for what in ("md", "train"):
+        for what in ("md", "train", "md_alloy"):
             base = statistics.median(r[what] for r in runs["baseline"])
             this = statistics.median(r[what] for r in runs["this"])
             results[f"{what}_{threads}t"] = {"baseline_us_per_atom": base,
                                              "this_us_per_atom": this, "ratio": this / base}
+        if all("md_alloy_pair" in r for r in runs["this"]):     # this tree only, same children
+            central = statistics.median(r["md_alloy"] for r in runs["this"])
+            pair = statistics.median(r["md_alloy_pair"] for r in runs["this"])
+            results[f"md_alloy_pair_{threads}t"] = {
+                "baseline_us_per_atom": central, "this_us_per_atom": pair, "ratio": pair / central,
+                "note": "this tree: radial functions per species pair against per central species"}
     print(f"{'measure':<12} {'baseline µs/atom':>17} {'this µs/atom':>13} {'this/baseline':>14}")
     for key, row in results.items():
         print(f"{key:<12} {row['baseline_us_per_atom']:>17.3f} {row['this_us_per_atom']:>13.3f} "

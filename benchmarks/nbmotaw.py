@@ -90,6 +90,7 @@ def fit_run(args):
     t0 = time.perf_counter()
     model = lattenb.fit(train, valid=valid, preset="fast", seed=args.seed, max_iter=None,
                         species_mode=args.species_mode, max_time=cli.parse_duration(args.time),
+                        pair_radial=args.pair_radial or None,
                         log=lambda line: print(f"  [{args.tag}] {line}", flush=True), log_every=50,
                         **auto)
     wall = time.perf_counter() - t0
@@ -103,6 +104,7 @@ def fit_run(args):
     total, species = n_parameters(model)
     row = {"tag": args.tag, "species_mode": model.species_mode,
            "embedding_dim": model.embedding_dim if model.species_mode == "embedding" else None,
+           "pair_radial": model.pair_radial,
            "leave_out": "".join(sorted(left_out)) if left_out else None,
            "train_structures": len(train), "train_atoms": int(sum(len(a) for a in train)),
            "valid": errors(model, valid), "test": {k: errors(model, v) for k, v in groups.items()},
@@ -127,7 +129,8 @@ def table(tags):
     for r in rows:
         t = r["test"]["all"] if not r["leave_out"] else r["test"]["seen"]
         out = r["test"].get("left-out pair")
-        mode = r["species_mode"] + (f" (d={r['embedding_dim']})" if r["embedding_dim"] else "")
+        mode = (r["species_mode"] + (f" (d={r['embedding_dim']})" if r["embedding_dim"] else "")
+                + (", radial per species pair" if r.get("pair_radial") else ""))
         lines.append(
             f"| lattenb {mode} | " + (f"train.xyz without {r['leave_out']}" if r["leave_out"]
                                       else "train.xyz") + " | "
@@ -243,6 +246,8 @@ def main():
     ap.add_argument("--leave-out", metavar="PAIR", help="drop this binary's training structures, "
                     "e.g. NbMo")
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--pair-radial", action="store_true",
+                    help="radial functions per species pair (lattenb fit --pair-radial)")
     ap.add_argument("--threads", type=int, help="Numba threads (default: all)")
     ap.add_argument("--tag", help="results/nbmotaw_<tag>.json (default: the species mode)")
     ap.add_argument("--table", nargs="+", metavar="TAG", help="write results/nbmotaw.md from runs")

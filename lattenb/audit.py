@@ -55,7 +55,9 @@ def descriptor_jacobian(model, positions, numbers):
     from .model import LatteModel
     T = model.layout.n_terms
     probe = LatteModel(model.species, cutoff=model.cutoff, blocks=model.blocks, hidden=(),
-                       radial=model.radial)
+                       radial=model.radial, shared_radial=model.shared_radial,
+                       pair_radial=model.pair_radial, species_mode=model.species_mode,
+                       embedding_dim=model.embedding_dim)
     probe.set_parameters(**{k: v for k, v in model.params.items()
                             if k not in ("mlp", "e0", "g_mean", "g_std")})
     G = np.empty(T)

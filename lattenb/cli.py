@@ -222,7 +222,8 @@ def _fit(args, comm, fit, log):
     max_time = args.max_time if args.max_time is not None else parse_duration(args.time)
     model = fit(train, valid=valid, preset=args.preset, blocks=args.blocks,
                 hidden=args.hidden, activation=args.activation,
-                shared_radial=args.shared_radial or None, radial_from=args.radial_from,
+                shared_radial=args.shared_radial or None, pair_radial=args.pair_radial or None,
+                radial_from=args.radial_from,
                 species_mode=args.species_mode, embedding_dim=args.embedding_dim,
                 train_radial=not args.freeze_radial, weights=weights,
                 l2=args.l2, output_weights=output_weights,
@@ -425,6 +426,10 @@ def build_parser():
     f.add_argument("--shared-radial", action="store_true",
                    help="one set of radial functions for every central species (s-NNP's shared "
                         "filters; the species weights stay per species pair)")
+    f.add_argument("--pair-radial", action="store_true",
+                   help="one set of radial functions per (central, neighbour) species pair, as "
+                        "MTP and ACE resolve their radial bases (same pair work per step, S "
+                        "times the radial parameters)")
     f.add_argument("--species-mode", choices=species_modes.names(),
                    help="how the species weights are parametrised: pair (one per species pair "
                         "and body) or embedding (low-rank, through learned per-species vectors "

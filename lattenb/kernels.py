@@ -44,12 +44,15 @@ System = namedtuple("System", ["positions", "cells", "frame_of_atom", "offsets",
 
 #: Everything the kernels need from a model, as plain arrays (see `LatteModel.kernel_arrays`):
 #: cutoff (Å), layout (`blocks.DescriptorLayout.kernel_tuple`), radial_family (the family token),
-#: radial (S, B, K) its constants, n_radial_slots its number of gradient slots, sigma (S, S, B)
-#: and sigma_scaled = sigma * the family's scale, the support bins (bin_ptr, bin_bodies, inv_bin
+#: radial (R, B, K) its constants in R rows, radial_row int64 the row of central species s and
+#: neighbour species s': (S,) s, or 0 for shared radial functions, or (S, S) s S + s' for radial
+#: functions per species pair (`moments.radial_row_of`), n_radial_slots its number of gradient
+#: slots, sigma (S, S, B) and sigma_scaled = sigma * the family's scale, the support bins (bin_ptr, bin_bodies, inv_bin
 #: of `radial.support_bins`), the standardisation g_mean, g_inv_std (S, T), mlp_params (S, n),
 #: layer_sizes, activation code and e0 (S,) eV.
 KernelArrays = namedtuple("KernelArrays", [
-    "cutoff", "layout", "radial_family", "radial", "n_radial_slots", "sigma", "sigma_scaled",
+    "cutoff", "layout", "radial_family", "radial", "radial_row", "n_radial_slots", "sigma",
+    "sigma_scaled",
     "bin_ptr", "bin_bodies", "inv_bin", "g_mean", "g_inv_std", "mlp_params", "layer_sizes",
     "activation", "e0"])
 
@@ -62,7 +65,7 @@ def default_chunks(n_atoms):
 @njit(cache=True, error_model="numpy")
 def _setup(offsets, body_rank, body_projection, pair_rows, bin_ptr, bin_bodies, sorted_count):
     """What every driver derives once per call: (largest neighbour count, number of distance bins,
-    the support bins of every body (S, B, 2), whether any body is projected, whether any term
+    the support bins of every body (R, B, 2) per radial row, whether any body is projected, whether any term
     contracts through intermediates (`contraction.pair`), whether the pairs come sorted)."""
     return (max_neighbours(offsets), bin_ptr.shape[1] - 1,
             support_bin_ranges(bin_ptr, bin_bodies, body_rank.shape[0]),
@@ -116,7 +119,7 @@ def energy_forces_kernel(system, sorted_pairs, arrays, n_centres, n_chunks, n_fe
 
 def tangent_reverse_kernel(system, sorted_pairs, arrays, e_bar, delta, strain_bar, n_chunks):
     """Gradient of sum_i (e_bar_i e_i + edot_i) with respect to the MLP parameters (S, nP),
-    species weights (S, S, B) and the radial family's gradient slots (S, B, n_slots).
+    species weights (S, S, B) and the radial family's gradient slots (R, B, n_slots), R the radial rows.
 
     edot_i is the derivative of e_i along the pair tangent field
     vtilde_ij = delta_i - delta_j + strain_bar[frame] . v_ij (delta (N, 3), strain_bar (F, 3, 3)).
@@ -135,9 +138,9 @@ def _descriptors(n_chunks, positions, cells, frame_of_atom, offsets, second, shi
                  sorted_rows, sorted_q, sorted_start, sorted_count, sorted_keys, sorted_closest,
                  cutoff, body_rank, body_offset, term_body_start, term_pattern, pattern_rows,
                  pattern_table_start, tables, body_projection, operand_start, index_start, index,
-                 pair_rows, moment_sizes, family, radial, n_radial_slots, sigma, sigma_scaled,
-                 bin_ptr, bin_bodies, inv_bin, g_mean, g_inv_std, mlp_params, layer_sizes, act,
-                 e0):
+                 pair_rows, moment_sizes, family, radial, radial_row, n_radial_slots, sigma,
+                 sigma_scaled, bin_ptr, bin_bodies, inv_bin, g_mean, g_inv_std, mlp_params,
+                 layer_sizes, act, e0):
     n_max, n_bins, body_bins, projected, paired, presorted = _setup(
         offsets, body_rank, body_projection, pair_rows, bin_ptr, bin_bodies, sorted_count)
     n_atoms = positions.shape[0]
@@ -157,7 +160,7 @@ def _descriptors(n_chunks, positions, cells, frame_of_atom, offsets, second, shi
                                             second, shifts, species, cutoff, inv_bin,
                                             n_bins, P, pair_q, key_start, work)
             atom_moments(family, species[i], P, key_start, n_bins, body_rank, body_offset,
-                         body_bins, sigma_scaled, radial, A)
+                         body_bins, sigma_scaled, radial, radial_row, A)
             if projected:
                 project(A, body_rank, body_offset, body_projection, False)
             if paired:
@@ -172,8 +175,8 @@ def _energy_forces(n_centres, n_chunks, n_feature_atoms, positions, cells, frame
                    sorted_keys, sorted_closest, cutoff, body_rank, body_offset, term_body_start,
                    term_pattern, pattern_rows, pattern_table_start, tables, body_projection,
                    operand_start, index_start, index, pair_rows, moment_sizes, family, radial,
-                   n_radial_slots, sigma, sigma_scaled, bin_ptr, bin_bodies, inv_bin, g_mean,
-                   g_inv_std, mlp_params, layer_sizes, act, e0):
+                   radial_row, n_radial_slots, sigma, sigma_scaled, bin_ptr, bin_bodies, inv_bin,
+                   g_mean, g_inv_std, mlp_params, layer_sizes, act, e0):
     n_max, n_bins, body_bins, projected, paired, presorted = _setup(
         offsets, body_rank, body_projection, pair_rows, bin_ptr, bin_bodies, sorted_count)
     n_atoms = positions.shape[0]
@@ -203,7 +206,7 @@ def _energy_forces(n_centres, n_chunks, n_feature_atoms, positions, cells, frame
                                                  second, shifts, species, cutoff, inv_bin,
                                                  n_bins, P, pair_q, key_start, work)
             atom_moments(family, s, P, key_start, n_bins, body_rank, body_offset, body_bins,
-                         sigma_scaled, radial, A)
+                         sigma_scaled, radial, radial_row, A)
             if projected:
                 project(A, body_rank, body_offset, body_projection, False)
             if paired:
@@ -232,7 +235,7 @@ def _energy_forces(n_centres, n_chunks, n_feature_atoms, positions, cells, frame
                 project(Abar, body_rank, body_offset, body_projection, True)
             st = atom_pair_gradients(family, s, n_kept, P, pair_q, key_start, n_bins, body_rank,
                                      body_offset, body_bins, sigma_scaled, radial,
-                                     Abar, Q, pair_grad)
+                                     radial_row, Abar, Q, pair_grad)
             for k in range(9):
                 strain[i, k] = st[k]
     return energies, pair_grad, strain, closest, descriptors
@@ -258,8 +261,8 @@ def _tangent_reverse(e_bar, delta, strain_bar, n_chunks, positions, cells, frame
                      sorted_keys, sorted_closest, cutoff, body_rank, body_offset, term_body_start,
                      term_pattern, pattern_rows, pattern_table_start, tables, body_projection,
                      operand_start, index_start, index, pair_rows, moment_sizes, family, radial,
-                     n_radial_slots, sigma, sigma_scaled, bin_ptr, bin_bodies, inv_bin, g_mean,
-                     g_inv_std, mlp_params, layer_sizes, act, e0):
+                     radial_row, n_radial_slots, sigma, sigma_scaled, bin_ptr, bin_bodies, inv_bin,
+                     g_mean, g_inv_std, mlp_params, layer_sizes, act, e0):
     n_max, n_bins, body_bins, projected, paired, presorted = _setup(
         offsets, body_rank, body_projection, pair_rows, bin_ptr, bin_bodies, sorted_count)
     n_atoms = positions.shape[0]
@@ -274,7 +277,7 @@ def _tangent_reverse(e_bar, delta, strain_bar, n_chunks, positions, cells, frame
     n_act, widest = _mlp_sizes(layer_sizes)
     g_mlp = np.zeros((n_chunks, n_species, n_mlp))
     g_sigma = np.zeros((n_chunks, n_species, n_species, n_bodies))
-    g_radial = np.zeros((n_chunks, n_species, n_bodies, n_radial_slots))
+    g_radial = np.zeros((n_chunks, radial.shape[0], n_bodies, n_radial_slots))
     for chunk in prange(n_chunks):
         lo = chunk * n_atoms // n_chunks
         hi = (chunk + 1) * n_atoms // n_chunks
@@ -297,7 +300,7 @@ def _tangent_reverse(e_bar, delta, strain_bar, n_chunks, positions, cells, frame
                                         n_bins, P, pair_q, key_start, work)
             pair_tangents(i, n_kept, P, pair_q, second, delta, strain_bar[fi], max_rank, T)
             atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_offset,
-                                 body_bins, sigma_scaled, radial, A, Adot)
+                                 body_bins, sigma_scaled, radial, radial_row, A, Adot)
             if projected:
                 project(A, body_rank, body_offset, body_projection, False)
                 project(Adot, body_rank, body_offset, body_projection, False)
@@ -322,6 +325,6 @@ def _tangent_reverse(e_bar, delta, strain_bar, n_chunks, positions, cells, frame
                 project(Abar, body_rank, body_offset, body_projection, True)
                 project(Adotbar, body_rank, body_offset, body_projection, True)
             atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, body_offset,
-                                     body_bins, sigma_scaled, radial, Abar, Adotbar,
+                                     body_bins, sigma_scaled, radial, radial_row, Abar, Adotbar,
                                      g_sigma[chunk], g_radial[chunk])
     return g_mlp.sum(axis=0), g_sigma.sum(axis=0), g_radial.sum(axis=0)

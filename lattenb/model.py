@@ -9,7 +9,9 @@
 Parameters (S species, B bodies, T terms), species-first so kernels read contiguous memory:
     the radial family's arrays     e.g. centres, widths (S, B) Å of the "polynomial" family: the
                                     radial function of every body, per central species; (1, B)
-                                    with shared_radial=True (one set for every central species)
+                                    with shared_radial=True (one set for every central species),
+                                    (S^2, B) with pair_radial=True (row s S + s' for central s,
+                                    neighbour s')
     the species mode's arrays       sigma (S, S, B), the species weight per (central, neighbour)
                                     species and body, in the "pair" mode; its rank-d factors
                                     (S, d), (S, d), (B, d) in the "embedding" mode
@@ -64,7 +66,10 @@ class LatteModel:
     activation: "gaussian" (exp(-x^2), default), "tanh" or "silu". radial: the radial family's
     name (`lattenb.radial.names()`, default "polynomial"), saved with the model. shared_radial:
     one set of radial functions for every central species (s-NNP's shared filters; the species
-    weights sigma stay per species pair), saved with the model. species_mode: how the species
+    weights sigma stay per species pair), saved with the model. pair_radial: one set of radial
+    functions per (central species, neighbour species) pair, as MTP and ACE resolve their radial
+    bases (S^2 rows instead of S; the same pair work per MD step), saved with the model.
+    species_mode: how the species
     weights sigma are parametrised, "pair" (default: one per species pair and body) or
     "embedding" (a rank-`embedding_dim` factorisation through per-species embedding vectors,
     parameters linear in the number of species; `lattenb.species_modes`), saved with the model.
@@ -80,7 +85,7 @@ class LatteModel:
 
     def __init__(self, species, cutoff=5.0, blocks=PRESETS["fast"]["blocks"], hidden=(32, 16),
                  activation="gaussian", width=None, seed=0, radial=radial_families.DEFAULT,
-                 shared_radial=False, species_mode=species_modes.DEFAULT,
+                 shared_radial=False, pair_radial=False, species_mode=species_modes.DEFAULT,
                  embedding_dim=species_modes.DEFAULT_EMBEDDING_DIM,
                  repulsion=repulsion_terms.DEFAULT, repulsion_radii=None, repulsion_wall=None,
                  grade_features=DEFAULT_FEATURES):
@@ -94,6 +99,12 @@ class LatteModel:
         if not isinstance(shared_radial, (bool, np.bool_)):
             raise ValueError(f"shared_radial must be True or False, got {shared_radial!r}")
         self.shared_radial = bool(shared_radial)
+        if not isinstance(pair_radial, (bool, np.bool_)):
+            raise ValueError(f"pair_radial must be True or False, got {pair_radial!r}")
+        self.pair_radial = bool(pair_radial)
+        if self.shared_radial and self.pair_radial:
+            raise ValueError("shared_radial and pair_radial exclude each other: radial functions "
+                             "are shared by every species, or one set per species pair")
         self.species_mode_impl = species_modes.get(species_mode)
         self.species_mode = self.species_mode_impl.name
         self.embedding_dim = species_modes.check_embedding_dim(embedding_dim)
@@ -142,8 +153,20 @@ class LatteModel:
     @property
     def n_radial_species(self):
         """Rows of the radial family's arrays: 1 when the radial functions are shared by every
-        central species (`shared_radial`, s-NNP's shared filters), else the number of species."""
-        return 1 if self.shared_radial else self.n_species
+        central species (`shared_radial`, s-NNP's shared filters), S^2 with one set per species
+        pair (`pair_radial`, row s S + s'), else the number of species S."""
+        if self.shared_radial:
+            return 1
+        return self.n_species ** 2 if self.pair_radial else self.n_species
+
+    def radial_row(self):
+        """(S, S) int64: the row of the radial arrays that central species s and neighbour
+        species s' use (see `n_radial_species`)."""
+        S = self.n_species
+        central, neighbour = np.meshgrid(np.arange(S), np.arange(S), indexing="ij")
+        if self.shared_radial:
+            return np.zeros((S, S), np.int64)
+        return (central * S + neighbour if self.pair_radial else central).astype(np.int64)
 
     @property
     def layer_sizes(self):
@@ -203,16 +226,16 @@ class LatteModel:
             family = self.radial_family
             constants, scale = family.kernel_constants(p, self.cutoff)
             lo, hi = family.support(p, self.cutoff)
-            if self.shared_radial:    # the kernels read one row per central species
-                constants, scale, lo, hi = (np.repeat(a, self.n_species, axis=0)
-                                            for a in (constants, scale, lo, hi))
+            row = self.radial_row()
             bin_ptr, bin_bodies, inv_bin = support_bins(lo, hi, self.cutoff,
                                                         body_rank=self.layout.body_rank)
             self._kernel_arrays = KernelArrays(
                 cutoff=self.cutoff, layout=self.layout.kernel_tuple(), radial_family=family,
                 radial=constants, n_radial_slots=len(family.gradient_names),
+                # (S,) unless per species pair: see `moments.radial_row_of`
+                radial_row=row if self.pair_radial else np.ascontiguousarray(row[:, 0]),
                 sigma=np.ascontiguousarray(sigma),
-                sigma_scaled=np.ascontiguousarray(sigma * scale[:, None, :]),
+                sigma_scaled=np.ascontiguousarray(sigma * scale[row]),
                 bin_ptr=bin_ptr, bin_bodies=bin_bodies, inv_bin=inv_bin,
                 g_mean=np.ascontiguousarray(p["g_mean"]), g_inv_std=1.0 / p["g_std"],
                 mlp_params=np.ascontiguousarray(p["mlp"]), layer_sizes=self.layer_sizes,
@@ -254,8 +277,8 @@ class LatteModel:
         """Use the radial functions of `source` (a `LatteModel` with the same radial family and
         number of bodies; cutoffs may differ if its windows fit inside this one's), e.g. filters
         learned on another system as the start of a fit (`fit(..., radial_from=source)`).
-        Rows are matched by central species; a source with one row (shared radial functions or a
-        single species) gives it to every species. ValueError when they do not fit."""
+        Rows are matched by species (central, and neighbour for `pair_radial`); a source with one
+        row (shared radial functions or a single species) gives it to every row. ValueError when they do not fit."""
         if source.radial != self.radial or source.layout.n_bodies != self.layout.n_bodies:
             raise ValueError(f"radial functions come from a model with the same radial family and "
                              f"number of bodies: this one has {self.radial!r} with "
@@ -273,7 +296,11 @@ class LatteModel:
             if missing:
                 raise ValueError(f"the source model has no radial functions for "
                                  f"{', '.join(missing)} (it has {', '.join(source.species)})")
-            rows = [source.species.index(s) for s in self.species]
+            index = [source.species.index(s) for s in self.species]
+            source_row = source.radial_row()
+            rows = np.zeros(self.n_radial_species, np.int64)
+            for (s, t), row in np.ndenumerate(self.radial_row()):
+                rows[row] = source_row[index[s], index[t]]
         self.set_parameters(**{n: np.asarray(source.params[n])[rows] for n in names})
 
     def set_active_set(self, active_set):
@@ -308,10 +335,8 @@ class LatteModel:
         return self.species_mode_impl.parameter_names
 
     def radial_gradients(self, slots):
-        """{radial parameter name: dL/dparameter} from the kernels' per-species gradient slots
-        (S, B, n_slots); with shared radial functions the species' shares are summed."""
-        if self.shared_radial:
-            slots = slots.sum(axis=0, keepdims=True)
+        """{radial parameter name: dL/dparameter} from the kernels' gradient slots
+        (n_radial_species, B, n_slots), one row per radial row."""
         return self.radial_family.gradients(slots)
 
     # ----------------------------------------------------------------- backends
@@ -406,6 +431,7 @@ class LatteModel:
                 f"blocks={self.blocks!r}, hidden={self.hidden}, activation={self.activation!r}, "
                 f"radial={self.radial!r}"
                 + (", shared_radial=True" if self.shared_radial else "")
+                + (", pair_radial=True" if self.pair_radial else "")
                 + (f", species_mode={self.species_mode!r}, embedding_dim={self.embedding_dim}"
                    if self.species_mode != "pair" else "")
                 + (f", repulsion={self.repulsion!r}" if self.repulsion != "none" else "") + ")")
@@ -417,6 +443,7 @@ class LatteModel:
     FILE_FIELDS = {"species": REQUIRED, "cutoff": REQUIRED, "blocks": REQUIRED,
                    "hidden": REQUIRED, "activation": REQUIRED, "seed": 0,
                    "radial": radial_families.DEFAULT, "shared_radial": False,
+                   "pair_radial": False,
                    "species_mode": species_modes.DEFAULT,
                    "embedding_dim": species_modes.DEFAULT_EMBEDDING_DIM,
                    "repulsion": repulsion_terms.DEFAULT, "repulsion_radii": None,

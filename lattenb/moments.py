@@ -20,6 +20,7 @@ of training (they read the per-pair tangent rows of `pairs.pair_tangents`).
 """
 import numpy as np
 from numba import njit
+from numba.core.extending import overload
 
 from ._numba import FASTMATH
 from .pairs import P_INV_R, P_R, P_UX, P_UY, P_UZ, T_D, T_D2, T_D3, T_R2, T_R3, T_RDOT
@@ -142,6 +143,61 @@ def _add_tangent10(acc_a, acc_d, f, g, m, dm):
              acc_d[8] + g * m[8] + f * dm[8], acc_d[9] + g * m[9] + f * dm[9]))
 
 
+# Radial rows (`KernelArrays.radial_row`): a (S,) map, one row per central species (or row 0 for
+# all, shared), or an (S, S) map, one row per (central, neighbour) species pair. The helpers below
+# are resolved by Numba from the map's dimension, so the two shapes compile to two kernels: with
+# the (S,) map the body-major forward loops read the body's radial constants and support bins
+# once per body, exactly as before pair rows existed (reading them per neighbour-species run
+# from an (S, S) map cost 4 % of an MD step on a 4-species bcc alloy, callgrind), and only the
+# (S, S) map reads them per run.
+def radial_row_of(radial_row, si, sj):
+    """The row of the radial arrays for central species si and neighbour species sj."""
+    return radial_row[si] if radial_row.ndim == 1 else radial_row[si, sj]
+
+
+def run_bins(body_bins, radial_row, si, sj, b, bin0, bin1):
+    """The support bins of body b for the run of neighbour species sj: (bin0, bin1), the body's
+    own, unless the radial functions are per species pair."""
+    if radial_row.ndim == 1:
+        return bin0, bin1
+    row = radial_row[si, sj]
+    return body_bins[row, b, 0], body_bins[row, b, 1]
+
+
+def run_constants(family, radial, radial_row, si, sj, b, kb):
+    """The radial constants of body b for the run of neighbour species sj: kb, the body's own,
+    unless the radial functions are per species pair."""
+    if radial_row.ndim == 1:
+        return kb
+    return family.load(radial, radial_row[si, sj], b)
+
+
+@overload(radial_row_of, inline="always")
+def _radial_row_of(radial_row, si, sj):
+    if radial_row.ndim == 1:
+        return lambda radial_row, si, sj: radial_row[si]
+    return lambda radial_row, si, sj: radial_row[si, sj]
+
+
+@overload(run_bins, inline="always")
+def _run_bins(body_bins, radial_row, si, sj, b, bin0, bin1):
+    if radial_row.ndim == 1:
+        return lambda body_bins, radial_row, si, sj, b, bin0, bin1: (bin0, bin1)
+
+    def per_pair(body_bins, radial_row, si, sj, b, bin0, bin1):
+        row = radial_row[si, sj]
+        return body_bins[row, b, 0], body_bins[row, b, 1]
+    return per_pair
+
+
+@overload(run_constants, inline="always")
+def _run_constants(family, radial, radial_row, si, sj, b, kb):
+    if radial_row.ndim == 1:
+        return lambda family, radial, radial_row, si, sj, b, kb: kb
+    return lambda family, radial, radial_row, si, sj, b, kb: radial_load(
+        family, radial, radial_row[si, sj], b)
+
+
 # ----------------------------------------------------------------------------- forward
 # Notes on the pair loops here and in `atom_pair_gradients`, all measured:
 # - they run over np.uint64 bounds: a provably non-negative index spares Numba's negative-index
@@ -166,7 +222,7 @@ def _add_tangent10(acc_a, acc_d, f, g, m, dm):
 #   (1 and 16 species, medians of four side-by-side rounds, 2026-12-02).
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_bins, sigma_scaled,
-                 radial, A):
+                 radial, radial_row, A):
     """Body tensors A (M,) of an atom of species si from its pairs sorted by `gather_pairs`.
 
     family: a radial family token (`lattenb.radial`) and radial (S, B, K) its kernel constants;
@@ -176,20 +232,23 @@ def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_
     A[:] = 0.0
     n_species = sigma_scaled.shape[1]
     for b in range(body_rank.shape[0]):
-        kb = radial_load(family, radial, si, b)
+        row = radial_row_of(radial_row, si, 0)
+        kb_body = radial_load(family, radial, row, b)
+        bin0 = body_bins[row, b, 0]
+        bin1 = body_bins[row, b, 1]
         p = body_rank[b]
         off = body_offset[b]
-        bin0 = body_bins[si, b, 0]
-        bin1 = body_bins[si, b, 1]
         # one accumulator per body over all neighbour species, each pair weighted by its
         # sigma_scaled: a block of one neighbour species costs only its bounds (see the notes above)
         if p == 0:
             a0 = 0.0
             for sj in range(n_species):
-                lo = np.uint64(key_start[sj * n_bins + bin0])
-                hi = np.uint64(key_start[sj * n_bins + bin1])
+                k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
+                lo = np.uint64(key_start[sj * n_bins + k0])
+                hi = np.uint64(key_start[sj * n_bins + k1])
                 if lo == hi:
                     continue
+                kb = run_constants(family, radial, radial_row, si, sj, b, kb_body)
                 sc = sigma_scaled[si, sj, b]
                 for k in range(lo, hi):
                     a0 += sc * radial_value(family, P[P_R, k], kb)
@@ -197,10 +256,12 @@ def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_
         elif p == 1:
             acc1 = ZERO3
             for sj in range(n_species):
-                lo = np.uint64(key_start[sj * n_bins + bin0])
-                hi = np.uint64(key_start[sj * n_bins + bin1])
+                k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
+                lo = np.uint64(key_start[sj * n_bins + k0])
+                hi = np.uint64(key_start[sj * n_bins + k1])
                 if lo == hi:
                     continue
+                kb = run_constants(family, radial, radial_row, si, sj, b, kb_body)
                 sc = sigma_scaled[si, sj, b]
                 for k in range(lo, hi):
                     acc1 = _add_unique1(acc1, sc * radial_value(family, P[P_R, k], kb),
@@ -209,10 +270,12 @@ def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_
         elif p == 2:
             acc2 = ZERO6
             for sj in range(n_species):
-                lo = np.uint64(key_start[sj * n_bins + bin0])
-                hi = np.uint64(key_start[sj * n_bins + bin1])
+                k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
+                lo = np.uint64(key_start[sj * n_bins + k0])
+                hi = np.uint64(key_start[sj * n_bins + k1])
                 if lo == hi:
                     continue
+                kb = run_constants(family, radial, radial_row, si, sj, b, kb_body)
                 sc = sigma_scaled[si, sj, b]
                 for k in range(lo, hi):
                     acc2 = _add_unique2(acc2, sc * radial_value(family, P[P_R, k], kb),
@@ -221,10 +284,12 @@ def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_
         else:
             acc3 = ZERO10
             for sj in range(n_species):
-                lo = np.uint64(key_start[sj * n_bins + bin0])
-                hi = np.uint64(key_start[sj * n_bins + bin1])
+                k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
+                lo = np.uint64(key_start[sj * n_bins + k0])
+                hi = np.uint64(key_start[sj * n_bins + k1])
                 if lo == hi:
                     continue
+                kb = run_constants(family, radial, radial_row, si, sj, b, kb_body)
                 sc = sigma_scaled[si, sj, b]
                 for k in range(lo, hi):
                     acc3 = _add_unique3(acc3, sc * radial_value(family, P[P_R, k], kb),
@@ -296,7 +361,7 @@ def _add_q(Q, k, c, f, fp, hx, hy, hz, ux, uy, uz):
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_rank, body_offset,
-                        body_bins, sigma_scaled, radial, Abar, Q, pair_grad):
+                        body_bins, sigma_scaled, radial, radial_row, Abar, Q, pair_grad):
     """dE/dv (eV/Å) for the n_kept sorted pairs of an atom of species si into
     pair_grad[pair_q[k]], given Abar = dE/dA (M,); Q (4, n_max) scratch.
 
@@ -317,21 +382,24 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
         Q[Q_HZ, k] = 0.0
     n_species = sigma_scaled.shape[1]
     for b in range(body_rank.shape[0]):
-        kb = radial_load(family, radial, si, b)
+        row = radial_row_of(radial_row, si, 0)
+        kb_body = radial_load(family, radial, row, b)
+        bin0 = body_bins[row, b, 0]
+        bin1 = body_bins[row, b, 1]
         p = body_rank[b]
         off = body_offset[b]
-        bin0 = body_bins[si, b, 0]
-        bin1 = body_bins[si, b, 1]
         # D_k += g' (h . rhat) / p and H_k += g h with h = p sigma_scaled sym(Abar_b) .
         # rhat^(x)(p-1) (see above; g, g' the family's value and d/dr; rank 0 has no h); the body's
         # weights are built once, sigma_scaled enters per pair (as in `atom_moments`)
         if p == 0:
             w0 = Abar[off]
             for sj in range(n_species):
-                lo = np.uint64(key_start[sj * n_bins + bin0])
-                hi = np.uint64(key_start[sj * n_bins + bin1])
+                k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
+                lo = np.uint64(key_start[sj * n_bins + k0])
+                hi = np.uint64(key_start[sj * n_bins + k1])
                 if lo == hi:
                     continue
+                kb = run_constants(family, radial, radial_row, si, sj, b, kb_body)
                 w = sigma_scaled[si, sj, b] * w0
                 for k in range(lo, hi):
                     Q[Q_D, k] += w * radial_value_deriv(family, P[P_R, k], kb)[1]
@@ -340,10 +408,12 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
             hy = Abar[off + 1]
             hz = Abar[off + 2]
             for sj in range(n_species):
-                lo = np.uint64(key_start[sj * n_bins + bin0])
-                hi = np.uint64(key_start[sj * n_bins + bin1])
+                k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
+                lo = np.uint64(key_start[sj * n_bins + k0])
+                hi = np.uint64(key_start[sj * n_bins + k1])
                 if lo == hi:
                     continue
+                kb = run_constants(family, radial, radial_row, si, sj, b, kb_body)
                 sc = sigma_scaled[si, sj, b]
                 for k in range(lo, hi):
                     f, fp = radial_value_deriv(family, P[P_R, k], kb)
@@ -352,10 +422,12 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
         elif p == 2:
             m2 = _sym2_weights(Abar[off:off + 9], 1.0)
             for sj in range(n_species):
-                lo = np.uint64(key_start[sj * n_bins + bin0])
-                hi = np.uint64(key_start[sj * n_bins + bin1])
+                k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
+                lo = np.uint64(key_start[sj * n_bins + k0])
+                hi = np.uint64(key_start[sj * n_bins + k1])
                 if lo == hi:
                     continue
+                kb = run_constants(family, radial, radial_row, si, sj, b, kb_body)
                 sc = sigma_scaled[si, sj, b]
                 for k in range(lo, hi):
                     f, fp = radial_value_deriv(family, P[P_R, k], kb)
@@ -367,10 +439,12 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
         else:
             m3 = _sym3_weights(Abar[off:off + 27], 1.0)
             for sj in range(n_species):
-                lo = np.uint64(key_start[sj * n_bins + bin0])
-                hi = np.uint64(key_start[sj * n_bins + bin1])
+                k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
+                lo = np.uint64(key_start[sj * n_bins + k0])
+                hi = np.uint64(key_start[sj * n_bins + k1])
                 if lo == hi:
                     continue
+                kb = run_constants(family, radial, radial_row, si, sj, b, kb_body)
                 sc = sigma_scaled[si, sj, b]
                 for k in range(lo, hi):
                     f, fp = radial_value_deriv(family, P[P_R, k], kb)
@@ -416,7 +490,7 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_offset, body_bins,
-                         sigma_scaled, radial, A, Adot):
+                         sigma_scaled, radial, radial_row, A, Adot):
     """Body tensors A (M,) and their tangents Adot (M,) of an atom of species si, from its pairs
     sorted by `gather_pairs` (P, key_start) and their tangent rows T (`pair_tangents`).
 
@@ -431,11 +505,12 @@ def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_of
         if key_start[first] == key_start[first + n_bins]:
             continue                            # no neighbours of species sj
         for b in range(body_rank.shape[0]):
-            lo = np.uint64(key_start[first + body_bins[si, b, 0]])
-            hi = np.uint64(key_start[first + body_bins[si, b, 1]])
+            row = radial_row_of(radial_row, si, sj)
+            lo = np.uint64(key_start[first + body_bins[row, b, 0]])
+            hi = np.uint64(key_start[first + body_bins[row, b, 1]])
             if lo == hi:
                 continue
-            kb = radial_load(family, radial, si, b)
+            kb = radial_load(family, radial, row, b)
             p = body_rank[b]
             off = body_offset[b]
             sc = sigma_scaled[si, sj, b]
@@ -515,7 +590,8 @@ def _class_sums3(a, off):
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, body_offset,
-                             body_bins, sigma_scaled, radial, Abar, Adotbar, g_sigma, g_radial):
+                             body_bins, sigma_scaled, radial, radial_row, Abar, Adotbar, g_sigma,
+                             g_radial):
     """Add the parameter gradient of J = Abar . A + Adotbar . Adot (Abar, Adotbar (M,)) for an
     atom of species si (pairs and tangent rows as in `atom_tangent_moments`) to g_sigma (S, S, B)
     and the radial family's gradient slots g_radial (S, B, n_slots) (the rows of species si).
@@ -538,11 +614,12 @@ def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, bod
         if key_start[first] == key_start[first + n_bins]:
             continue                            # no neighbours of species sj
         for b in range(body_rank.shape[0]):
-            lo = np.uint64(key_start[first + body_bins[si, b, 0]])
-            hi = np.uint64(key_start[first + body_bins[si, b, 1]])
+            row = radial_row_of(radial_row, si, sj)
+            lo = np.uint64(key_start[first + body_bins[row, b, 0]])
+            hi = np.uint64(key_start[first + body_bins[row, b, 1]])
             if lo == hi:
                 continue
-            kb = radial_load(family, radial, si, b)
+            kb = radial_load(family, radial, row, b)
             p = body_rank[b]
             off = body_offset[b]
             acc = radial_adjoint_init(family)
@@ -586,4 +663,4 @@ def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, bod
             gs, gt = radial_adjoint_finish(family, acc, kb, sigma_scaled[si, sj, b])
             g_sigma[si, sj, b] += gs
             for m in range(len(gt)):
-                g_radial[si, b, m] += gt[m]
+                g_radial[row, b, m] += gt[m]

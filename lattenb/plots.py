@@ -99,7 +99,8 @@ def radial_functions(model, path, n_points=400, title=None):
     from . import radial
     plt = _pyplot()
     r = np.linspace(0.0, model.cutoff, int(n_points))
-    f = radial.values(model.radial_family, model.params, model.cutoff, r)     # (S or 1, B, n)
+    f = radial.values(model.radial_family, model.params, model.cutoff, r)     # (rows, B, n)
+    row = model.radial_row()                                                  # (S, S)
     sigma = model.species_weights()                                           # (S, S, B)
     layout = model.layout
     blocks = layout.blocks
@@ -116,7 +117,7 @@ def radial_functions(model, path, n_points=400, title=None):
             for place, b in enumerate(range(start, layout.term_body_start[term + 1])):
                 for si in range(S):
                     for sj in range(S):
-                        ax.plot(r, sigma[si, sj, b] * f[0 if model.shared_radial else si, b], lw=0.9, alpha=0.8,
+                        ax.plot(r, sigma[si, sj, b] * f[row[si, sj], b], lw=0.9, alpha=0.8,
                                 ls=LINESTYLES[place % len(LINESTYLES)],
                                 color=colours[(si * S + sj) % len(colours)])
             term += 1
@@ -136,7 +137,8 @@ def radial_functions(model, path, n_points=400, title=None):
     fig.legend(handles=handles, loc="lower center", ncol=min(len(handles), 8), fontsize=8,
                frameon=False)
     fig.suptitle(f"{title + ': ' if title else ''}radial family {model.radial}"
-                 f"{' (shared by all central species)' if model.shared_radial else ''}, "
+                 f"{' (shared by all central species)' if model.shared_radial else ''}"
+                 f"{' (per species pair)' if model.pair_radial else ''}, "
                  f"cutoff {model.cutoff:g} Å (central←neighbour species)", fontsize=10)
     fig.tight_layout(rect=(0, 0.06, 1, 0.97))
     fig.savefig(path, dpi=110)

@@ -288,15 +288,16 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
         hidden=None, activation="gaussian", radial=None, weights=(10.0, 1.0, 0.001), l2=1e-6, max_iter=500,
         stress_offset=False, seed=0, train_radial=True, output_weights=None, solve_output=True,
         checkpoint=None, checkpoint_every=50, resume=None, max_time=None, log=print,
-        log_every=10, e0=None, shared_radial=None, radial_from=None, species_mode=None,
-        embedding_dim=None, repulsion=None, comm=None):
+        log_every=10, e0=None, shared_radial=None, pair_radial=None, radial_from=None,
+        species_mode=None, embedding_dim=None, repulsion=None, comm=None):
     """Fit a LATTE model to structures with energies (and forces/stress where present).
 
     frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
     species: chemical symbols (default: all elements in frames). model: start from (a copy of)
     this model instead of a new one built from `preset` with the cutoff/blocks/hidden/radial
     overrides (radial: a radial family name, `lattenb.radial.names()`; shared_radial: one set
-    of radial functions for every central species; species_mode: "pair" or "embedding",
+    of radial functions for every central species; pair_radial: one set per species pair;
+    species_mode: "pair" or "embedding",
     `lattenb.species_modes`, with its embedding_dim);
     a fitted model (standardisation set) continues from its parameters, e.g. to refine it with
     other weights or data.
@@ -383,6 +384,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
             species = [chemical_symbols[z] for z in sorted(numbers)]
         overrides = {k: v for k, v in (("cutoff", cutoff), ("blocks", blocks), ("hidden", hidden),
                                        ("radial", radial), ("shared_radial", shared_radial),
+                                       ("pair_radial", pair_radial),
                                        ("species_mode", species_mode),
                                        ("embedding_dim", embedding_dim))
                      if v is not None}

@@ -23,8 +23,11 @@ def share_radials(model, same):
     return model
 
 
-def test_jacobian_matches_finite_differences_of_the_descriptor():
-    m = LatteModel(["Ni", "Mo"], cutoff=4.5, blocks="2,-:1,IJ,IJ:1,i,j,ij:1,IJK,IJK", hidden=(3,))
+@pytest.mark.parametrize("radial_rows", [{}, {"shared_radial": True}, {"pair_radial": True}],
+                         ids=["central", "shared", "pair"])
+def test_jacobian_matches_finite_differences_of_the_descriptor(radial_rows):
+    m = LatteModel(["Ni", "Mo"], cutoff=4.5, blocks="2,-:1,IJ,IJ:1,i,j,ij:1,IJK,IJK", hidden=(3,),
+                   **radial_rows)
     rng = np.random.default_rng(1)
     pos, pick = random_environment(rng, 7, m.cutoff, 2)
     numbers = np.array(m.numbers)[pick]

@@ -236,6 +236,15 @@ def test_family_without_cuda_functions_is_a_clear_error():
 
 
 @needs_cuda
+def test_pair_radial_is_a_clear_error():
+    """Radial functions per species pair run on the CPU only so far: the GPU kernels read one row
+    per central species."""
+    m = make_model(radial="spline-5", pair_radial=True)
+    with pytest.raises(ValueError, match="per species pair.*device='cpu'"):
+        CudaEvaluator(m)
+
+
+@needs_cuda
 @pytest.mark.parametrize("activation", ["tanh", "silu"])
 def test_other_activations(activation):
     m = make_model(activation)

@@ -57,9 +57,10 @@ def reference_traceless(A):
                 + np.einsum("bc,za->zabc", eye, a)) / 5.0
 
 
-def reference_descriptors(spec, params, model_numbers, atoms, cutoff):
+def reference_descriptors(spec, params, model_numbers, atoms, cutoff, pair_radial=False):
     """(G, scale) (N, T): the descriptor, and the same contraction of |A| (the natural size of
-    rounding errors of each entry)."""
+    rounding errors of each entry). pair_radial: the radial arrays have one row per species pair
+    (row s S + s' for central s and neighbour s'), else one per central species."""
     index_of = {int(z): k for k, z in enumerate(model_numbers)}
     s = np.array([index_of[int(z)] for z in atoms.numbers])
     n_atoms = len(atoms)
@@ -74,7 +75,8 @@ def reference_descriptors(spec, params, model_numbers, atoms, cutoff):
         tensors = []
         for body in bodies:
             p = len(body)
-            weight = sigma[s[i], s[j], b] * reference_radial(r, centres[s[i], b], widths[s[i], b])
+            row = s[i] * len(model_numbers) + s[j] if pair_radial else s[i]
+            weight = sigma[s[i], s[j], b] * reference_radial(r, centres[row, b], widths[row, b])
             A = np.zeros((n_atoms,) + (3,) * p)
             np.add.at(A, i, weight.reshape((-1,) + (1,) * p) * powers[p])
             if body.isupper() and p >= 2:        # capital letters: the traceless part
@@ -141,6 +143,29 @@ def test_descriptors_match_einsum_reference(model, name):
     for pattern in DESIGN_PATTERNS:
         cols = [t for t, (p, _) in enumerate(terms) if p == pattern]
         assert np.abs(G_ref[:, cols]).max() > 1e-6, f"{name}: pattern {pattern} is all zero"
+
+
+@pytest.mark.parametrize("name", list(STRUCTURES))
+def test_pair_radial_descriptors_match_einsum_reference(name):
+    """Radial functions per (central, neighbour) species pair (`pair_radial`): every pair row its
+    own window, the reference picks the row from both species of each pair."""
+    m = LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=ALL_PATTERNS, hidden=(4,), seed=3,
+                   pair_radial=True)
+    rng = np.random.default_rng(12)
+    R, B = m.params["centres"].shape
+    assert R == 4
+    widths = rng.uniform(0.6, 1.6, size=(R, B))
+    m.set_parameters(centres=rng.uniform(widths, CUTOFF - widths), widths=widths)
+    atoms = STRUCTURES[name]
+    G = m.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    G_ref, scale = reference_descriptors(ALL_PATTERNS, m.params, m.numbers, atoms, CUTOFF,
+                                         pair_radial=True)
+    # 1e-18 absolute: a pair just inside a window's edge, where f ~ 1e-25 (the reference's
+    # max(0, t) and the kernel's polynomial round differently there)
+    assert np.all(np.abs(G - G_ref) <= 1e-12 * scale + 1e-18)
+    # not vacuous: the per-central-species reading of the same arrays gives other descriptors
+    G_central, _ = reference_descriptors(ALL_PATTERNS, m.params, m.numbers, atoms, CUTOFF)
+    assert np.abs(G_central - G_ref).max() > 1e-3 * np.abs(G_ref).max()
 
 
 def test_descriptors_of_each_pattern_alone():

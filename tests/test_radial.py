@@ -251,11 +251,11 @@ SEAM_PARAMETERS = {"toy-gaussian": {"mu", "alpha"},
                    "spline-5": {"centres", "widths", "coefficients"}}
 
 
-def toy_model(seed=0, name="toy-gaussian", shared_radial=False):
+def toy_model(seed=0, name="toy-gaussian", shared_radial=False, pair_radial=False):
     from lattenb import LatteModel
     m = LatteModel(["Ni", "Mo"], cutoff=CUTOFF, blocks="2,-:2,i,i:1,ij,ij:1,ijk,ijk:1,i,j,ij",
                    hidden=(6, 4), activation="tanh", seed=seed, radial=name,
-                   shared_radial=shared_radial)
+                   shared_radial=shared_radial, pair_radial=pair_radial)
     rng = np.random.default_rng(seed)
     m.set_parameters(g_std=rng.uniform(1.0, 3.0, m.params["g_std"].shape),
                      g_mean=rng.normal(size=m.params["g_mean"].shape) * 0.1, e0=rng.normal(size=2))
@@ -406,6 +406,93 @@ def test_take_radial_and_fixed_transfer_fit():
         toy_model(name="spline-5", shared_radial=True).take_radial(target)
     with pytest.raises(ValueError, match="shared_radial must be"):
         lattenb.LatteModel(["Ni"], shared_radial="yes")
+
+
+# ----------------------------------------------------------------------------- per species pair
+# pair_radial=True: one set of radial functions per (central, neighbour) species pair, row s S + s'
+# (MTP's and ACE's species-pair radial bases). References: finite differences, the per-central
+# model whose rows it copies, and (test_descriptor) the einsum descriptor.
+def randomised_pair_rows(m, seed):
+    """Give every pair row its own window (and spline coefficients), so that a kernel reading the
+    wrong row cannot pass."""
+    rng = np.random.default_rng(seed)
+    R, B = m.params["widths"].shape
+    widths = rng.uniform(0.8, 1.6, size=(R, B))
+    arrays = dict(widths=widths, centres=rng.uniform(widths, CUTOFF - widths))
+    if "coefficients" in m.params:
+        arrays["coefficients"] = m.params["coefficients"] + rng.normal(
+            0, 0.3, m.params["coefficients"].shape)
+    m.set_parameters(**arrays)
+    return m
+
+
+@pytest.mark.parametrize("name", ["polynomial", "spline-5"])
+def test_pair_radial_forces_stress_and_training_gradients_match_finite_differences(name):
+    from structures import random_atoms
+    from test_model import finite_difference_errors
+    from test_training import fd_check, random_frame
+    from lattenb.dataset import prepare_dataset
+    from lattenb.loss import LossWeights
+    m = randomised_pair_rows(toy_model(seed=5, name=name, pair_radial=True), 1)
+    assert m.params["centres"].shape == (4, m.layout.n_bodies) and m.n_radial_species == 4
+    atoms = random_atoms(np.random.default_rng(3), 9, [[5.0, 0, 0], [1.1, 4.7, 0],
+                                                       [0.4, 0.9, 5.2]], True)
+    assert len(set(atoms.numbers)) == 2
+    out = m.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    errors = finite_difference_errors(m, atoms, out)
+    print(f"\npair {name}: relative errors against finite differences", errors)
+    assert np.abs(out["forces"]).max() > 0 and max(errors.values()) < 1e-8, errors
+    rng = np.random.default_rng(2)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 8, 5.0, stress=False)]
+    worst = fd_check(m, prepare_dataset(frames, m), LossWeights(1.0, 2.0, 0.5, l2=1e-3), rng,
+                     per_group=12)
+    print(f"\npair {name}: largest relative gradient errors", worst)
+    assert {"centres", "widths", "sigma", "mlp"} <= set(worst)
+    assert max(worst.values()) < 1e-6, worst
+
+
+def test_pair_radial_copied_from_central_rows_equals_the_central_model(tmp_path):
+    """A pair-radial model that takes the radial functions of a per-central-species model (row
+    (s, s') = the source's row s) is that model; it saves, loads and keeps its rows."""
+    import lattenb
+    from structures import random_atoms
+    central = randomised_pair_rows(toy_model(seed=5, name="spline-5"), 2)
+    pair = toy_model(seed=5, name="spline-5", pair_radial=True)
+    pair.set_parameters(**{k: v for k, v in central.params.items()
+                           if k not in central.radial_family.parameter_names()})
+    pair.take_radial(central)
+    for key in ("centres", "widths", "coefficients"):
+        assert np.array_equal(pair.params[key], central.params[key][[0, 0, 1, 1]]), key
+    atoms = random_atoms(np.random.default_rng(4), 9, [[5.0, 0, 0], [1.1, 4.7, 0],
+                                                       [0.4, 0.9, 5.2]], True)
+    a = pair.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    b = central.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    assert abs(b["energy"]) > 0
+    for key in ("energy", "forces", "stress"):
+        np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-12)
+    # rows of its own give another model; files keep them, and the header says pair_radial
+    randomised_pair_rows(pair, 3)
+    pair.save(tmp_path / "pair.npz")
+    loaded = lattenb.load(tmp_path / "pair.npz")
+    assert loaded.pair_radial and "pair_radial=True" in repr(loaded)
+    for key, value in pair.params.items():
+        assert np.array_equal(loaded.params[key], value), key
+    c = loaded.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    assert c["energy"] == pair.compute(atoms.positions, atoms.cell.array, atoms.pbc,
+                                       atoms.numbers)["energy"]
+    assert abs(c["energy"] - a["energy"]) > 1e-6
+    from lattenb.plots import radial_functions
+    radial_functions(loaded, tmp_path / "pair.png")
+    assert (tmp_path / "pair.png").stat().st_size > 1000
+    # a pair-radial source gives its rows to a pair-radial target with the species reordered
+    swapped = lattenb.LatteModel(["Mo", "Ni"], cutoff=CUTOFF, blocks=pair.blocks,
+                                 hidden=pair.hidden, radial="spline-5", pair_radial=True)
+    swapped.take_radial(pair)
+    assert np.array_equal(swapped.params["centres"], pair.params["centres"][[3, 2, 1, 0]])
+    with pytest.raises(ValueError, match="exclude each other"):
+        toy_model(name="spline-5", shared_radial=True, pair_radial=True)
+    with pytest.raises(ValueError, match="pair_radial must be"):
+        lattenb.LatteModel(["Ni"], pair_radial="yes")
 
 
 def test_cli_fit_with_shared_and_transferred_radial_functions(tmp_path, capsys):

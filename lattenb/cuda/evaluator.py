@@ -86,6 +86,9 @@ class CudaEvaluator:
             raise ValueError(f"the radial family {ka.radial_family.name!r} has no CUDA functions "
                              f"(`RadialFamily.cuda_functions`); use device='cpu' for this "
                              f"model") from None
+        if self.model.pair_radial:
+            raise ValueError("radial functions per species pair (pair_radial) run on the CPU "
+                             "only so far; use device='cpu' for this model")
         body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = ka.layout[:7]
         M = int(body_offset[-1] + 3 ** body_rank[-1])
         T = int(term_pattern.shape[0])
@@ -105,7 +108,7 @@ class CudaEvaluator:
         self._layout = tuple(i32(a) for a in ka.layout[:8])
         self._body_order = i32(np.argsort(-np.asarray(body_rank), kind="stable"))
         self._sigma = f(ka.sigma_scaled)      # the family's scale folded in
-        self._radial = f(ka.radial)
+        self._radial = f(ka.radial[ka.radial_row])     # one row per central species
         self._g_mean = f(ka.g_mean)
         self._g_inv_std = f(ka.g_inv_std)
         self._mlp = f(ka.mlp_params)
