@@ -47,14 +47,13 @@ System = namedtuple("System", ["positions", "cells", "frame_of_atom", "offsets",
 #: radial (R, B, K) its constants in R rows, radial_row int64 the row of central species s and
 #: neighbour species s': (S,) s, or 0 for shared radial functions, or (S, S) s S + s' for radial
 #: functions per species pair (`moments.radial_row_of`), n_radial_slots its number of gradient
-#: slots, sigma (S, S, B) and sigma_scaled = sigma * the family's scale, the support bins (bin_ptr, bin_bodies, inv_bin
-#: of `radial.support_bins`), the standardisation g_mean, g_inv_std (S, T), mlp_params (S, n),
-#: layer_sizes, activation code and e0 (S,) eV.
+#: slots, sigma (S, S, B) and sigma_scaled = sigma * the family's scale, the support bins
+#: (bin_ptr, bin_bodies, inv_bin of `radial.support_bins`, per radial row), the standardisation
+#: g_mean, g_inv_std (S, T), mlp_params (S, n), layer_sizes, activation code and e0 (S,) eV.
 KernelArrays = namedtuple("KernelArrays", [
     "cutoff", "layout", "radial_family", "radial", "radial_row", "n_radial_slots", "sigma",
-    "sigma_scaled",
-    "bin_ptr", "bin_bodies", "inv_bin", "g_mean", "g_inv_std", "mlp_params", "layer_sizes",
-    "activation", "e0"])
+    "sigma_scaled", "bin_ptr", "bin_bodies", "inv_bin", "g_mean", "g_inv_std", "mlp_params",
+    "layer_sizes", "activation", "e0"])
 
 
 def default_chunks(n_atoms):
@@ -65,8 +64,9 @@ def default_chunks(n_atoms):
 @njit(cache=True, error_model="numpy")
 def _setup(offsets, body_rank, body_projection, pair_rows, bin_ptr, bin_bodies, sorted_count):
     """What every driver derives once per call: (largest neighbour count, number of distance bins,
-    the support bins of every body (R, B, 2) per radial row, whether any body is projected, whether any term
-    contracts through intermediates (`contraction.pair`), whether the pairs come sorted)."""
+    the support bins of every body per radial row (R, B, 2), whether any body is projected,
+    whether any term contracts through intermediates (`contraction.pair`), whether the pairs
+    come sorted)."""
     return (max_neighbours(offsets), bin_ptr.shape[1] - 1,
             support_bin_ranges(bin_ptr, bin_bodies, body_rank.shape[0]),
             has_projection(body_projection), pair_rows.shape[0] > 0, sorted_count.shape[0] > 0)
@@ -119,7 +119,8 @@ def energy_forces_kernel(system, sorted_pairs, arrays, n_centres, n_chunks, n_fe
 
 def tangent_reverse_kernel(system, sorted_pairs, arrays, e_bar, delta, strain_bar, n_chunks):
     """Gradient of sum_i (e_bar_i e_i + edot_i) with respect to the MLP parameters (S, nP),
-    species weights (S, S, B) and the radial family's gradient slots (R, B, n_slots), R the radial rows.
+    species weights (S, S, B) and the radial family's gradient slots (R, B, n_slots) (R: the radial
+    rows, `LatteModel.n_radial_species`).
 
     edot_i is the derivative of e_i along the pair tangent field
     vtilde_ij = delta_i - delta_j + strain_bar[frame] . v_ij (delta (N, 3), strain_bar (F, 3, 3)).

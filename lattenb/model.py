@@ -69,10 +69,10 @@ class LatteModel:
     weights sigma stay per species pair), saved with the model. pair_radial: one set of radial
     functions per (central species, neighbour species) pair, as MTP and ACE resolve their radial
     bases (S^2 rows instead of S; the same pair work per MD step), saved with the model.
-    species_mode: how the species
-    weights sigma are parametrised, "pair" (default: one per species pair and body) or
-    "embedding" (a rank-`embedding_dim` factorisation through per-species embedding vectors,
-    parameters linear in the number of species; `lattenb.species_modes`), saved with the model.
+    species_mode: how the species weights sigma are parametrised, "pair" (default: one per
+    species pair and body) or "embedding" (a rank-`embedding_dim` factorisation through
+    per-species embedding vectors, parameters linear in the number of species;
+    `lattenb.species_modes`), saved with the model.
     repulsion: "none" (default) or "zbl", a core repulsion added to the learned energy
     (`lattenb.repulsion`), with repulsion_radii (S, S, 2) Å, (r_in, r_out) per species pair
     (`lattenb.repulsion.radii_from_data` places them below the training data) and repulsion_wall
@@ -278,7 +278,8 @@ class LatteModel:
         number of bodies; cutoffs may differ if its windows fit inside this one's), e.g. filters
         learned on another system as the start of a fit (`fit(..., radial_from=source)`).
         Rows are matched by species (central, and neighbour for `pair_radial`); a source with one
-        row (shared radial functions or a single species) gives it to every row. ValueError when they do not fit."""
+        row (shared radial functions or a single species) gives it to every row. ValueError when
+        they do not fit."""
         if source.radial != self.radial or source.layout.n_bodies != self.layout.n_bodies:
             raise ValueError(f"radial functions come from a model with the same radial family and "
                              f"number of bodies: this one has {self.radial!r} with "

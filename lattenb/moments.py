@@ -169,7 +169,7 @@ def run_constants(family, radial, radial_row, si, sj, b, kb):
     unless the radial functions are per species pair."""
     if radial_row.ndim == 1:
         return kb
-    return family.load(radial, radial_row[si, sj], b)
+    return radial_load(family, radial, radial_row[si, sj], b)
 
 
 @overload(radial_row_of, inline="always")
