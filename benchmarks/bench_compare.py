@@ -31,18 +31,26 @@ numba.set_num_threads(int(sys.argv[1]))
 import lattenb
 from ase.build import bulk
 from ase.io import read
+
+
+def md_us_per_atom(model, atoms, traj):
+    """Median over the repeats of µs/atom of energy + forces + stress along traj, after warm-up."""
+    cell, pbc, numbers = atoms.cell.array, atoms.pbc, atoms.numbers
+    model.compute(traj[0], cell, pbc, numbers)
+    times = []
+    for _ in range(int(sys.argv[2])):
+        t0 = time.perf_counter()
+        for pos in traj:
+            model.compute(pos, cell, pbc, numbers)
+        times.append((time.perf_counter() - t0) / (len(traj) * len(atoms)) * 1e6)
+    return float(np.median(times))
+
+
 model = lattenb.LatteModel.preset("fast", ["Cu"])
 atoms = bulk("Cu", "fcc", a=3.621, cubic=True).repeat((6, 6, 6))
 rng = np.random.default_rng(0)
 traj = [atoms.positions + rng.normal(0.0, 0.03, atoms.positions.shape) for _ in range(10)]
-cell, pbc, numbers = atoms.cell.array, atoms.pbc, atoms.numbers
-model.compute(traj[0], cell, pbc, numbers)
-md = []
-for _ in range(int(sys.argv[2])):
-    t0 = time.perf_counter()
-    for pos in traj:
-        model.compute(pos, cell, pbc, numbers)
-    md.append((time.perf_counter() - t0) / (len(traj) * len(atoms)) * 1e6)
+md = md_us_per_atom(model, atoms, traj)
 # a random 4-species bcc alloy (432 atoms): the per-neighbour-species runs of the pair loops, with
 # one set of radial functions per central species and, where the tree has it, per species pair
 alloy = bulk("Mo", "bcc", a=3.2, cubic=True).repeat((6, 6, 6))
@@ -54,16 +62,7 @@ try:
                                                               pair_radial=True)
 except TypeError:                             # a tree without radial functions per species pair
     pass
-alloy_times = {}
-for key, m in alloy_models.items():
-    m.compute(traj_alloy[0], alloy.cell.array, alloy.pbc, alloy.numbers)
-    times = []
-    for _ in range(int(sys.argv[2])):
-        t0 = time.perf_counter()
-        for pos in traj_alloy:
-            m.compute(pos, alloy.cell.array, alloy.pbc, alloy.numbers)
-        times.append((time.perf_counter() - t0) / (len(traj_alloy) * len(alloy)) * 1e6)
-    alloy_times[key] = float(np.median(times))
+alloy_times = {key: md_us_per_atom(m, alloy, traj_alloy) for key, m in alloy_models.items()}
 try:                                          # the stage layout
     from functools import partial
     from lattenb.dataset import prepare_dataset
@@ -82,7 +81,7 @@ for _ in range(int(sys.argv[2])):
     for _ in range(3):
         loss_and_gradient(model, data, LossWeights(10.0, 1.0, 0.001), n_chunks=64)
     train.append((time.perf_counter() - t0) / (3 * n_atoms) * 1e6)
-print(json.dumps({"md": float(np.median(md)), "train": float(np.median(train)), **alloy_times,
+print(json.dumps({"md": md, "train": float(np.median(train)), **alloy_times,
                   "file": lattenb.__file__}))
 '''
 

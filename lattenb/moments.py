@@ -152,24 +152,19 @@ def _add_tangent10(acc_a, acc_d, f, g, m, dm):
 # (S, S) map reads them per run.
 def radial_row_of(radial_row, si, sj):
     """The row of the radial arrays for central species si and neighbour species sj."""
-    return radial_row[si] if radial_row.ndim == 1 else radial_row[si, sj]
+    raise NotImplementedError("only callable from Numba kernels")
 
 
 def run_bins(body_bins, radial_row, si, sj, b, bin0, bin1):
     """The support bins of body b for the run of neighbour species sj: (bin0, bin1), the body's
     own, unless the radial functions are per species pair."""
-    if radial_row.ndim == 1:
-        return bin0, bin1
-    row = radial_row[si, sj]
-    return body_bins[row, b, 0], body_bins[row, b, 1]
+    raise NotImplementedError("only callable from Numba kernels")
 
 
 def run_constants(family, radial, radial_row, si, sj, b, kb):
     """The radial constants of body b for the run of neighbour species sj: kb, the body's own,
     unless the radial functions are per species pair."""
-    if radial_row.ndim == 1:
-        return kb
-    return radial_load(family, radial, radial_row[si, sj], b)
+    raise NotImplementedError("only callable from Numba kernels")
 
 
 @overload(radial_row_of, inline="always")
@@ -225,14 +220,15 @@ def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_
                  radial, radial_row, A):
     """Body tensors A (M,) of an atom of species si from its pairs sorted by `gather_pairs`.
 
-    family: a radial family token (`lattenb.radial`) and radial (S, B, K) its kernel constants;
-    body_bins (S, B, 2): the support bins of every body (`pairs.support_bin_ranges`). For each
+    family: a radial family token (`lattenb.radial`) and radial (R, B, K) its kernel constants
+    in R radial rows, radial_row the species -> row map (`radial_row_of`); body_bins (R, B, 2):
+    the support bins of every body per row (`pairs.support_bin_ranges`). For each
     body, the unique components of sum_k sigma_scaled(si, s_k) g(r_k) rhat_k^(x)p over the pairs
     of its support bins (one run per neighbour species) are summed in local accumulators."""
     A[:] = 0.0
     n_species = sigma_scaled.shape[1]
+    row = radial_row_of(radial_row, si, 0)      # the row of every body (pair rows: per run)
     for b in range(body_rank.shape[0]):
-        row = radial_row_of(radial_row, si, 0)
         kb_body = radial_load(family, radial, row, b)
         bin0 = body_bins[row, b, 0]
         bin1 = body_bins[row, b, 1]
@@ -381,8 +377,8 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
         Q[Q_HY, k] = 0.0
         Q[Q_HZ, k] = 0.0
     n_species = sigma_scaled.shape[1]
+    row = radial_row_of(radial_row, si, 0)      # the row of every body (pair rows: per run)
     for b in range(body_rank.shape[0]):
-        row = radial_row_of(radial_row, si, 0)
         kb_body = radial_load(family, radial, row, b)
         bin0 = body_bins[row, b, 0]
         bin1 = body_bins[row, b, 1]
@@ -504,8 +500,8 @@ def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_of
         first = sj * n_bins
         if key_start[first] == key_start[first + n_bins]:
             continue                            # no neighbours of species sj
+        row = radial_row_of(radial_row, si, sj)
         for b in range(body_rank.shape[0]):
-            row = radial_row_of(radial_row, si, sj)
             lo = np.uint64(key_start[first + body_bins[row, b, 0]])
             hi = np.uint64(key_start[first + body_bins[row, b, 1]])
             if lo == hi:
@@ -594,7 +590,8 @@ def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, bod
                              g_radial):
     """Add the parameter gradient of J = Abar . A + Adotbar . Adot (Abar, Adotbar (M,)) for an
     atom of species si (pairs and tangent rows as in `atom_tangent_moments`) to g_sigma (S, S, B)
-    and the radial family's gradient slots g_radial (S, B, n_slots) (the rows of species si).
+    and the radial family's gradient slots g_radial (R, B, n_slots) (the radial rows of species
+    si, `radial_row_of`).
 
     With p_k = Abar_b . R_k + Adotbar_b . Rdot_k and q_k = rdot_k (Adotbar_b . R_k) for the pairs
     k of neighbour species sj in body b's support, f' = df/dr and f'_theta = d2f/(dr dtheta):
@@ -613,8 +610,8 @@ def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, bod
         first = sj * n_bins
         if key_start[first] == key_start[first + n_bins]:
             continue                            # no neighbours of species sj
+        row = radial_row_of(radial_row, si, sj)
         for b in range(body_rank.shape[0]):
-            row = radial_row_of(radial_row, si, sj)
             lo = np.uint64(key_start[first + body_bins[row, b, 0]])
             hi = np.uint64(key_start[first + body_bins[row, b, 1]])
             if lo == hi:

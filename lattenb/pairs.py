@@ -35,9 +35,10 @@ def pair_vector(positions, cell, shifts, i, j, q):
 
 @njit(cache=True, error_model="numpy")
 def support_bin_ranges(bin_ptr, bin_bodies, n_bodies):
-    """Distance bins [k0, k1) spanned by each body's support, (S, B, 2) int64 per central species,
-    read off the per-bin candidate lists of `radial.support_bins` (bin_ptr (S, nbins + 1),
-    bin_bodies) so that both describe the same supports. k0 = k1 = 0 for a body no bin lists."""
+    """Distance bins [k0, k1) spanned by each body's support, (R, B, 2) int64 per radial row
+    (central species, or species pair: `moments.radial_row_of`), read off the per-bin candidate
+    lists of `radial.support_bins` (bin_ptr (R, nbins + 1), bin_bodies) so that both describe
+    the same supports. k0 = k1 = 0 for a body no bin lists."""
     ranges = np.zeros((bin_ptr.shape[0], n_bodies, 2), np.int64)
     for s in range(bin_ptr.shape[0]):
         for k in range(bin_ptr.shape[1] - 1):

@@ -343,17 +343,23 @@ def test_shared_radial_equals_copied_per_species_functions(name):
         np.testing.assert_allclose(a[key], b[key], rtol=1e-12, atol=1e-12)
 
 
-@pytest.mark.parametrize("name", ["polynomial", "spline-5"])
-def test_shared_radial_training_gradients_match_finite_differences(name):
+def radial_rows_gradient_errors(m, rng, label):
+    """Largest relative errors of every training gradient of m against finite differences of the
+    loss, on two random frames (one without stress) drawn from rng."""
     from test_training import fd_check, random_frame
     from lattenb.dataset import prepare_dataset
     from lattenb.loss import LossWeights
-    rng = np.random.default_rng(1)
     frames = [random_frame(rng, 5, 4.0), random_frame(rng, 8, 5.0, stress=False)]
-    m = toy_model(seed=4, name=name, shared_radial=True)
     worst = fd_check(m, prepare_dataset(frames, m), LossWeights(1.0, 2.0, 0.5, l2=1e-3), rng,
                      per_group=12)
-    print(f"\nshared {name}: largest relative gradient errors", worst)
+    print(f"\n{label}: largest relative gradient errors", worst)
+    return worst
+
+
+@pytest.mark.parametrize("name", ["polynomial", "spline-5"])
+def test_shared_radial_training_gradients_match_finite_differences(name):
+    worst = radial_rows_gradient_errors(toy_model(seed=4, name=name, shared_radial=True),
+                                        np.random.default_rng(1), f"shared {name}")
     assert {"centres", "widths", "sigma", "mlp"} <= set(worst)
     assert max(worst.values()) < 1e-6, worst
 
@@ -430,9 +436,6 @@ def randomised_pair_rows(m, seed):
 def test_pair_radial_forces_stress_and_training_gradients_match_finite_differences(name):
     from structures import random_atoms
     from test_model import finite_difference_errors
-    from test_training import fd_check, random_frame
-    from lattenb.dataset import prepare_dataset
-    from lattenb.loss import LossWeights
     m = randomised_pair_rows(toy_model(seed=5, name=name, pair_radial=True), 1)
     assert m.params["centres"].shape == (4, m.layout.n_bodies) and m.n_radial_species == 4
     atoms = random_atoms(np.random.default_rng(3), 9, [[5.0, 0, 0], [1.1, 4.7, 0],
@@ -442,11 +445,7 @@ def test_pair_radial_forces_stress_and_training_gradients_match_finite_differenc
     errors = finite_difference_errors(m, atoms, out)
     print(f"\npair {name}: relative errors against finite differences", errors)
     assert np.abs(out["forces"]).max() > 0 and max(errors.values()) < 1e-8, errors
-    rng = np.random.default_rng(2)
-    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 8, 5.0, stress=False)]
-    worst = fd_check(m, prepare_dataset(frames, m), LossWeights(1.0, 2.0, 0.5, l2=1e-3), rng,
-                     per_group=12)
-    print(f"\npair {name}: largest relative gradient errors", worst)
+    worst = radial_rows_gradient_errors(m, np.random.default_rng(2), f"pair {name}")
     assert {"centres", "widths", "sigma", "mlp"} <= set(worst)
     assert max(worst.values()) < 1e-6, worst
 

@@ -208,7 +208,8 @@ def _impl(family_type, attr):
 
 
 def radial_load(family, constants, s, b):
-    """The constants of body b for central species s, as a tuple (`RadialFamily.load`)."""
+    """The constants of body b in radial row s (the central species, or its pair row:
+    `moments.radial_row_of`), as a tuple (`RadialFamily.load`)."""
     raise NotImplementedError("only callable from Numba kernels")
 
 
@@ -292,7 +293,8 @@ def values(family, params, cutoff, r):
 
 
 def support_bins(lo, hi, cutoff, bin_width=0.1, body_rank=None):
-    """Which radial functions can be non-zero in each distance bin, per central species.
+    """Which radial functions can be non-zero in each distance bin, per radial row (central
+    species, or species pair with `pair_radial`; written below for rows s = central species).
 
     Lets a pair loop visit only the bodies whose support [lo, hi] overlaps the pair's distance
     bin, so a radial function that is zero for a pair costs nothing for that pair.
