@@ -1,12 +1,15 @@
 """Cost of what MD can add to the learned energy: the core repulsion (`lattenb.repulsion`) and the
 extrapolation grades (`lattenb.extrapolation`). µs/atom/step of energy + forces + stress for the
-fast preset, plain, with the core repulsion (ZBL and wall), with per-atom grades, side by side in one process.
+fast preset, plain, with the core repulsion (ZBL and wall), with it and the coordination terms,
+with per-atom grades, side by side in one process.
 
     python benchmarks/extras_cost.py [--repeats 7] [--threads 1]
 
 fcc Cu (256 atoms, a = 3.61 Å, rattled 0.05 Å, cutoff 5 Å). The repulsion (ZBL and the wall) is
 off above 2.3 Å (as `fit` places it for a shortest training distance of 2 Å: no pair inside it at
-equilibrium, the usual MD case, so what is measured is the extra pass over the pairs). The grades' active set is
+equilibrium, the usual MD case, so what is measured is the extra pass over the pairs); the
+coordination terms act outside the crystal's range of coordination (their pass sums n_i over
+every pair within the cutoff, without a square root). The grades' active set is
 computed on ten rattled copies; they reuse the descriptors of the energy kernel's pass (copied out
 per atom), standardised and multiplied by the (T+1, T+1) grade matrix in NumPy. Medians of
 --repeats alternating runs after JIT warm-up, measured as `bench_md.py` does (`time_lattenb`,
@@ -55,7 +58,22 @@ def main():
     zbl = LatteModel.preset("fast", ["Cu"], cutoff=5.0, repulsion="zbl",
                             repulsion_radii=[[[1.2, 1.8]]], repulsion_wall=wall)
     zbl.set_parameters(**plain.params)
-    cases = {"plain": (plain, False), "zbl": (zbl, False), "grades": (plain, True)}
+    # with the coordination terms as `fit` places them: every atom of the rattled crystal inside
+    # the range (the usual MD case: what is measured is the pass that sums n_i)
+    from ase.neighborlist import neighbor_list
+    from lattenb.short_range import DENSE_ONSETS, SPARSE_FRACTION
+    i, dist = neighbor_list("id", atoms, 5.0)
+    n = np.bincount(i, (1 - dist**2 / 25.0) ** 3, len(atoms))
+    coordination = {"cutoff": 5.0,
+                    "dense": [[[1.05 * n.max() * f, 1.0] for f in DENSE_ONSETS]],
+                    "sparse_limit": [SPARSE_FRACTION * 0.95 * n.min()],
+                    "sparse_wall": wall}
+    coord = LatteModel.preset("fast", ["Cu"], cutoff=5.0, repulsion="zbl",
+                              repulsion_radii=[[[1.2, 1.8]]], repulsion_wall=wall,
+                              repulsion_coordination=coordination)
+    coord.set_parameters(**plain.params)
+    cases = {"plain": (plain, False), "zbl": (zbl, False), "zbl_coordination": (coord, False),
+             "grades": (plain, True)}
     for model, grades in cases.values():                       # JIT warm-up
         model.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers, grades=grades)
     times = {name: [] for name in cases}

@@ -442,6 +442,7 @@ def build_parser():
                    help="core repulsion added to the learned energy: zbl (the ZBL screened "
                         "nuclear repulsion, whole below 0.6 x and off above 0.9 x the shortest "
                         "distance of each species pair in the training data, plus a wall "
+                        "and terms on each atom's coordination outside the training range, "
                         "solved at the end of the fit so that dimers and compressed crystals "
                         "rise below the data; the default) or none")
     f.add_argument("--radial-from", metavar="MODEL",

@@ -77,7 +77,8 @@ class LatteModel:
     (`lattenb.repulsion`), with repulsion_radii (S, S, 2) Å, (r_in, r_out) per species pair
     (`lattenb.repulsion.radii_from_data` places them below the training data) and repulsion_wall
     (S, S, K, 2), (reach Å, coefficient eV) per species pair, or None (`fit` solves it:
-    `lattenb.short_range`); saved with the model. grade_features: what the extrapolation grades
+    `lattenb.short_range`), and repulsion_coordination, the terms acting outside the training
+    data's range of coordination (a dict, `lattenb.repulsion`; None: none); saved with the model. grade_features: what the extrapolation grades
     are computed on, "descriptors" (default) or "last_hidden" (`lattenb.extrapolation`), saved
     with the model. width: initial radial width in Å (default cutoff / 4). seed: for the random
     initialisation.
@@ -88,7 +89,7 @@ class LatteModel:
                  shared_radial=False, pair_radial=False, species_mode=species_modes.DEFAULT,
                  embedding_dim=species_modes.DEFAULT_EMBEDDING_DIM,
                  repulsion=repulsion_terms.DEFAULT, repulsion_radii=None, repulsion_wall=None,
-                 grade_features=DEFAULT_FEATURES):
+                 repulsion_coordination=None, grade_features=DEFAULT_FEATURES):
         self.numbers = parse_species(species)
         self.species = tuple(chemical_symbols[z] for z in self.numbers)
         cutoff = float(cutoff)
@@ -109,7 +110,7 @@ class LatteModel:
         self.species_mode = self.species_mode_impl.name
         self.embedding_dim = species_modes.check_embedding_dim(embedding_dim)
         self.cutoff = cutoff
-        self.set_repulsion(repulsion, repulsion_radii, repulsion_wall)
+        self.set_repulsion(repulsion, repulsion_radii, repulsion_wall, repulsion_coordination)
         self.grade_features = check_features(grade_features)
         self.blocks = format_blocks(parse_blocks(blocks))
         self.layout = descriptor_layout(self.blocks)
@@ -242,16 +243,18 @@ class LatteModel:
                 activation=activation_code(self.activation), e0=np.ascontiguousarray(p["e0"]))
         return self._kernel_arrays
 
-    def set_repulsion(self, repulsion, radii=None, wall=None):
+    def set_repulsion(self, repulsion, radii=None, wall=None, coordination=None):
         """Set the core repulsion: "none", or "zbl" with radii (S, S, 2) Å, (r_in, r_out) per
         species pair, r_out within the cutoff, and optionally a wall (S, S, K, 2), (reach Å,
-        coefficient eV) per species pair (`lattenb.repulsion`). ValueError for bad input."""
+        coefficient eV) per species pair and the coordination terms (a dict,
+        `lattenb.repulsion.check_coordination`). ValueError for bad input."""
         name = repulsion_terms.check_name(repulsion)
         if name == "none":
-            if radii is not None or wall is not None:
-                raise ValueError('repulsion_radii or repulsion_wall given with repulsion="none"')
+            if radii is not None or wall is not None or coordination is not None:
+                raise ValueError('repulsion_radii, repulsion_wall or repulsion_coordination '
+                                 'given with repulsion="none"')
             self.repulsion, self.repulsion_radii, self._repulsion_arrays = name, None, None
-            self.repulsion_wall = None
+            self.repulsion_wall = self.repulsion_coordination = None
             return
         if radii is None:
             raise ValueError(f"repulsion={name!r} needs repulsion_radii (S, S, 2) Å "
@@ -261,16 +264,21 @@ class LatteModel:
             raise ValueError(f"repulsion_radii reach {radii.max():.3f} Å, beyond the cutoff "
                              f"{self.cutoff} Å")
         wall_array = repulsion_terms.check_wall(wall, len(self.numbers), self.cutoff)
+        coordination = repulsion_terms.check_coordination(coordination, len(self.numbers),
+                                                          self.cutoff)
         self.repulsion = name
         self.repulsion_radii = radii.tolist()     # JSON-ready nested lists, as saved
         self.repulsion_wall = wall_array.tolist() if wall_array.shape[2] else None
+        self.repulsion_coordination = None if coordination is None else {
+            k: (None if isinstance(v, np.ndarray) and v.size == 0 else
+                v.tolist() if isinstance(v, np.ndarray) else v) for k, v in coordination.items()}
         # what the kernel reads, made once rather than on every MD step
-        reach = np.maximum(radii[..., 1], wall_array[..., 0].max(axis=-1, initial=0.0))
-        self._repulsion_arrays = (self.numbers.astype(np.float64), radii, wall_array, reach)
+        self._repulsion_arrays = repulsion_terms.RepulsionArrays.build(
+            self.numbers, radii, wall_array, coordination)
 
     def repulsion_arrays(self):
-        """(atomic numbers (S,) float64, radii (S, S, 2) Å, wall (S, S, K, 2), reach (S, S) Å)
-        for `repulsion.add_repulsion_kernel`, or None without a repulsion."""
+        """`repulsion.RepulsionArrays` for `repulsion.add_repulsion_kernel`, or None without a
+        repulsion."""
         return self._repulsion_arrays
 
     def take_radial(self, source):
@@ -448,7 +456,7 @@ class LatteModel:
                    "species_mode": species_modes.DEFAULT,
                    "embedding_dim": species_modes.DEFAULT_EMBEDDING_DIM,
                    "repulsion": repulsion_terms.DEFAULT, "repulsion_radii": None,
-                   "repulsion_wall": None,
+                   "repulsion_wall": None, "repulsion_coordination": None,
                    "grade_features": DEFAULT_FEATURES}
 
     def file_header(self, extra=None):

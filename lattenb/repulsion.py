@@ -32,10 +32,33 @@ structures with a pair just above d, with small forces (0.0006 eV/Å on average 
 Saved with the model as wall (S, S, K, 2), (rho_k Å, a_k eV) per species pair; a model without
 one has K = 0.
 
+Two more terms close what the wall cannot without touching the data (`short_range` solves them
+after the wall, only where probe curves still fall). Both are functions of each atom's
+*coordination*
+
+    n_i = sum_j (1 - r_ij^2 / r_c^2)^3   (r_ij < r_c, the model's cutoff),
+
+and both vanish with their gradients on every training structure, because they act only outside
+the range of n the training atoms of each species cover:
+
+    E_i += sum_k alpha_k ((n_i - tau_k) / tau_k)^3   (n_i > tau_k >= the training maximum: dense)
+         + G(n_i) 1/2 sum_j v(r_ij),  G(n) = ((n_lo - n) / n_lo)^3   (n_i < n_lo: sparse)
+
+with v a second wall of the same form as w (reaches rho_k, coefficients b_k >= 0) and n_lo at or
+below the training minimum. The dense term makes a crystal squeezed past the densest training
+environments cost energy, where its neighbours are still no closer than d and a pair term would
+reach the data; the gated sparse wall repels atoms with fewer neighbours than any training atom
+(dimers, a molecule's atoms pulled apart), whose bonds just above d every training molecule has.
+Saved as repulsion_coordination {"cutoff": r_c Å, "dense": (S, K, 2) (tau_k, alpha_k eV) per
+central species, "sparse_limit": (S,) n_lo, "sparse_wall": (S, S, K, 2) (rho_k Å, b_k eV)}, or
+None (no such terms: the kernel skips the coordination pass).
+
 Per-pair outputs follow the energy kernel (`lattenb.kernels`): per-atom energies (N,) eV, dE/dv
 (P, 3) eV/Å for the pair vectors v_q = r_j + shift - r_i of the neighbour list, per-atom
 dE/d(strain) (N, 9) eV, so `gather_forces` and the stress conventions apply unchanged.
 """
+from typing import NamedTuple
+
 import numpy as np
 from numba import njit, prange
 
@@ -55,6 +78,37 @@ ZBL_D = (3.19980, 0.94229, 0.40290, 0.20162)
 RADIUS_FRACTIONS = (0.6, 0.9)
 #: the wall's reaches rho_k as fractions of the shortest training distance d
 WALL_FRACTIONS = (0.8, 0.9, 0.95, 1.0, 1.05, 1.1, 1.15)
+#: the keys of repulsion_coordination (module docstring)
+COORDINATION_KEYS = ("cutoff", "dense", "sparse_limit", "sparse_wall")
+
+
+class RepulsionArrays(NamedTuple):
+    """What `add_repulsion_kernel` reads of a model's repulsion, made once (`LatteModel.set_repulsion`)."""
+    atomic_numbers: np.ndarray       # (S,) float64
+    radii: np.ndarray                # (S, S, 2) Å, (r_in, r_out)
+    wall: np.ndarray                 # (S, S, K, 2), (rho_k Å, a_k eV)
+    reach: np.ndarray                # (S, S) Å, the larger of r_out and the wall's reaches
+    coordination_cutoff: float       # r_c Å, 0 without coordination terms
+    dense: np.ndarray                # (S, K, 2), (tau_k, alpha_k eV)
+    sparse_limit: np.ndarray         # (S,), n_lo
+    sparse_wall: np.ndarray          # (S, S, K, 2), (rho_k Å, b_k eV)
+
+    @classmethod
+    def build(cls, numbers, radii, wall, coordination):
+        """From checked radii, wall (`check_radii`, `check_wall`) and coordination
+        (`check_coordination`, None for none)."""
+        S = len(numbers)
+        reach = np.maximum(radii[..., 1], wall[..., 0].max(axis=-1, initial=0.0))
+        if coordination is None:
+            return cls(np.asarray(numbers, dtype=np.float64), radii, wall, reach, 0.0,
+                       np.zeros((S, 0, 2)), np.zeros(S), np.zeros((S, S, 0, 2)))
+        return cls(np.asarray(numbers, dtype=np.float64), radii, wall, reach,
+                   coordination["cutoff"], coordination["dense"], coordination["sparse_limit"],
+                   coordination["sparse_wall"])
+
+    def max_reach(self):
+        """Å: the longest distance a pair reaches the repulsion from (a neighbour list's cutoff)."""
+        return float(max(self.reach.max(), self.coordination_cutoff))
 
 
 def check_name(name):
@@ -94,6 +148,34 @@ def check_wall(wall, n_species, cutoff):
     if not np.array_equal(wall, wall.transpose(1, 0, 2, 3)):
         raise ValueError("repulsion_wall must be symmetric in the two species")
     return wall
+
+
+def check_coordination(coordination, n_species, cutoff):
+    """repulsion_coordination (module docstring) with its arrays as float64 NumPy arrays, or None;
+    ValueError naming the problem. Keys: cutoff (0 < r_c <= the model's cutoff), dense (S, K, 2)
+    with tau_k > 0 and alpha_k >= 0, sparse_limit (S,) >= 0, sparse_wall as `check_wall`."""
+    if coordination is None:
+        return None
+    if not isinstance(coordination, dict) or set(coordination) != set(COORDINATION_KEYS):
+        raise ValueError(f"repulsion_coordination must be a dict with the keys "
+                         f"{list(COORDINATION_KEYS)} (or None)")
+    r_c = float(coordination["cutoff"])
+    if not 0.0 < r_c <= cutoff:
+        raise ValueError(f"repulsion_coordination cutoff must be in (0, {cutoff}] Å, got {r_c}")
+    dense = coordination["dense"]
+    dense = np.zeros((n_species, 0, 2)) if dense is None or np.size(dense) == 0 else \
+        np.array(dense, dtype=np.float64)
+    if dense.ndim != 3 or dense.shape[2] != 2:
+        dense = np.zeros((0, 0, 0))     # (the message below)
+    if dense.shape[0] != n_species or not np.all(np.isfinite(dense)) \
+            or np.any(dense[..., 0] <= 0) or np.any(dense[..., 1] < 0):
+        raise ValueError(f"repulsion_coordination dense must be ({n_species}, K, 2) "
+                         "(tau > 0, alpha >= 0 eV) per species")
+    limit = np.array(coordination["sparse_limit"], dtype=np.float64)
+    if limit.shape != (n_species,) or not np.all(np.isfinite(limit)) or np.any(limit < 0):
+        raise ValueError(f"repulsion_coordination sparse_limit must be ({n_species},) >= 0")
+    sparse = check_wall(coordination["sparse_wall"], n_species, cutoff)
+    return {"cutoff": r_c, "dense": dense, "sparse_limit": limit, "sparse_wall": sparse}
 
 
 def radii_from_data(closest, fractions=RADIUS_FRACTIONS):
@@ -153,37 +235,96 @@ def wall_value(r, wall, a, b):
     return w, dw
 
 
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def coordination_term(x):
+    """(x^3, d(x^3)/dx) for x > 0, else (0, 0): the onset of the dense and sparse terms."""
+    if x <= 0.0:
+        return 0.0, 0.0
+    return x * x * x, 3.0 * x * x
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def coordination_energy(n, dense, limit, s):
+    """(H, dH/dn, G, dG/dn) at coordination n of an atom of species s: the dense term's energy
+    (eV) and the sparse wall's gate (module docstring); dense (S, K, 2), limit (S,)."""
+    h = 0.0
+    dh = 0.0
+    for k in range(dense.shape[1]):
+        tau = dense[s, k, 0]
+        t, dt = coordination_term((n - tau) / tau)
+        h += dense[s, k, 1] * t
+        dh += dense[s, k, 1] * dt / tau
+    g = 0.0
+    dg = 0.0
+    if limit[s] > 0.0:
+        t, dt = coordination_term((limit[s] - n) / limit[s])
+        g = t
+        dg = -dt / limit[s]
+    return h, dh, g, dg
+
+
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, parallel=True)
 def add_repulsion_kernel(n_centres, positions, cells, frame_of_atom, offsets, second, shifts,
-                         species, atomic_numbers, radii, wall, reach, energies, pair_grad, strain):
+                         species, atomic_numbers, radii, wall, reach, coordination_cutoff, dense,
+                         sparse_limit, sparse_wall, energies, pair_grad, strain):
     """Add the core repulsion of the atoms i < n_centres (the others only as neighbours) to
     per-atom energies (N,) eV, per-pair dE/dv (P, 3) eV/Å and per-atom dE/d(strain) (N, 9) eV,
     in place (each atom writes only its own rows and pairs). atomic_numbers (S,) float64, radii
     (S, S, 2) Å, wall (S, S, K, 2) and reach (S, S) Å (the larger of r_out and the wall's
-    reaches) of the model's species."""
+    reaches) of the model's species; coordination_cutoff r_c Å (0: no coordination terms),
+    dense (S, K, 2), sparse_limit (S,) and sparse_wall (S, S, K, 2) (module docstring)."""
+    inv_c2 = 1.0 / (coordination_cutoff * coordination_cutoff) if coordination_cutoff > 0 else 0.0
+    c2 = coordination_cutoff * coordination_cutoff
     for i in prange(n_centres):
         si = species[i]
         cell = cells[frame_of_atom[i]]
+        # the coordination terms: dE_i/dn (slope) and the sparse gate, 0 inside the data's range
+        slope = 0.0
+        gate = 0.0
+        if coordination_cutoff > 0.0:
+            n = 0.0
+            for q in range(offsets[i], offsets[i + 1]):
+                vx, vy, vz = pair_vector(positions, cell, shifts, i, second[q], q)
+                r2 = vx * vx + vy * vy + vz * vz
+                if r2 < c2:
+                    x = 1.0 - r2 * inv_c2
+                    n += x * x * x
+            h, dh, gate, dgate = coordination_energy(n, dense, sparse_limit, si)
+            sparse = 0.0
+            if gate > 0.0:
+                for q in range(offsets[i], offsets[i + 1]):
+                    vx, vy, vz = pair_vector(positions, cell, shifts, i, second[q], q)
+                    r = np.sqrt(vx * vx + vy * vy + vz * vz)
+                    sparse += 0.5 * wall_value(r, sparse_wall, si, species[second[q]])[0]
+            energies[i] += h + gate * sparse
+            slope = dh + dgate * sparse
         for q in range(offsets[i], offsets[i + 1]):
             j = second[q]
             sj = species[j]
-            r_max = reach[si, sj]
             vx, vy, vz = pair_vector(positions, cell, shifts, i, j, q)
             r2 = vx * vx + vy * vy + vz * vz
-            if r2 >= r_max * r_max:
+            g = 0.0                                 # dE_i/dr / r
+            if slope != 0.0 and r2 < c2:            # dn/dr / r = -6 x^2 / r_c^2
+                x = 1.0 - r2 * inv_c2
+                g -= 6.0 * slope * x * x * inv_c2
+            r_max = reach[si, sj]
+            if r2 < r_max * r_max or gate > 0.0:
+                r = np.sqrt(r2)
+                e, de = wall_value(r, wall, si, sj)
+                r_out = radii[si, sj, 1]
+                if r < r_out:
+                    zi = atomic_numbers[si]
+                    zj = atomic_numbers[sj]
+                    inv_a = (zi ** 0.23 + zj ** 0.23) / 0.46850
+                    ez, dez = zbl_switched(r, COULOMB * zi * zj, inv_a, radii[si, sj, 0], r_out)
+                    e += ez
+                    de += dez
+                if gate > 0.0:
+                    de += gate * wall_value(r, sparse_wall, si, sj)[1]
+                energies[i] += 0.5 * e              # each pair is in the list once per atom
+                g += 0.5 * de / r
+            if g == 0.0:
                 continue
-            r = np.sqrt(r2)
-            e, de = wall_value(r, wall, si, sj)
-            r_out = radii[si, sj, 1]
-            if r < r_out:
-                zi = atomic_numbers[si]
-                zj = atomic_numbers[sj]
-                inv_a = (zi ** 0.23 + zj ** 0.23) / 0.46850
-                ez, dez = zbl_switched(r, COULOMB * zi * zj, inv_a, radii[si, sj, 0], r_out)
-                e += ez
-                de += dez
-            energies[i] += 0.5 * e                  # each pair is in the list once per atom
-            g = 0.5 * de / r
             gx = g * vx
             gy = g * vy
             gz = g * vz
@@ -199,6 +340,26 @@ def add_repulsion_kernel(n_centres, positions, cells, frame_of_atom, offsets, se
             strain[i, 6] += gz * vx
             strain[i, 7] += gz * vy
             strain[i, 8] += gz * vz
+
+
+@njit(cache=True, error_model="numpy", parallel=True)
+def coordination_numbers(positions, cells, frame_of_atom, offsets, second, shifts, cutoff):
+    """(N,) every atom's coordination n_i = sum_j (1 - r_ij^2 / r_c^2)^3 over its neighbours
+    within r_c = cutoff Å (module docstring), from a neighbour list that reaches r_c."""
+    n_atoms = positions.shape[0]
+    out = np.zeros(n_atoms)
+    c2 = cutoff * cutoff
+    for i in prange(n_atoms):
+        cell = cells[frame_of_atom[i]]
+        n = 0.0
+        for q in range(offsets[i], offsets[i + 1]):
+            vx, vy, vz = pair_vector(positions, cell, shifts, i, second[q], q)
+            r2 = vx * vx + vy * vy + vz * vz
+            if r2 < c2:
+                x = 1.0 - r2 / c2
+                n += x * x * x
+        out[i] = n
+    return out
 
 
 def zbl_pair_energy(r, z1, z2, r_in, r_out):
@@ -256,7 +417,7 @@ def repulsion_results(model, positions, cell, pbc, species):
     if arrays is None:
         return None
     n = len(positions)
-    offsets, second, shifts = neighbor_list(positions, cell, pbc, float(arrays[-1].max()))
+    offsets, second, shifts = neighbor_list(positions, cell, pbc, arrays.max_reach())
     system = System(positions, np.asarray(cell, dtype=np.float64)[None], np.zeros(n, np.int64),
                     offsets, second, shifts, np.asarray(species, dtype=np.int64))
     energies, pair_grad, strain = np.zeros(n), np.zeros((len(second), 3)), np.zeros((n, 9))

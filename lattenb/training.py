@@ -320,9 +320,9 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     stay fixed (the species weights sigma still scale them).
     repulsion: "zbl" adds the core repulsion (`lattenb.repulsion`): ZBL, off above 0.9 x the
     shortest distance of each species pair in `frames` (so it leaves the fit unchanged), and a
-    wall the fit solves at its end (`lattenb.short_range`) so that dimers and compressed crystals
-    rise below the training data; "none" removes both; None keeps the model's (a new model has
-    none).
+    wall and coordination terms the fit solves at its end (`lattenb.short_range`) so that dimers
+    and compressed crystals rise below the training data; "none" removes them; None keeps the
+    model's (a new model has none).
     e0: isolated-atom reference energies {symbol: eV}, kept fixed (the MLP learns the binding
     energy). Frames marked as isolated atoms (config_type IsolatedAtom / isolated_atom) are taken
     out of `frames` and give e0 when it is not given; without either, e0 is fitted on composition.
@@ -449,7 +449,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=N
     # step 4: the short-range wall (`lattenb.short_range`)
     if model.repulsion != "none":
         model.fit_info["short_range"] = close_short_range(
-            model, data, crystal_candidates(frames, comm), log)
+            model, data, crystal_candidates(frames, comm), log, vdata)
     if fixed_e0:
         model.fit_info["e0_isolated_atoms"] = settings["e0"]
     model.fit_curve = run.curve

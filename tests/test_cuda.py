@@ -197,6 +197,15 @@ def test_core_repulsion_matches_cpu():
     assert_same(gpu.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers), ref, TOL)
     with pytest.raises(ValueError, match="compute_device does not add the core repulsion"):
         gpu.compute_device(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    # the coordination terms: the host's neighbour list reaches their cutoff, not the wall's
+    from test_repulsion import coordination_terms
+    m.set_repulsion(m.repulsion, m.repulsion_radii, m.repulsion_wall,
+                    coordination_terms(atoms, CUTOFF))
+    ref_coordination = cpu_result(m, atoms)
+    assert abs(ref_coordination["energy"] - ref["energy"]) > 1e-3          # they act
+    assert_same(CudaEvaluator(m, team_size=8).compute(atoms.positions, atoms.cell.array,
+                                                      atoms.pbc, atoms.numbers),
+                ref_coordination, TOL)
 
 
 @needs_cuda

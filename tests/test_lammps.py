@@ -153,6 +153,13 @@ def test_core_repulsion_in_lammps_matches_ase(mode):
     model.set_repulsion("zbl", radii, wall)
     got = run_in_lammps(atoms, model, ["Mo", "Ni"], types={2: "Ni", 1: "Mo"}, mode=mode)
     assert_agree(got, ref)
+    # the coordination terms: each atom's coordination counts its ghost neighbours too
+    from test_repulsion import coordination_terms
+    model.set_repulsion("zbl", radii, wall, coordination_terms(atoms, 4.5))
+    walled, ref = ref, ase_results(atoms, model)
+    assert np.abs(ref["forces"] - walled["forces"]).max() > 0.1     # they act
+    assert_agree(run_in_lammps(atoms, model, ["Mo", "Ni"], types={2: "Ni", 1: "Mo"}, mode=mode),
+                 ref)
 
 
 @pytest.mark.parametrize("mode", ["periodic", "domain"])

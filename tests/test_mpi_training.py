@@ -105,6 +105,16 @@ def test_two_ranks_equal_one_process_and_resume(tmp_path):
     assert wall[..., 1].max() > 0
     np.testing.assert_allclose(np.array(m2.repulsion_wall), wall, rtol=1e-6,
                                atol=1e-9 * wall.max())
+    # the coordination range is reduced over the ranks' shards (min and max), so the terms
+    # placed on it are the one-process terms
+    c1, c2 = m1.fit_info["short_range"], m2.fit_info["short_range"]
+    np.testing.assert_allclose(c2["coordination_range"], c1["coordination_range"], rtol=1e-12)
+    assert c1["coordination_terms"] == c2["coordination_terms"]
+    if c1["coordination_terms"]:
+        for key in ("dense", "sparse_limit"):
+            np.testing.assert_allclose(np.array(m2.repulsion_coordination[key]),
+                                       np.array(m1.repulsion_coordination[key]), rtol=1e-6,
+                                       atol=1e-9)
     run_fit(tmp_path, "half", "--max-iter", "6", "--checkpoint", str(tmp_path / "r_ck.npz"),
             "--checkpoint-every", "3", ranks=2)
     run_fit(tmp_path, "resumed", "--max-iter", "12", "--resume", str(tmp_path / "r_ck.npz"),

@@ -117,6 +117,77 @@ def test_repulsion_forces_and_stress_match_finite_differences():
     assert max(errors.values()) < 1e-8, errors
 
 
+def coordination_reference(atoms, coordination):
+    """Per-atom energies (N,) eV of the coordination terms written out from the module docstring
+    over ASE's neighbour list: n_i, the dense term above tau_k, the gated sparse wall."""
+    r_c = coordination["cutoff"]
+    i, j, d = ase_neighbor_list("ijd", atoms, r_c)
+    species = (atoms.numbers == 42).astype(int)
+    n = np.zeros(len(atoms))
+    np.add.at(n, i, (1 - d**2 / r_c**2) ** 3)
+    out = np.zeros(len(atoms))
+    for a in range(len(atoms)):
+        s = species[a]
+        for tau, alpha in coordination["dense"][s]:
+            out[a] += alpha * max(0.0, (n[a] - tau) / tau) ** 3
+        limit = coordination["sparse_limit"][s]
+        gate = max(0.0, (limit - n[a]) / limit) ** 3
+        out[a] += gate * 0.5 * sum(b * max(0.0, 1 - dk / rho) ** 3
+                                   for jk, dk in zip(j[i == a], d[i == a])
+                                   for rho, b in coordination["sparse_wall"][s, species[jk]])
+    return out, n
+
+
+def coordination_terms(atoms, cutoff=CUTOFF):
+    """Coordination terms (`lattenb.repulsion`) of a two-species model that act on some atoms of
+    `atoms` and not on others: dense above the 70th percentile of its coordination, sparse below
+    the 30th, the sparse wall reaching 2.4 and 3.2 Å."""
+    i, d = ase_neighbor_list("id", atoms, cutoff)
+    n = np.bincount(i, (1 - d**2 / cutoff**2) ** 3, len(atoms))
+    hi, lo = np.percentile(n, [70, 30])
+    sparse = np.tile([[2.4, 1.5], [3.2, 4.0]], (2, 2, 1, 1))
+    return {"cutoff": cutoff, "dense": np.array([[[hi, 300.0], [1.1 * hi, 700.0]],
+                                                 [[0.95 * hi, 200.0], [hi, 0.0]]]),
+            "sparse_limit": np.array([lo, 1.05 * lo]), "sparse_wall": sparse}
+
+
+@pytest.mark.parametrize("pbc", [True, False])
+def test_coordination_terms_against_the_written_out_sum(pbc):
+    from structures import random_atoms
+    cell = [[5.0, 0, 0], [1.1, 4.7, 0], [0.4, 0.9, 5.2]]
+    atoms = random_atoms(np.random.default_rng(4), 10, cell, pbc, dmin=1.5)
+    coordination = coordination_terms(atoms)
+    m = repulsion_model()
+    walled = m.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    m.set_repulsion("zbl", RADII, WALL, coordination)
+    out = m.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    expected, n = coordination_reference(atoms, coordination)
+    assert (expected > 1e-4).sum() >= 5 and (expected == 0).sum() >= 1    # acts on some atoms
+    np.testing.assert_allclose(out["energies"] - walled["energies"], expected, rtol=1e-10,
+                               atol=1e-12)
+    # an atom inside the training range of n (limit <= n <= tau) feels nothing of it
+    assert np.all(expected[(n > 1.05 * coordination["sparse_limit"].max())
+                           & (n < 0.95 * coordination["dense"][..., 0].min())] == 0)
+
+
+def test_coordination_forces_and_stress_match_finite_differences(tmp_path):
+    from structures import random_atoms
+    from test_model import finite_difference_errors
+    from test_training import assert_round_trip
+    m = repulsion_model(seed=1)
+    atoms = random_atoms(np.random.default_rng(7), 8, [[5.0, 0, 0], [1.1, 4.7, 0],
+                                                        [0.4, 0.9, 5.2]], True, dmin=1.6)
+    walled = m.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    m.set_repulsion("zbl", RADII, WALL, coordination_terms(atoms))
+    out = m.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    assert np.abs(out["forces"] - walled["forces"]).max() > 0.1     # the terms act
+    errors = finite_difference_errors(m, atoms, out)
+    print("\ncoordination terms: relative errors against finite differences", errors)
+    assert max(errors.values()) < 1e-8, errors
+    loaded = assert_round_trip(m, tmp_path / "coordination.npz", atoms)
+    assert loaded.repulsion_coordination == m.repulsion_coordination
+
+
 def test_dataset_prediction_includes_the_repulsion():
     from test_training import random_frame
     from lattenb.dataset import prepare_dataset
@@ -188,6 +259,7 @@ def test_fit_places_the_repulsion_below_the_data_and_dimers_rise(tmp_path):
     old = LatteModel(["Ni", "Mo"], cutoff=CUTOFF, blocks=BLOCKS, hidden=(6, 4))
     header = old.file_header()
     del header["repulsion"], header["repulsion_radii"], header["repulsion_wall"]
+    del header["repulsion_coordination"]
     from lattenb.io import write_model_file
     write_model_file(tmp_path / "old.npz", header, old.params)
     assert lattenb.load(tmp_path / "old.npz").repulsion == "none"
@@ -223,6 +295,21 @@ def test_bad_repulsion_arguments_are_clear_errors():
         make(repulsion="zbl", repulsion_radii=RADII, repulsion_wall=asymmetric)
     with pytest.raises(ValueError, match='given with repulsion="none"'):
         make(repulsion_wall=WALL)
+    good = {"cutoff": 3.0, "dense": [[[4.0, 1.0]], [[5.0, 0.0]]], "sparse_limit": [1.0, 2.0],
+            "sparse_wall": None}
+    make(repulsion="zbl", repulsion_radii=RADII, repulsion_coordination=good)
+    for key, bad, message in (("cutoff", 9.0, "cutoff must be in"),
+                              ("dense", [[[-4.0, 1.0]], [[5.0, 0.0]]], "tau > 0, alpha >= 0"),
+                              ("dense", [[4.0, 1.0]], r"dense must be \(2, K, 2\)"),
+                              ("sparse_limit", [1.0], r"sparse_limit must be \(2,\)"),
+                              ("sparse_wall", -WALL, "coefficients >= 0")):
+        with pytest.raises(ValueError, match=message):
+            make(repulsion="zbl", repulsion_radii=RADII,
+                 repulsion_coordination={**good, key: bad})
+    with pytest.raises(ValueError, match="must be a dict with the keys"):
+        make(repulsion="zbl", repulsion_radii=RADII, repulsion_coordination={"cutoff": 3.0})
+    with pytest.raises(ValueError, match='given with repulsion="none"'):
+        make(repulsion_coordination=good)
 
 
 def test_cli_fit_with_repulsion(tmp_path, capsys):

@@ -14,7 +14,7 @@ import lattenb
 from lattenb.cli import DATA_DIR
 from lattenb.dataset import prepare_dataset
 from lattenb.repulsion import WALL_FRACTIONS
-from lattenb.short_range import (LOWEST, MIN_SLOPE, N_STEPS, ProbeCurves, crystal_candidates,
+from lattenb.short_range import (DENSE_GAP, LOWEST, MIN_SLOPE, N_BAND, N_STEPS, ProbeCurves, crystal_candidates,
                                  reduce_supercell, solve_wall, wall_energies, wall_force_basis,
                                  wall_reaches)
 
@@ -53,8 +53,26 @@ def test_probe_curves(fitted):
     probes = ProbeCurves(model, crystals)
     # the Cu dimer, the lowest-energy training crystal, ASE's fcc reference crystal
     assert probes.n_curves == 3
-    assert probes.data.n_frames == 3 * (N_STEPS + 1)
-    assert len(probes.first) == 3 * N_STEPS and np.all(probes.second == probes.first + 1)
+    # and the two crystals again from their own nearest-neighbour distance down to d (the band)
+    assert probes.n_band_curves == 2
+    assert probes.data.n_frames == 3 * (N_STEPS + 1) + 2 * (N_BAND + 1)
+    assert len(probes.first) == 3 * N_STEPS + 2 * N_BAND
+    assert np.all(probes.below_d == (np.arange(len(probes.first)) < 3 * N_STEPS))
+    assert np.all(probes.second == probes.first + 1)
+    start = np.concatenate([[0], np.cumsum(probes.data.n_atoms_per_frame)])
+    nearest = []
+    for f in range(3 * (N_STEPS + 1), probes.data.n_frames):
+        atoms = Atoms(model.numbers[probes.data.species[start[f]:start[f + 1]]],
+                      positions=probes.data.positions[start[f]:start[f + 1]],
+                      cell=probes.data.cells[f], pbc=True)
+        nearest.append(ase_neighbor_list("d", atoms, 4.0).min())
+    band = np.array(nearest).reshape(2, N_BAND + 1)
+    d = np.array(model.repulsion_radii)[0, 0, 1] / 0.9
+    np.testing.assert_allclose(band[:, -1], d, rtol=1e-9)                  # down to d
+    np.testing.assert_allclose(band[1, 0], ase_neighbor_list("d", bulk("Cu"), 4.0).min(),
+                               rtol=1e-9)           # from ASE's fcc Cu as it is
+    np.testing.assert_allclose(probes.step[~probes.below_d], -np.diff(band, axis=1).ravel(),
+                               rtol=1e-9)
     sizes = probes.data.n_atoms_per_frame
     assert sizes[0] == 2 and sizes[-1] == 1                      # a dimer; the primitive fcc cell
     d = np.array(model.repulsion_radii)[0, 0, 1] / 0.9
@@ -110,9 +128,24 @@ def test_fit_ends_with_curves_that_rise_below_the_data(fitted):
     assert summary["curves"] == 3 and summary["steps_falling_after"] == 0
     assert summary["reaches_training_pairs"]
     assert 0 < summary["training_forces_eV_per_A"] <= 0.01 * summary["training_force_mae_eV_per_A"]
+    assert summary["coordination_terms"] and summary["band_steps_falling_after"] == 0
     probes = ProbeCurves(model, crystal_candidates(frames))
-    assert np.all(probes.rises(model) >= 0.99 * MIN_SLOPE * probes.step)
-    assert np.any(probes.rises(without_wall(model)) < 0)        # the wall is what does it
+    low, high = np.array(summary["coordination_range"]).T
+    rows = probes.constrained(model, high)
+    assert rows.sum() > probes.below_d.sum()            # band steps past the data's coordination
+    assert np.all(probes.rises(model)[rows] >= 0.99 * MIN_SLOPE * probes.step[rows])
+    assert np.any(probes.rises(without_wall(model))[rows] < 0)      # the wall is what does it
+    # the coordination range is the training data's (ASE's neighbour list), and the terms leave
+    # every training structure alone: energies and forces as without them
+    n = np.concatenate([np.bincount(i, (1 - d**2 / model.cutoff**2) ** 3, len(atoms)) for atoms
+                        in frames for i, d in [ase_neighbor_list("id", atoms, model.cutoff)]])
+    np.testing.assert_allclose([low[0], high[0]], [n.min(), n.max()], rtol=1e-10)
+    no_terms = copy.deepcopy(model)
+    no_terms.set_repulsion(model.repulsion, model.repulsion_radii, model.repulsion_wall)
+    for atoms in frames:
+        args = (atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+        a, b = model.compute(*args), no_terms.compute(*args)
+        assert a["energy"] == b["energy"] and np.array_equal(a["forces"], b["forces"])
     assert solve_wall(probes, probes.rises(model), np.ones((1, len(WALL_FRACTIONS)))) is None   # nothing left to add
     # on grids of their own, d down to 0.4 Å: the dimer and ASE's cubic fcc cell compressed
     d = np.array(model.repulsion_radii)[0, 0, 1] / 0.9
@@ -130,6 +163,20 @@ def test_fit_ends_with_curves_that_rise_below_the_data(fitted):
         compressed.append(model.compute(atoms.positions, atoms.cell.array, atoms.pbc,
                                         atoms.numbers)["energy"] / len(atoms))
     assert np.all(np.diff(compressed) < 0)
+    # and from where its coordination leaves the data's range by DENSE_GAP down to d
+    fcc = bulk("Cu")
+    d0 = ase_neighbor_list("d", fcc, 4.0).min()
+    band, coordination = [], []
+    for x in np.linspace(d0, d, 400):
+        atoms = fcc.copy()
+        atoms.set_cell(fcc.cell * (x / d0), scale_atoms=True)
+        i, dist = ase_neighbor_list("id", atoms, model.cutoff)
+        coordination.append(np.sum((1 - dist**2 / model.cutoff**2) ** 3))
+        band.append(model.compute(atoms.positions, atoms.cell.array, atoms.pbc,
+                                  atoms.numbers)["energy"])
+    past = np.array(coordination) >= (1 + DENSE_GAP) * high[0]
+    assert 0 < past.sum() < len(past) - 50
+    assert np.all(np.diff(np.array(band)[past]) > 0)
 
 
 def test_refit_keeps_the_wall_and_a_dimer_only_model_needs_one(fitted, tmp_path):
@@ -151,8 +198,9 @@ def test_refit_keeps_the_wall_and_a_dimer_only_model_needs_one(fitted, tmp_path)
 
 def test_a_wall_that_would_cost_accuracy_stays_below_the_data(fitted, monkeypatch):
     """Where the terms reaching past d would move the training forces by more than
-    FORCE_TOLERANCE of the fit's MAE (here: any), only those up to ZBL's r_out = 0.9 d are used:
-    the training structures are untouched, and the curves still rise below 0.85 d."""
+    FORCE_TOLERANCE of the fit's MAE (here: any), only those up to ZBL's r_out = 0.9 d are used,
+    and the gated wall of the coordination terms closes 0.9 d to d: the training structures are
+    untouched, and the curves rise all the way below d."""
     import lattenb.short_range as short_range
     model, frames = fitted
     plain = without_wall(model)
@@ -164,8 +212,14 @@ def test_a_wall_that_would_cost_accuracy_stays_below_the_data(fitted, monkeypatc
     d = np.array(plain.repulsion_radii)[0, 0, 1] / 0.9
     assert np.all(wall[wall[..., 0] > 0.9 * d + 1e-9][:, 1] == 0)
     probes = ProbeCurves(plain, crystal_candidates(frames))
-    deep = probes.reached < 0.85          # (the terms reaching 0.9 d have no slope there)
-    assert np.all(probes.rises(plain)[deep] >= 0.99 * MIN_SLOPE * probes.step[deep])
+    below, rise = probes.below_d, probes.rises(plain)
+    assert np.all(rise[below] >= 0.99 * MIN_SLOPE * probes.step[below])
+    coordination = plain.repulsion_coordination
+    assert summary["coordination_terms"] and np.any(np.array(coordination["sparse_wall"])[..., 1] > 0)
+    no_terms = copy.deepcopy(plain)
+    no_terms.set_repulsion(plain.repulsion, plain.repulsion_radii, plain.repulsion_wall)
+    near = below & (probes.reached > 0.9)
+    assert np.any(probes.rises(no_terms)[near] < 0)         # the gated wall is what does it
     for atoms in frames[:5]:                                     # the data are untouched
         args = (atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
         assert plain.compute(*args)["energy"] == without_wall(plain).compute(*args)["energy"]
