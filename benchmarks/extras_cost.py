@@ -13,12 +13,15 @@ every pair within the cutoff, without a square root). The grades' active set is
 computed on ten rattled copies; they reuse the descriptors of the energy kernel's pass (copied out
 per atom), standardised and multiplied by the (T+1, T+1) grade matrix in NumPy. Medians of
 --repeats alternating runs after JIT warm-up, measured as `bench_md.py` does (`time_lattenb`,
-20 steps). Writes results/extras_cost.json (results/repulsion_cost.json: earlier runs of the
-repulsion alone).
+20 steps), and the repulsion kernel alone (with and without the coordination terms), medians of
+3 x --repeats alternating calls, as a share of the plain step: two whole steps differ by more
+than the repulsion costs on a shared machine. Writes results/extras_cost.json
+(results/repulsion_cost.json: earlier runs of the repulsion alone).
 """
 import argparse
 import json
 import platform
+import time
 from datetime import date
 from pathlib import Path
 
@@ -81,9 +84,30 @@ def main():
         for name, (model, grades) in cases.items():
             times[name].append(time_lattenb(model, atoms, 20, 5, skin=0.0, grades=grades))
     base = np.array(times["plain"])
+    # the repulsion kernel alone (what the repulsion adds to a step, without the noise of two
+    # whole steps), alternating, medians of as many repeats
+    from lattenb.repulsion import add_repulsion
+    system = plain.backend()._system(atoms.positions, atoms.cell.array, atoms.pbc,
+                                     atoms.numbers, None)[0]
+    n_atoms, n_pairs = len(atoms), len(system.second)
+
+    def kernel_time(model, reps=20):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            add_repulsion(model, system, n_atoms, np.zeros(n_atoms), np.zeros((n_pairs, 3)),
+                          np.zeros((n_atoms, 9)))
+        return (time.perf_counter() - t0) / reps / n_atoms * 1e6
+    kernels = {"zbl": [], "zbl_coordination": []}
+    for _ in range(3 * args.repeats):
+        for name in kernels:
+            kernels[name].append(kernel_time(cases[name][0]))
+    plain_step = float(np.median(base))
     row = {"us_per_atom_step": {k: float(np.median(v)) for k, v in times.items()},
            "ratio_to_plain": {k: float(np.median(np.array(v) / base)) for k, v in times.items()
                               if k != "plain"},
+           "repulsion_kernel_us_per_atom": {k: float(np.median(v)) for k, v in kernels.items()},
+           "repulsion_kernel_share_of_plain_step": {k: float(np.median(v)) / plain_step
+                                                    for k, v in kernels.items()},
            "threads": args.threads, "repeats": args.repeats, "date": str(date.today()),
            "machine": platform.machine()}
     RESULTS.mkdir(exist_ok=True)

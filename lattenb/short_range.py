@@ -229,14 +229,20 @@ def _compression_curves(crystals, closest, cutoff):
             continue
         present = np.unique(atoms.numbers)
         d = min(closest[a, b] for a in present for b in present)
-        curve = []
-        for r in probe_distances(d):
-            x = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
-                      pbc=atoms.pbc)
-            x.set_cell(atoms.cell.array * (r / d0), scale_atoms=True)
-            curve.append(x)
-        curves.append((d, curve))
+        curves.append((d, _compressed(atoms, d0, probe_distances(d))))
     return curves
+
+
+def _compressed(atoms, d0, distances):
+    """Copies of the crystal `atoms` (shortest distance d0 Å) scaled uniformly to each of the
+    shortest distances `distances` (Å)."""
+    curve = []
+    for r in distances:
+        x = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
+                  pbc=atoms.pbc)
+        x.set_cell(atoms.cell.array * (r / d0), scale_atoms=True)
+        curve.append(x)
+    return curve
 
 
 def _band_curves(crystals, closest, cutoff):
@@ -250,13 +256,7 @@ def _band_curves(crystals, closest, cutoff):
         d = min(closest[a, b] for a in present for b in present)
         if d0 is None or d0 <= d:
             continue
-        curve = []
-        for r in np.linspace(d0, d, N_BAND + 1):
-            x = Atoms(numbers=atoms.numbers, positions=atoms.positions, cell=atoms.cell,
-                      pbc=atoms.pbc)
-            x.set_cell(atoms.cell.array * (r / d0), scale_atoms=True)
-            curve.append(x)
-        curves.append((d, d0, curve))
+        curves.append((d, d0, _compressed(atoms, d0, np.linspace(d0, d, N_BAND + 1))))
     return curves
 
 
@@ -343,6 +343,7 @@ class ProbeCurves:
         per_atom = wall_energies(model, self.data, self.rho).reshape(
             self.data.n_frames, -1) / self.data.n_atoms_per_frame[:, None]
         self.lift = per_atom[self.second] - per_atom[self.first]
+        self._coordination = None
 
     def rises(self, model):
         """E_(k+1) - E_k (eV/atom) of every step (negative: the curve falls there)."""
@@ -350,13 +351,19 @@ class ProbeCurves:
         energy = predict(model, self.data)[0] / self.data.n_atoms_per_frame
         return energy[self.second] - energy[self.first]
 
+    def coordination(self, model):
+        """(atoms,) the coordination of every atom of the probes (computed once)."""
+        if self._coordination is None:
+            self._coordination = dataset_coordination(model, self.data)
+        return self._coordination
+
     def coordination_basis(self, model, limit, tau):
         """What the coordination terms of unit coefficients (`lattenb.repulsion`) add, sparse gate
         below limit (S,) and dense onsets tau (S, Kd): (lift (steps, S Kd + U K) to each step's
         rise, energy (frames, S Kd + U K) per atom of each probe structure), dense columns first,
         then the sparse wall's (unordered species pair, reach rho_k)."""
         data = self.data
-        n = dataset_coordination(model, data)
+        n = self.coordination(model)
         S = model.n_species
         dense = np.zeros((data.n_frames, S, tau.shape[1]))
         np.add.at(dense, (data.frame_of_atom, data.species),
@@ -374,7 +381,7 @@ class ProbeCurves:
         """(steps,) bool: the steps that must rise: every step below d, and the band steps whose
         less compressed structure has an atom DENSE_GAP beyond its species' largest training
         coordination high (S,)."""
-        n = dataset_coordination(model, self.data)
+        n = self.coordination(model)
         beyond = np.zeros(self.data.n_frames)
         np.maximum.at(beyond, self.data.frame_of_atom, n / high[self.data.species])
         return self.below_d | (beyond[self.first] >= 1.0 + DENSE_GAP)
