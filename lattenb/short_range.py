@@ -300,8 +300,10 @@ class ProbeCurves:
     """The probe curves of a model, prepared once: `data` a `Dataset` of every configuration
     (curves one after the other), `first`, `second` the frame indices of each step (second more
     compressed), `step` its length (Å of the shortest distance), `reached` the shortest distance
-    it reaches over d, `n_curves`; `rho` (S, S, K) the wall's reaches and `lift` (steps, U K)
-    what each wall term of unit coefficient adds to each step's rise."""
+    it reaches over d, `below_d` (steps,) bool (False: a band step, between a crystal's own
+    nearest-neighbour distance and d), `n_curves` below d and `n_band_curves`; `rho` (S, S, K)
+    the wall's reaches and `lift` (steps, U K) what each wall term of unit coefficient adds to
+    each step's rise."""
 
     def __init__(self, model, crystals):
         """model: with a core repulsion (its radii give d = r_out / 0.9 per species pair);
