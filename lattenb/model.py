@@ -78,9 +78,9 @@ class LatteModel:
     (`lattenb.repulsion.radii_from_data` places them below the training data) and repulsion_wall
     (S, S, K, 2), (reach Å, coefficient eV) per species pair, or None (`fit` solves it:
     `lattenb.short_range`), and repulsion_coordination, the terms acting outside the training
-    data's range of coordination (a dict, `lattenb.repulsion`; None: none); saved with the model. grade_features: what the extrapolation grades
-    are computed on, "descriptors" (default) or "last_hidden" (`lattenb.extrapolation`), saved
-    with the model. width: initial radial width in Å (default cutoff / 4). seed: for the random
+    data's range of coordination (a dict, `lattenb.repulsion`; None: none); saved with the
+    model. grade_features: what the extrapolation grades are computed on, "descriptors"
+    (default) or "last_hidden" (`lattenb.extrapolation`), saved with the model. width: initial radial width in Å (default cutoff / 4). seed: for the random
     initialisation.
     """
 

@@ -83,7 +83,8 @@ COORDINATION_KEYS = ("cutoff", "dense", "sparse_limit", "sparse_wall")
 
 
 class RepulsionArrays(NamedTuple):
-    """What `add_repulsion_kernel` reads of a model's repulsion, made once (`LatteModel.set_repulsion`)."""
+    """What `add_repulsion_kernel` reads of a model's repulsion, made once
+    (`LatteModel.set_repulsion`)."""
     atomic_numbers: np.ndarray       # (S,) float64
     radii: np.ndarray                # (S, S, 2) Å, (r_in, r_out)
     wall: np.ndarray                 # (S, S, K, 2), (rho_k Å, a_k eV)
@@ -107,7 +108,8 @@ class RepulsionArrays(NamedTuple):
                    coordination["sparse_wall"])
 
     def max_reach(self):
-        """Å: the longest distance a pair reaches the repulsion from (a neighbour list's cutoff)."""
+        """Å: the longest distance from which a pair reaches the repulsion (the cutoff of a
+        neighbour list for it)."""
         return float(max(self.reach.max(), self.coordination_cutoff))
 
 
@@ -244,6 +246,29 @@ def coordination_term(x):
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def atom_coordination(positions, cell, shifts, offsets, second, i, c2, inv_c2):
+    """n_i = sum_j (1 - r_ij^2 / r_c^2)^3 over atom i's neighbours within r_c (c2 = r_c^2,
+    inv_c2 = 1 / c2), from the squared distances alone."""
+    n = 0.0
+    for q in range(offsets[i], offsets[i + 1]):
+        vx, vy, vz = pair_vector(positions, cell, shifts, i, second[q], q)
+        r2 = vx * vx + vy * vy + vz * vz
+        if r2 < c2:
+            x = 1.0 - r2 * inv_c2
+            n += x * x * x
+    return n
+
+
+@njit(cache=True, error_model="numpy", inline="always")
+def sparse_gate(n, limit):
+    """(G, dG/dn): the sparse wall's gate ((limit - n) / limit)^3 below limit (0 for limit 0)."""
+    if limit <= 0.0:
+        return 0.0, 0.0
+    t, dt = coordination_term((limit - n) / limit)
+    return t, -dt / limit
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 def coordination_energy(n, dense, limit, s):
     """(H, dH/dn, G, dG/dn) at coordination n of an atom of species s: the dense term's energy
     (eV) and the sparse wall's gate (module docstring); dense (S, K, 2), limit (S,)."""
@@ -254,12 +279,7 @@ def coordination_energy(n, dense, limit, s):
         t, dt = coordination_term((n - tau) / tau)
         h += dense[s, k, 1] * t
         dh += dense[s, k, 1] * dt / tau
-    g = 0.0
-    dg = 0.0
-    if limit[s] > 0.0:
-        t, dt = coordination_term((limit[s] - n) / limit[s])
-        g = t
-        dg = -dt / limit[s]
+    g, dg = sparse_gate(n, limit[s])
     return h, dh, g, dg
 
 
@@ -282,13 +302,7 @@ def add_repulsion_kernel(n_centres, positions, cells, frame_of_atom, offsets, se
         slope = 0.0
         gate = 0.0
         if coordination_cutoff > 0.0:
-            n = 0.0
-            for q in range(offsets[i], offsets[i + 1]):
-                vx, vy, vz = pair_vector(positions, cell, shifts, i, second[q], q)
-                r2 = vx * vx + vy * vy + vz * vz
-                if r2 < c2:
-                    x = 1.0 - r2 * inv_c2
-                    n += x * x * x
+            n = atom_coordination(positions, cell, shifts, offsets, second, i, c2, inv_c2)
             h, dh, gate, dgate = coordination_energy(n, dense, sparse_limit, si)
             sparse = 0.0
             if gate > 0.0:
@@ -349,17 +363,26 @@ def coordination_numbers(positions, cells, frame_of_atom, offsets, second, shift
     n_atoms = positions.shape[0]
     out = np.zeros(n_atoms)
     c2 = cutoff * cutoff
+    inv_c2 = 1.0 / c2
     for i in prange(n_atoms):
-        cell = cells[frame_of_atom[i]]
-        n = 0.0
-        for q in range(offsets[i], offsets[i + 1]):
-            vx, vy, vz = pair_vector(positions, cell, shifts, i, second[q], q)
-            r2 = vx * vx + vy * vy + vz * vz
-            if r2 < c2:
-                x = 1.0 - r2 / c2
-                n += x * x * x
-        out[i] = n
+        out[i] = atom_coordination(positions, cells[frame_of_atom[i]], shifts, offsets, second,
+                                   i, c2, inv_c2)
     return out
+
+
+@njit(cache=True, error_model="numpy")
+def coordination_basis(n, species, tau, limit):
+    """Per atom with coordination n (N,) and species (N,): the dense terms of unit coefficient
+    ((n - tau_k) / tau_k)^3 above tau_k, (N, K) for tau (S, K), and the sparse wall's gate (N,)
+    below limit (S,): what `coordination_energy` weighs with the coefficients."""
+    dense = np.zeros((n.shape[0], tau.shape[1]))
+    gate = np.zeros(n.shape[0])
+    for i in range(n.shape[0]):
+        s = species[i]
+        for k in range(tau.shape[1]):
+            dense[i, k] = coordination_term((n[i] - tau[s, k]) / tau[s, k])[0]
+        gate[i] = sparse_gate(n[i], limit[s])[0]
+    return dense, gate
 
 
 def zbl_pair_energy(r, z1, z2, r_in, r_out):

@@ -61,7 +61,8 @@ from numba import njit, prange
 
 from .evaluation import force_mae
 from .pairs import pair_vector
-from .repulsion import RADIUS_FRACTIONS, WALL_FRACTIONS, coordination_numbers, wall_term
+from .repulsion import (RADIUS_FRACTIONS, WALL_FRACTIONS, coordination_basis,
+                        coordination_numbers, wall_term)
 
 #: steps per probe curve, from d down to LOWEST x d, spaced quadratically: the first is
 #: (1 - LOWEST) d / N_STEPS^2 (4e-5 Å for d = 2 Å), so its least rise asks for an outward force
@@ -219,18 +220,23 @@ def probe_crystals(crystals):
     return out
 
 
-def _compression_curves(crystals, closest, cutoff):
-    """(d, curve) per crystal: compressed uniformly from its shortest distance = d (the shortest
-    training distance among its species pairs) down to LOWEST d."""
-    curves = []
+def _crystal_curves(crystals, closest, cutoff):
+    """The compression curves of the probe crystals, (below, band), each a list of (d, shortest
+    distances (steps + 1,) Å, structures): below, each crystal compressed uniformly from d (the
+    shortest training distance among its species pairs) down to LOWEST d; band, from its own
+    shortest distance d0 down to d in N_BAND even steps (none where d0 <= d)."""
+    below, band = [], []
     for atoms in crystals:
         d0 = shortest_distance(atoms, cutoff)
         if d0 is None:
             continue
         present = np.unique(atoms.numbers)
         d = min(closest[a, b] for a in present for b in present)
-        curves.append((d, _compressed(atoms, d0, probe_distances(d))))
-    return curves
+        below.append((d, probe_distances(d), _compressed(atoms, d0, probe_distances(d))))
+        if d0 > d:
+            distances = np.linspace(d0, d, N_BAND + 1)
+            band.append((d, distances, _compressed(atoms, d0, distances)))
+    return below, band
 
 
 def _compressed(atoms, d0, distances):
@@ -243,21 +249,6 @@ def _compressed(atoms, d0, distances):
         x.set_cell(atoms.cell.array * (r / d0), scale_atoms=True)
         curve.append(x)
     return curve
-
-
-def _band_curves(crystals, closest, cutoff):
-    """(d, d0, curve) per crystal: compressed uniformly from its own shortest distance d0 down to
-    d (the shortest training distance among its species pairs) in N_BAND even steps; none where
-    d0 <= d."""
-    curves = []
-    for atoms in crystals:
-        d0 = shortest_distance(atoms, cutoff)
-        present = np.unique(atoms.numbers)
-        d = min(closest[a, b] for a in present for b in present)
-        if d0 is None or d0 <= d:
-            continue
-        curves.append((d, d0, _compressed(atoms, d0, np.linspace(d0, d, N_BAND + 1))))
-    return curves
 
 
 def dataset_coordination(model, data):
@@ -284,18 +275,6 @@ def training_coordination(model, datasets):
     return low, high
 
 
-@njit(cache=True, error_model="numpy")
-def _dense_basis(n, species, tau):
-    """(N, K): each atom's dense term ((n - tau_k) / tau_k)^3 above tau_k (tau (S, K))."""
-    out = np.zeros((n.shape[0], tau.shape[1]))
-    for i in range(n.shape[0]):
-        for k in range(tau.shape[1]):
-            t = (n[i] - tau[species[i], k]) / tau[species[i], k]
-            if t > 0.0:
-                out[i, k] = t * t * t
-    return out
-
-
 class ProbeCurves:
     """The probe curves of a model, prepared once: `data` a `Dataset` of every configuration
     (curves one after the other), `first`, `second` the frame indices of each step (second more
@@ -316,11 +295,9 @@ class ProbeCurves:
             for b, zb in enumerate(model.numbers):
                 by_number[za, zb] = self.closest[a, b]
         known = [c for c in probe_crystals(crystals) if all(z in index for z in c.numbers)]
+        crystal_below, band = _crystal_curves(known, by_number, model.cutoff)
         below = [(d, probe_distances(d), c) for d, c in
-                 _dimer_curves(model.numbers, self.closest)
-                 + _compression_curves(known, by_number, model.cutoff)]
-        band = [(d, np.linspace(d0, d, N_BAND + 1), c)
-                for d, d0, c in _band_curves(known, by_number, model.cutoff)]
+                 _dimer_curves(model.numbers, self.closest)] + crystal_below
         self.data = prepare_dataset([a for _, _, c in below + band for a in c], model,
                                     require_energy=False)
         first, start, step, reached, in_band = [], 0, [], [], []
@@ -367,12 +344,10 @@ class ProbeCurves:
         data = self.data
         n = self.coordination(model)
         S = model.n_species
+        per_atom, gate = coordination_basis(n, data.species, np.asarray(tau, dtype=np.float64),
+                                            np.asarray(limit, dtype=np.float64))
         dense = np.zeros((data.n_frames, S, tau.shape[1]))
-        np.add.at(dense, (data.frame_of_atom, data.species),
-                  _dense_basis(n, data.species, np.asarray(tau, dtype=np.float64)))
-        with np.errstate(divide="ignore", invalid="ignore"):     # limit 0: no gate
-            gate = np.where(limit[data.species] > 0, np.clip(
-                (limit[data.species] - n) / limit[data.species], 0.0, None) ** 3, 0.0)
+        np.add.at(dense, (data.frame_of_atom, data.species), per_atom)
         sparse = wall_energies(model, data, self.rho, gate)
         energy = np.concatenate([dense.reshape(data.n_frames, -1),
                                  sparse.reshape(data.n_frames, -1)], axis=1) \
@@ -515,11 +490,12 @@ class TrainingForces:
 
 def solve_wall(probes, rise, impact, within_data=True):
     """The coefficients (S, S, K) eV (symmetric) to add to the model's wall, or None when the
-    probe curves rise already below d (`probes.below_d`). rise: `probes.rises(model)`. within_data: every probe step must
-    rise by MIN_SLOPE x its length, minimising impact . a (impact (U, K) per unordered species
-    pair and term, `TrainingForces.impact`); RuntimeError when no wall does it. Otherwise only
-    the terms that reach no further than ZBL's r_out = 0.9 d (where test sets still go, as ZBL's
-    radii say), and the steps fall short as little as possible in total."""
+    probe curves rise already below d (`probes.below_d`). rise: `probes.rises(model)`.
+    within_data: every probe step below d must rise by MIN_SLOPE x its length, minimising
+    impact . a (impact (U, K) per unordered species pair and term, `TrainingForces.impact`);
+    RuntimeError when no wall does it. Otherwise only the terms that reach no further than ZBL's
+    r_out = 0.9 d (where test sets still go, as ZBL's radii say), and the steps fall short as
+    little as possible in total."""
     from scipy import sparse
     from scipy.optimize import linprog
     rows = probes.below_d             # (the band steps are the coordination terms')
@@ -555,7 +531,8 @@ def solve_coordination(probes, rise, rows, lift, energy):
     """The coordination terms' coefficients (S Kd + U K,) eV (columns of
     `ProbeCurves.coordination_basis`), or None when every step of `rows` (bool (steps,)) rises
     already: the steps fall short of MIN_SLOPE x their length as little as possible in total,
-    and among such terms, what they add along the probes (mean energy per atom) is least. They are zero on every training structure, so nothing measures them against data."""
+    and among such terms, what they add along the probes (mean energy per atom) is least. They
+    are zero on every training structure, so nothing measures them against data."""
     from scipy import sparse
     from scipy.optimize import linprog
     least = MIN_SLOPE * probes.step[rows]
@@ -643,9 +620,9 @@ def close_short_range(model, data, crystals, log=None, valid=None):
         low[:], high[:] = 0.0, np.inf
     rows = probes.constrained(model, high)
     falls_band = int(np.sum(rise[rows & ~probes.below_d] <= 0.0))
+    limit, tau = SPARSE_FRACTION * low, high[:, None] * np.asarray(DENSE_ONSETS)
     coefficients = None
     if comm.rank == 0 and present.any():
-        limit, tau = SPARSE_FRACTION * low, high[:, None] * np.asarray(DENSE_ONSETS)
         lift, energy = probes.coordination_basis(model, limit, tau)
         try:
             coefficients = solve_coordination(probes, rise, rows, lift, energy)
@@ -655,7 +632,6 @@ def close_short_range(model, data, crystals, log=None, valid=None):
     if coefficients is not None and not np.any(coefficients > 0):
         coefficients = None             # nothing helps: keep MD free of the coordination pass
     if coefficients is not None:
-        limit, tau = SPARSE_FRACTION * low, high[:, None] * np.asarray(DENSE_ONSETS)
         model.set_repulsion(model.repulsion, model.repulsion_radii, model.repulsion_wall,
                             coordination_terms(model, coefficients, limit, tau, rho))
     rise = probes.rises(model)

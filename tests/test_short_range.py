@@ -13,10 +13,11 @@ from ase.neighborlist import neighbor_list as ase_neighbor_list
 import lattenb
 from lattenb.cli import DATA_DIR
 from lattenb.dataset import prepare_dataset
+from lattenb.predict import predict
 from lattenb.repulsion import WALL_FRACTIONS
-from lattenb.short_range import (DENSE_GAP, LOWEST, MIN_SLOPE, N_BAND, N_STEPS, ProbeCurves, crystal_candidates,
-                                 reduce_supercell, solve_wall, wall_energies, wall_force_basis,
-                                 wall_reaches)
+from lattenb.short_range import (DENSE_GAP, LOWEST, MIN_SLOPE, N_BAND, N_STEPS, ProbeCurves,
+                                 crystal_candidates, reduce_supercell, solve_wall,
+                                 wall_energies, wall_force_basis, wall_reaches)
 
 TRAIN = str(DATA_DIR / "Cu_train_subset.xyz")
 SMALL = {"blocks": "4,-:4,i,i:4,ij,ij", "hidden": (8,), "cutoff": 4.5}
@@ -146,7 +147,18 @@ def test_fit_ends_with_curves_that_rise_below_the_data(fitted):
         args = (atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
         a, b = model.compute(*args), no_terms.compute(*args)
         assert a["energy"] == b["energy"] and np.array_equal(a["forces"], b["forces"])
-    assert solve_wall(probes, probes.rises(model), np.ones((1, len(WALL_FRACTIONS)))) is None   # nothing left to add
+    # the program's basis weighted with the solved coefficients is what the terms add to the
+    # probes' energies in the model's kernel
+    terms = model.repulsion_coordination
+    dense, wall = np.array(terms["dense"]), np.array(terms["sparse_wall"])
+    _, energy = probes.coordination_basis(model, np.array(terms["sparse_limit"]), dense[..., 0])
+    coefficients = np.concatenate([dense[..., 1].ravel(), wall[0, 0, :, 1]])
+    added = (predict(model, probes.data)[0] - predict(no_terms, probes.data)[0]) \
+        / probes.data.n_atoms_per_frame
+    assert np.abs(added).max() > 1.0
+    np.testing.assert_allclose(energy @ coefficients, added, rtol=1e-9, atol=1e-9)
+    # nothing left to add
+    assert solve_wall(probes, probes.rises(model), np.ones((1, len(WALL_FRACTIONS)))) is None
     # on grids of their own, d down to 0.4 Å: the dimer and ASE's cubic fcc cell compressed
     d = np.array(model.repulsion_radii)[0, 0, 1] / 0.9
     r = np.concatenate([np.linspace(0.4, 0.9 * d, 150, endpoint=False),
@@ -215,7 +227,8 @@ def test_a_wall_that_would_cost_accuracy_stays_below_the_data(fitted, monkeypatc
     below, rise = probes.below_d, probes.rises(plain)
     assert np.all(rise[below] >= 0.99 * MIN_SLOPE * probes.step[below])
     coordination = plain.repulsion_coordination
-    assert summary["coordination_terms"] and np.any(np.array(coordination["sparse_wall"])[..., 1] > 0)
+    assert summary["coordination_terms"]
+    assert np.any(np.array(coordination["sparse_wall"])[..., 1] > 0)
     no_terms = copy.deepcopy(plain)
     no_terms.set_repulsion(plain.repulsion, plain.repulsion_radii, plain.repulsion_wall)
     near = below & (probes.reached > 0.9)
