@@ -32,7 +32,7 @@ def term_labels(model):
     """'t:pattern' for every term t of the model's descriptor, e.g. '3:ij,ij'."""
     labels = []
     for block in model.layout.blocks:
-        for _ in range(block.n):
+        for _ in range(block.n_terms):
             labels.append(f"{len(labels)}:{block.pattern}")
     return labels
 

@@ -11,6 +11,14 @@ is all capitals or all lower case; index letters match whatever their case, so p
 them (``I,ij,J``). The projection is applied between the moments and the contraction
 (`lattenb.projection`); a rank-1 body is already traceless, so ``I`` and ``i`` are the same.
 
+A block ``nc,pattern`` ("n channels") shares its bodies between its terms, as MTP's and ACE's
+moments are shared between their contractions: the pattern's bodies of one kind (rank and case)
+draw from one set of n channels (each a body tensor with its own radial functions), and the block
+has one term per way of assigning channels to the bodies, up to the pattern's symmetries (``4c,i,i``:
+the 10 products v_a . v_b with a <= b of 4 rank-1 channels; ``4c,i,j,ij``: v_a . Q_c . v_b, a <= b,
+40 terms from 8 bodies). Terms grow as a power of n while the bodies, which set the cost of the
+pair loops, grow as n.
+
 For each pattern we build a table with one row per index assignment alpha in {0,1,2}^|L| and one
 column per body holding the flat (C-order) index into that body's 3^p array, so that
 ``G = sum_rows prod_k A_k[table[row, k]]`` (design page, §3).
@@ -30,13 +38,54 @@ _BODY_RE = re.compile(r"^([a-z]+|[A-Z]+)$")
 
 @dataclass(frozen=True)
 class Block:
-    """n terms of one contraction pattern."""
+    """n terms of one contraction pattern, each with bodies of its own; or, with `channels`, n
+    channels per kind of body shared by every term of the block (see the module docstring)."""
     n: int
     bodies: tuple          # tuple of strings, e.g. ("i", "j", "ij"); ("",) for the radial block
+    channels: bool = False
 
     @property
     def pattern(self):
         return "-" if self.bodies == ("",) else ",".join(self.bodies)
+
+    @property
+    def count(self):
+        """The block's count as written: "8" or, for shared channels, "8c"."""
+        return f"{self.n}c" if self.channels else str(self.n)
+
+    def body_kinds(self):
+        """Per body of the pattern, the index of its kind (rank and projection) in order of
+        first appearance: the bodies of one kind share the block's channels."""
+        keys = list(zip(self.ranks, self.projections))
+        first = list(dict.fromkeys(keys))
+        return tuple(first.index(k) for k in keys)
+
+    @property
+    def n_bodies(self):
+        """Body tensors (each with its own radial functions) of the whole block."""
+        return self.n * (len(set(self.body_kinds())) if self.channels else len(self.bodies))
+
+    def term_bodies(self):
+        """(n_terms, bodies of the pattern) int64: the block's bodies (numbered from 0 within the
+        block) that each term contracts."""
+        nb = len(self.bodies)
+        if not self.channels:
+            return np.arange(self.n * nb, dtype=np.int64).reshape(self.n, nb)
+        kinds = np.array(self.body_kinds())
+        return np.array([kinds * self.n + np.array(c) for c in self.channel_assignments()],
+                        dtype=np.int64).reshape(-1, nb)
+
+    def channel_assignments(self):
+        """The channel of every body, one tuple per term: all assignments, keeping the
+        lexicographically smallest of each set that a symmetry of the pattern maps into each
+        other (those terms are equal)."""
+        symmetries = pattern_symmetries(self.bodies, self.body_kinds())
+        return [c for c in itertools.product(range(self.n), repeat=len(self.bodies))
+                if all(tuple(c[k] for k in perm) >= c for perm in symmetries)]
+
+    @property
+    def n_terms(self):
+        return len(self.term_bodies())
 
     @property
     def ranks(self):
@@ -66,6 +115,26 @@ class Block:
         return np.array(rows, dtype=np.int64).reshape(len(rows), len(self.bodies))
 
 
+def pattern_symmetries(bodies, kinds):
+    """The permutations of a pattern's bodies that some renaming of its index letters maps onto
+    the pattern (each body's letters as a set: the body tensors are symmetric), between bodies of
+    the same kind; they include the identity. G of a term is unchanged when its bodies' channels
+    are permuted by one of them."""
+    sets = [frozenset(body.lower()) for body in bodies]
+    letters = sorted(set().union(*sets))
+    found = []
+    for perm in itertools.permutations(range(len(bodies))):
+        if any(kinds[perm[k]] != kinds[k] for k in range(len(bodies))):
+            continue
+        for image in itertools.permutations(letters):
+            rename = dict(zip(letters, image))
+            if all(frozenset(rename[c] for c in sets[k]) == sets[perm[k]]
+                   for k in range(len(bodies))):
+                found.append(perm)
+                break
+    return found
+
+
 def parse_blocks(spec):
     """Parse and validate a block string; returns a tuple of `Block`.
 
@@ -82,11 +151,15 @@ def parse_blocks(spec):
         if len(parts) < 2 or not parts[0]:
             raise ValueError(f"block {raw!r}: expected 'count,body,...' (e.g. '8,i,i' or '8,-')")
         count = parts[0]
+        channels = count.endswith("c")
+        if channels:
+            count = count[:-1]
         if not count.isdigit() or int(count) <= 0:
-            raise ValueError(f"block {raw!r}: the count {count!r} is not a positive integer")
+            raise ValueError(f"block {raw!r}: the count {parts[0]!r} is not a positive integer "
+                             "(or one followed by 'c' for shared channels)")
         bodies = parts[1:]
         if bodies == ["-"]:
-            blocks.append(Block(int(count), ("",)))
+            blocks.append(Block(int(count), ("",), channels))
             continue
         for body in bodies:
             if not _BODY_RE.match(body):
@@ -106,12 +179,12 @@ def parse_blocks(spec):
             if joined.count(letter) != 2:
                 raise ValueError(f"block {raw!r}: letter {letter!r} is used {joined.count(letter)} "
                                  "times; every letter must appear exactly twice")
-        blocks.append(Block(int(count), tuple(bodies)))
+        blocks.append(Block(int(count), tuple(bodies), channels))
     return tuple(blocks)
 
 
 def format_blocks(blocks):
-    return ":".join(f"{b.n},{b.pattern}" for b in blocks)
+    return ":".join(f"{b.count},{b.pattern}" for b in blocks)
 
 
 @dataclass(frozen=True)
@@ -120,7 +193,9 @@ class DescriptorLayout:
 
     n_terms T, n_bodies B, moment_size M (per-atom length of all body tensors together).
     body_rank (B,), body_offset (B,): rank and offset of body b in the per-atom moment vector.
-    term_body_start (T + 1,): bodies of term t are term_body_start[t]:term_body_start[t + 1].
+    term_body_start (T + 1,), term_bodies: term t contracts the bodies
+    term_bodies[term_body_start[t]:term_body_start[t + 1]] (for blocks without shared channels
+    term_bodies is 0 .. B - 1: every term has bodies of its own, in order).
     term_pattern (T,): pattern index of term t.
     pattern_rows (P,), pattern_table_start (P,): row count and start of the pattern's table in
     `tables` (row-major, n_bodies columns).
@@ -150,6 +225,12 @@ class DescriptorLayout:
     index: np.ndarray
     pair_rows: np.ndarray
     moment_sizes: np.ndarray
+    term_bodies: np.ndarray
+
+    @property
+    def shared(self):
+        """True when some block shares its bodies between terms ("nc" blocks)."""
+        return any(block.channels for block in self.blocks)
 
     @property
     def n_terms(self):
@@ -225,9 +306,8 @@ def contraction_plan(blocks, body_offset, moment_size):
         order = sorted(set("".join(bodies)), key="".join(bodies).index)
         path = pattern_path(bodies)
         table = block.table() if path is None else None
-        for _ in range(block.n):
-            offsets = [int(body_offset[b0 + k]) for k in range(len(bodies))]
-            b0 += len(bodies)
+        for term in block.term_bodies():
+            offsets = [int(body_offset[b0 + b]) for b in term]
             if path is None:
                 index.extend((table + np.array(offsets)).ravel().tolist())
                 operand_start.append(operand_start[-1] + len(bodies))
@@ -257,6 +337,7 @@ def contraction_plan(blocks, body_offset, moment_size):
                     index.extend((x, offsets[rest[0]] + _flat(bodies[rest[0]], value)))
             operand_start.append(operand_start[-1] + 2)
             index_start.append(len(index))
+        b0 += block.n_bodies
     return (np.array(operand_start, np.int64), np.array(index_start, np.int64),
             np.array(index, np.int64), np.array(pair_rows, np.int64).reshape(-1, 3),
             np.array([moment_size, extended], np.int64))
@@ -266,7 +347,8 @@ def descriptor_layout(blocks):
     """Build a `DescriptorLayout` from a block string or a tuple of `Block`."""
     if isinstance(blocks, str):
         blocks = parse_blocks(blocks)
-    ranks, projections, term_start, term_pattern, p_rows, p_start, tables = [], [], [0], [], [], [], []
+    ranks, projections, term_start, term_bodies, term_pattern = [], [], [0], [], []
+    p_rows, p_start, tables = [], [], []
     n_table = 0
     for p, block in enumerate(blocks):
         table = block.table()
@@ -274,11 +356,20 @@ def descriptor_layout(blocks):
         p_start.append(n_table)
         tables.append(table.ravel())
         n_table += table.size
-        for _ in range(block.n):
-            ranks.extend(block.ranks)
-            projections.extend(block.projections)
+        b0 = len(ranks)
+        kind_of_body = block.body_kinds()
+        if block.channels:          # each kind's n channels, kind by kind
+            for kind in range(max(kind_of_body) + 1):
+                k = kind_of_body.index(kind)
+                ranks.extend([block.ranks[k]] * block.n)
+                projections.extend([block.projections[k]] * block.n)
+        else:
+            ranks.extend(block.ranks * block.n)
+            projections.extend(block.projections * block.n)
+        for term in block.term_bodies():
+            term_bodies.extend((b0 + term).tolist())
             term_pattern.append(p)
-            term_start.append(len(ranks))
+            term_start.append(len(term_bodies))
     body_rank = np.array(ranks, dtype=np.int64)
     body_projection = np.array(projections, dtype=np.int64)
     # the kernels apply code 1 (traceless) to ranks 2 and 3 only and know no other code
@@ -303,4 +394,5 @@ def descriptor_layout(blocks):
         index=index,
         pair_rows=pair_rows,
         moment_sizes=moment_sizes,
+        term_bodies=np.array(term_bodies, dtype=np.int64),
     )

@@ -415,7 +415,8 @@ def build_parser():
                                    "(default: every 10th training structure)")
     f.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
     f.add_argument("--preset", default="fast", choices=sorted(PRESETS))
-    f.add_argument("--blocks", help="descriptor block string, e.g. '8,-:8,i,i:8,ij,ij'")
+    f.add_argument("--blocks", help="descriptor block string, e.g. '8,-:8,i,i:8,ij,ij' (n terms per "
+                   "block), or '8c,-:8c,i,i:4c,i,j,ij' (n shared channels per block)")
     f.add_argument("--hidden", help="hidden layer sizes, e.g. 32,16")
     f.add_argument("--cutoff", type=float, help="cutoff radius in Angstrom (default: from the "
                                                 "neighbour shells of the training structures)")

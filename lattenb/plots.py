@@ -109,20 +109,22 @@ def radial_functions(model, path, n_points=400, title=None):
     nrows = -(-len(blocks) // ncols)
     fig, axes = plt.subplots(nrows, ncols, figsize=(4.6 * ncols, 3.4 * nrows), squeeze=False)
     colours = plt.rcParams["axes.prop_cycle"].by_key()["color"]
-    term = 0
+    b0 = 0
     for k, block in enumerate(blocks):
         ax = axes.flat[k]
-        for _ in range(block.n):
-            start = layout.term_body_start[term]
-            for place, b in enumerate(range(start, layout.term_body_start[term + 1])):
-                for si in range(S):
-                    for sj in range(S):
-                        ax.plot(r, sigma[si, sj, b] * f[row[si, sj], b], lw=0.9, alpha=0.8,
-                                ls=LINESTYLES[place % len(LINESTYLES)],
-                                color=colours[(si * S + sj) % len(colours)])
-            term += 1
+        for local in range(block.n_bodies):
+            b = b0 + local
+            # line style: the body's place in the pattern (its kind for shared channels)
+            place = local // block.n if block.channels else local % len(block.bodies)
+            for si in range(S):
+                for sj in range(S):
+                    ax.plot(r, sigma[si, sj, b] * f[row[si, sj], b], lw=0.9, alpha=0.8,
+                            ls=LINESTYLES[place % len(LINESTYLES)],
+                            color=colours[(si * S + sj) % len(colours)])
+        b0 += block.n_bodies
         ax.axhline(0.0, color="k", lw=0.5)
-        ax.set_title(f"block {k}: {block.n} x {block.pattern}", fontsize=9)
+        what = f"{block.n} channels, {block.n_terms} terms" if block.channels else f"{block.n} x"
+        ax.set_title(f"block {k}: {what} {block.pattern}", fontsize=9)
         ax.set_xlabel("r (Å)")
         ax.set_ylabel("σ f(r)")
         ax.set_xlim(0.0, model.cutoff)

@@ -254,6 +254,15 @@ def test_pair_radial_is_a_clear_error():
 
 
 @needs_cuda
+def test_shared_channels_are_a_clear_error():
+    """Blocks with shared channels run on the CPU only so far: the GPU kernels give every term
+    bodies of its own."""
+    m = make_model(blocks="2,-:2c,i,i")
+    with pytest.raises(ValueError, match="shared channels.*device='cpu'"):
+        CudaEvaluator(m)
+
+
+@needs_cuda
 @pytest.mark.parametrize("activation", ["tanh", "silu"])
 def test_other_activations(activation):
     m = make_model(activation)

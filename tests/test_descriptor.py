@@ -57,10 +57,45 @@ def reference_traceless(A):
                 + np.einsum("bc,za->zabc", eye, a)) / 5.0
 
 
-def reference_descriptors(spec, params, model_numbers, atoms, cutoff, pair_radial=False):
+#: shared-channel blocks ("nc,pattern"), and the rule for their terms written out here: which
+#: channel assignments (one channel per body, channels numbered per kind of body) are kept
+CHANNEL_RULES = {
+    "i,i": lambda c: c[0] <= c[1],
+    "IJ,IJ": lambda c: c[0] <= c[1],
+    "i,j,ij": lambda c: c[0] <= c[1],                     # v_a . Q_c . v_b = v_b . Q_c . v_a
+    "ij,jk,ki": lambda c: c[0] <= c[1] <= c[2],           # tr(Q_a Q_b Q_c), symmetric in all
+    "i,ij,jk,k": lambda c: c <= c[::-1],                  # v_a Q_b Q_c v_d = v_d Q_c Q_b v_a
+    "-": lambda c: True,
+}
+CHANNEL_SPEC = "2c,-:3c,i,i:2c,IJ,IJ:2c,i,j,ij:2c,ij,jk,ki:2c,i,ij,jk,k"
+
+
+def reference_channel_terms(spec):
+    """[(pattern, bodies, body numbers)] per term of a block string of "nc" blocks: per block
+    the n channels of each kind of body (rank and case, in order of first appearance) are
+    numbered kind after kind; a term per channel assignment that CHANNEL_RULES keeps."""
+    import itertools
+    terms, b0 = [], 0
+    for block in spec.split(":"):
+        parts = block.split(",")
+        n = int(parts[0][:-1])
+        bodies = ("",) if parts[1:] == ["-"] else tuple(parts[1:])
+        pattern = "-" if bodies == ("",) else ",".join(bodies)
+        kinds = list(dict.fromkeys((len(b), b.isupper() and len(b) >= 2) for b in bodies))
+        kind = [kinds.index((len(b), b.isupper() and len(b) >= 2)) for b in bodies]
+        for c in itertools.product(range(n), repeat=len(bodies)):
+            if CHANNEL_RULES[pattern](c):
+                terms.append((pattern, bodies, [b0 + kind[k] * n + c[k] for k in range(len(bodies))]))
+        b0 += n * len(kinds)
+    return terms
+
+
+def reference_descriptors(spec, params, model_numbers, atoms, cutoff, pair_radial=False,
+                          terms=None):
     """(G, scale) (N, T): the descriptor, and the same contraction of |A| (the natural size of
     rounding errors of each entry). pair_radial: the radial arrays have one row per species pair
-    (row s S + s' for central s and neighbour s'), else one per central species."""
+    (row s S + s' for central s and neighbour s'), else one per central species. terms: [(pattern,
+    bodies, body numbers)] (default: every term has bodies of its own, numbered in order)."""
     index_of = {int(z): k for k, z in enumerate(model_numbers)}
     s = np.array([index_of[int(z)] for z in atoms.numbers])
     n_atoms = len(atoms)
@@ -70,10 +105,14 @@ def reference_descriptors(spec, params, model_numbers, atoms, cutoff, pair_radia
     powers = [np.ones(len(r)), u, np.einsum("pa,pb->pab", u, u), np.einsum("pa,pb,pc->pabc", u, u, u)]
     centres, widths, sigma = params["centres"], params["widths"], params["sigma"]
     G, scale = [], []
-    b = 0
-    for pattern, bodies in reference_terms(spec):
+    if terms is None:
+        terms, b = [], 0
+        for pattern, bodies in reference_terms(spec):
+            terms.append((pattern, bodies, list(range(b, b + len(bodies)))))
+            b += len(bodies)
+    for pattern, bodies, numbers in terms:
         tensors = []
-        for body in bodies:
+        for body, b in zip(bodies, numbers):
             p = len(body)
             row = s[i] * len(model_numbers) + s[j] if pair_radial else s[i]
             weight = sigma[s[i], s[j], b] * reference_radial(r, centres[row, b], widths[row, b])
@@ -82,7 +121,6 @@ def reference_descriptors(spec, params, model_numbers, atoms, cutoff, pair_radia
             if body.isupper() and p >= 2:        # capital letters: the traceless part
                 A = reference_traceless(A)
             tensors.append(A)
-            b += 1
         if pattern == "-":
             G.append(tensors[0])
             scale.append(np.abs(tensors[0]))
@@ -90,7 +128,7 @@ def reference_descriptors(spec, params, model_numbers, atoms, cutoff, pair_radia
             subscripts = ",".join("z" + body.lower() for body in bodies) + "->z"
             G.append(np.einsum(subscripts, *tensors))
             scale.append(np.einsum(subscripts, *[np.abs(A) for A in tensors]))
-    assert b == params["centres"].shape[1]
+    assert max(max(n) for _, _, n in terms) + 1 == params["centres"].shape[1]
     return np.stack(G, axis=1), np.stack(scale, axis=1)
 
 
@@ -205,6 +243,32 @@ def test_traceless_descriptors_match_einsum_reference(name):
         assert np.abs(G_ref[:, t]).max() > 1e-8 * scale[:, t].max(), (name, pattern)
 
 
+@pytest.mark.parametrize("name", list(STRUCTURES))
+def test_shared_channel_descriptors_match_einsum_reference(name):
+    """"nc" blocks: every term contracts the block's shared channels, one term per assignment
+    that the rules written out above keep (a rule of this file, not lattenb's symmetry search)."""
+    atoms = STRUCTURES[name]
+    m = LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=CHANNEL_SPEC, hidden=(2,), seed=4)
+    terms = reference_channel_terms(CHANNEL_SPEC)
+    assert m.layout.n_terms == len(terms) == 2 + 6 + 3 + 2 * 3 + 4 + 10
+    assert m.layout.n_bodies == 2 + 3 + 2 + 2 * 2 + 2 + 2 * 2
+    rng = np.random.default_rng(10)
+    S, B = m.params["centres"].shape
+    widths = rng.uniform(0.8, 1.8, size=(S, B))
+    m.set_parameters(widths=widths, centres=rng.uniform(widths, CUTOFF - widths))
+    G = m.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    G_ref, scale = reference_descriptors(CHANNEL_SPEC, m.params, m.numbers, atoms, CUTOFF,
+                                         terms=terms)
+    assert G.shape == G_ref.shape
+    err = np.abs(G - G_ref)
+    assert np.all(err <= 1e-11 * scale + 1e-300), err.max()
+    # not vacuous: every term is non-zero somewhere, and no two kept terms are equal
+    assert np.all(np.abs(G_ref).max(axis=0) > 1e-8 * scale.max(axis=0))
+    for t in range(G.shape[1]):
+        for u in range(t):
+            assert np.abs(G_ref[:, t] - G_ref[:, u]).max() > 1e-9 * scale.max(), (t, u)
+
+
 def test_raw_and_traceless_contractions_differ_by_the_trace_terms():
     """ij,ij = IJ,IJ + (1/3) S_1 S_2 and i,j,ij = I,IJ,J + (1/3) S_3 (i,i) when the bodies share
     radial functions: an identity between two kernels' outputs that no code path shares."""
@@ -241,17 +305,22 @@ def test_descriptor_is_species_blind_in_length():
     "4,a,b,ab:2,-",
     "10,-:10,i,i:10,i,j,ij",
     "2,IJ,IJ:1,i,IJ,j:3,IJK,IJL,MNK,MNL",
+    CHANNEL_SPEC,
+    "4,-:3c,i,i",
 ])
 def test_block_string_round_trip(spec):
     blocks = parse_blocks(spec)
     assert format_blocks(blocks) == spec
     assert parse_blocks(format_blocks(blocks)) == blocks
     expected = [part.split(",") for part in spec.split(":")]
-    assert [b.n for b in blocks] == [int(p[0]) for p in expected]
+    assert [b.count for b in blocks] == [p[0] for p in expected]
+    assert [b.channels for b in blocks] == [p[0].endswith("c") for p in expected]
     assert [b.pattern for b in blocks] == [",".join(p[1:]) for p in expected]
     m = LatteModel(species=["Ni"], cutoff=CUTOFF, blocks=spec, hidden=(2,))
     assert m.blocks == spec
-    assert m.params["g_mean"].shape[1] == sum(b.n for b in blocks)
+    n_terms = [b.n if not b.channels else len(reference_channel_terms(f"{b.count},{b.pattern}"))
+               for b in blocks]
+    assert m.params["g_mean"].shape[1] == sum(n_terms)
 
 
 def test_block_string_whitespace_is_ignored():
@@ -264,6 +333,9 @@ def test_block_string_whitespace_is_ignored():
     ("2,ijkl,ijkl", r"rank 4"),
     ("x,i,i", r"'x' is not a positive integer"),
     ("0,i,i", r"'0' is not a positive integer"),
+    ("0c,i,i", r"'0c' is not a positive integer"),
+    ("c,i,i", r"'c' is not a positive integer"),
+    ("2x,i,i", r"'2x' is not a positive integer"),
     ("-1,i,i", r"'-1' is not a positive integer"),
     ("8,i,i:", r"block ''"),
     ("8,i,i::8,-", r"block ''"),

@@ -188,13 +188,18 @@ def test_cluster_virial_matches_strain_finite_differences(activation):
     assert np.allclose(out["virial"], 0.5 * (W + W.T), atol=1e-10 * np.abs(W).max())
 
 
+#: shared channels ("nc" blocks): every body's force adjoint collects from several terms
+CHANNELS = "2c,-:2c,i,i:2c,IJ,IJ:2c,i,j,ij:2c,i,ij,jk,k"
+
+
+@pytest.mark.parametrize("blocks", [TRACELESS, CHANNELS])
 @pytest.mark.parametrize("name", list(STRUCTURES))
-def test_traceless_forces_and_stress_match_finite_differences(name):
-    m = make_model("silu", blocks=TRACELESS)
+def test_traceless_and_channel_forces_and_stress_match_finite_differences(name, blocks):
+    m = make_model("silu", blocks=blocks)
     atoms = STRUCTURES[name]
     out = compute(m, atoms)
     err = rel_err(out["forces"], forces_fd(m, atoms))
-    print(f"\nFD forces, traceless bodies, {name}: rel.err={err:.2e}")
+    print(f"\nFD forces, {blocks}, {name}: rel.err={err:.2e}")
     assert err < FD_TOL
     if atoms.pbc.any():
         volume = abs(np.linalg.det(atoms.cell.array))
@@ -204,7 +209,7 @@ def test_traceless_forces_and_stress_match_finite_differences(name):
 
 
 # ----------------------------------------------------------------------------- invariances
-@pytest.mark.parametrize("blocks", [ALL_PATTERNS, TRACELESS])
+@pytest.mark.parametrize("blocks", [ALL_PATTERNS, TRACELESS, CHANNELS])
 @pytest.mark.parametrize("name", list(STRUCTURES))
 def test_rotation_invariance(name, blocks):
     m = make_model("gaussian", blocks=blocks)

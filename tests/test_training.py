@@ -118,6 +118,19 @@ def test_gradient_with_traceless_bodies():
     assert max(worst.values()) < 1e-6, worst
 
 
+def test_gradient_with_shared_channels():
+    """"nc" blocks: a body's adjoint collects from every term that contracts it."""
+    rng = np.random.default_rng(23)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 6, 4.6, stress=False),
+              random_frame(rng, 3, 3.2)]
+    model = small_model(seed=6, blocks="2c,-:2c,i,i:2c,I,IJ,J:2c,ij,jk,ki")
+    assert model.layout.n_terms == 2 + 3 + 6 + 4 and model.layout.n_bodies == 2 + 2 + 4 + 2
+    data = prepare_dataset(frames, model)
+    worst = fd_check(model, data, LossWeights(1.0, 2.0, 0.5, l2=1e-3), rng, per_group=6)
+    print("\nlargest relative gradient error (shared channels):", worst)
+    assert max(worst.values()) < 1e-6, worst
+
+
 def test_gradient_force_only_and_stress_only():
     rng = np.random.default_rng(3)
     frames = [random_frame(rng, 6, 4.2), random_frame(rng, 2, 3.0)]

@@ -89,6 +89,10 @@ class CudaEvaluator:
         if self.model.pair_radial:
             raise ValueError("radial functions per species pair (pair_radial) run on the CPU "
                              "only so far; use device='cpu' for this model")
+        if self.model.layout.shared:
+            raise ValueError("blocks with shared channels ('nc,...') run on the CPU only so far "
+                             "(the CUDA kernels give every term bodies of its own); use "
+                             "device='cpu' for this model")
         body_rank, body_offset, term_body_start, term_pattern, p_rows, p_start, tables = ka.layout[:7]
         M = int(body_offset[-1] + 3 ** body_rank[-1])
         T = int(term_pattern.shape[0])
