@@ -26,6 +26,7 @@ column per body holding the flat (C-order) index into that body's 3^p array, so 
 import itertools
 import re
 from dataclasses import dataclass
+from functools import cached_property
 
 import numpy as np
 
@@ -53,6 +54,7 @@ class Block:
         """The block's count as written: "8" or, for shared channels, "8c"."""
         return f"{self.n}c" if self.channels else str(self.n)
 
+    @cached_property
     def body_kinds(self):
         """Per body of the pattern, the index of its kind (rank and projection) in order of
         first appearance: the bodies of one kind share the block's channels."""
@@ -60,32 +62,44 @@ class Block:
         first = list(dict.fromkeys(keys))
         return tuple(first.index(k) for k in keys)
 
+    @cached_property
+    def body_places(self):
+        """Per body tensor of the whole block, in the layout's order, the place in the pattern
+        of the body it stands for: each term's bodies in pattern order, term after term; with
+        shared channels, each kind's n channels, kind after kind, at the kind's first place."""
+        if not self.channels:
+            return tuple(range(len(self.bodies))) * self.n
+        kinds = self.body_kinds
+        return tuple(kinds.index(kind) for kind in sorted(set(kinds)) for _ in range(self.n))
+
     @property
     def n_bodies(self):
         """Body tensors (each with its own radial functions) of the whole block."""
-        return self.n * (len(set(self.body_kinds())) if self.channels else len(self.bodies))
+        return len(self.body_places)
 
-    def term_bodies(self):
-        """(n_terms, bodies of the pattern) int64: the block's bodies (numbered from 0 within the
-        block) that each term contracts."""
-        nb = len(self.bodies)
-        if not self.channels:
-            return np.arange(self.n * nb, dtype=np.int64).reshape(self.n, nb)
-        kinds = np.array(self.body_kinds())
-        return np.array([kinds * self.n + np.array(c) for c in self.channel_assignments()],
-                        dtype=np.int64).reshape(-1, nb)
-
+    @cached_property
     def channel_assignments(self):
         """The channel of every body, one tuple per term: all assignments, keeping the
         lexicographically smallest of each set that a symmetry of the pattern maps into each
-        other (those terms are equal)."""
-        symmetries = pattern_symmetries(self.bodies, self.body_kinds())
-        return [c for c in itertools.product(range(self.n), repeat=len(self.bodies))
-                if all(tuple(c[k] for k in perm) >= c for perm in symmetries)]
+        other (those terms are equal). None without shared channels."""
+        if not self.channels:
+            return None
+        symmetries = pattern_symmetries(self.bodies, self.body_kinds)
+        return tuple(c for c in itertools.product(range(self.n), repeat=len(self.bodies))
+                     if all(tuple(c[k] for k in perm) >= c for perm in symmetries))
 
     @property
     def n_terms(self):
-        return len(self.term_bodies())
+        return self.n if not self.channels else len(self.channel_assignments)
+
+    def term_bodies(self):
+        """(n_terms, bodies of the pattern) int64: the block's bodies (numbered from 0 within the
+        block, in `body_places` order) that each term contracts."""
+        nb = len(self.bodies)
+        if not self.channels:
+            return np.arange(self.n * nb, dtype=np.int64).reshape(self.n, nb)
+        kinds = np.array(self.body_kinds)
+        return (kinds * self.n + np.array(self.channel_assignments, dtype=np.int64)).reshape(-1, nb)
 
     @property
     def ranks(self):
@@ -357,15 +371,8 @@ def descriptor_layout(blocks):
         tables.append(table.ravel())
         n_table += table.size
         b0 = len(ranks)
-        kind_of_body = block.body_kinds()
-        if block.channels:          # each kind's n channels, kind by kind
-            for kind in range(max(kind_of_body) + 1):
-                k = kind_of_body.index(kind)
-                ranks.extend([block.ranks[k]] * block.n)
-                projections.extend([block.projections[k]] * block.n)
-        else:
-            ranks.extend(block.ranks * block.n)
-            projections.extend(block.projections * block.n)
+        ranks.extend(block.ranks[k] for k in block.body_places)
+        projections.extend(block.projections[k] for k in block.body_places)
         for term in block.term_bodies():
             term_bodies.extend((b0 + term).tolist())
             term_pattern.append(p)

@@ -80,8 +80,8 @@ class LatteModel:
     `lattenb.short_range`), and repulsion_coordination, the terms acting outside the training
     data's range of coordination (a dict, `lattenb.repulsion`; None: none); saved with the
     model. grade_features: what the extrapolation grades are computed on, "descriptors"
-    (default) or "last_hidden" (`lattenb.extrapolation`), saved with the model. width: initial radial width in Å (default cutoff / 4). seed: for the random
-    initialisation.
+    (default) or "last_hidden" (`lattenb.extrapolation`), saved with the model. width: initial
+    radial width in Å (default cutoff / 4). seed: for the random initialisation.
     """
 
     def __init__(self, species, cutoff=5.0, blocks=PRESETS["fast"]["blocks"], hidden=(32, 16),

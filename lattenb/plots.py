@@ -112,10 +112,8 @@ def radial_functions(model, path, n_points=400, title=None):
     b0 = 0
     for k, block in enumerate(blocks):
         ax = axes.flat[k]
-        for local in range(block.n_bodies):
+        for local, place in enumerate(block.body_places):     # line style: place in the pattern
             b = b0 + local
-            # line style: the body's place in the pattern (its kind for shared channels)
-            place = local // block.n if block.channels else local % len(block.bodies)
             for si in range(S):
                 for sj in range(S):
                     ax.plot(r, sigma[si, sj, b] * f[row[si, sj], b], lw=0.9, alpha=0.8,
