@@ -42,7 +42,7 @@ PUBLISHED = {
 TARGETS = {"300K": (3.0, 15.0), "600K": (15.0, 60.0)}
 
 #: the documented setting: what plain `lattenb fit train_300K.xyz --e0 isolated_atoms.xyz` does
-SETTING = {"preset": "fast", "blocks": None, "hidden": None, "cutoff": None, "time": "30m",
+SETTING = {"preset": None, "blocks": None, "hidden": None, "cutoff": None, "time": "30m",
            "seed": 0, "radial": None, "pair_radial": False}
 
 
@@ -129,7 +129,7 @@ def markdown(row):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--time", default=SETTING["time"], help="training time budget (30m, 2h, ...)")
-    ap.add_argument("--preset", default=SETTING["preset"])
+    ap.add_argument("--preset", default=SETTING["preset"], help="default: what plain fit uses")
     ap.add_argument("--blocks", default=SETTING["blocks"])
     ap.add_argument("--hidden", default=SETTING["hidden"])
     ap.add_argument("--cutoff", type=float, default=SETTING["cutoff"])
@@ -156,8 +156,8 @@ def main():
     # exactly what `lattenb fit train_300K.xyz --e0 isolated_atoms.xyz` chooses
     ns = cli.build_parser().parse_args(
         ["fit", str(DATA / "train_300K.xyz"), "-o", "unused.npz", "--e0",
-         str(DATA / "isolated_atoms.xyz"), "--time", args.time, "--seed", str(args.seed),
-         "--preset", args.preset]
+         str(DATA / "isolated_atoms.xyz"), "--time", args.time, "--seed", str(args.seed)]
+        + (["--preset", args.preset] if args.preset else [])
         + (["--blocks", args.blocks] if args.blocks else [])
         + (["--hidden", args.hidden] if args.hidden else [])
         + (["--cutoff", str(args.cutoff)] if args.cutoff else [])
@@ -169,8 +169,8 @@ def main():
         model = lattenb.load(args.evaluate)
         wall, iterations = model.fit_info.get("wall_time_s", float("nan")), model.fit_info.get("iterations", 0)
     else:
-        model = lattenb.fit(train, valid=valid, preset=args.preset, blocks=args.blocks,
-                            hidden=args.hidden, seed=args.seed, max_iter=None,
+        model = lattenb.fit(train, valid=valid, preset=args.preset or "fast", hidden=args.hidden,
+                            seed=args.seed, max_iter=None,
                             pair_radial=args.pair_radial or None,
                             max_time=cli.parse_duration(args.time),
                             log=lambda line: print(f"  {line}", flush=True), log_every=100, **auto)

@@ -22,7 +22,7 @@ from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .dataset import as_dataset
 from .evaluation import evaluate_frames
 from .mlp import ACTIVATIONS
-from .model import PRESETS
+from .model import DEFAULT_PRESET, PRESETS
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -105,8 +105,8 @@ def fit_settings(args, frames, log=print):
     (see `lattenb.auto`): validation split, isolated-atom energies, cutoff, radial family,
     stress offset, core repulsion (zbl unless --repulsion none).
     Returns (train, valid, keyword arguments of `fit`)."""
-    from .auto import (choose_cutoff, choose_radial, has_stress, isolated_atom_energies, read_e0,
-                       split_validation)
+    from .auto import (choose_blocks, choose_cutoff, choose_radial, has_stress,
+                       isolated_atom_energies, read_e0, split_validation)
     e0, frames = isolated_atom_energies(frames)
     if args.e0:
         e0 = read_e0(args.e0)
@@ -128,6 +128,11 @@ def fit_settings(args, frames, log=print):
     if family is None and not args.resume and not args.radial_from:
         family, why = choose_radial(train)
         log(f"radial family {family} ({why}); give --radial to choose")
+    blocks = args.blocks      # a chosen preset, a resumed fit or --radial-from fix the blocks
+    if blocks is None and args.preset is None and not args.resume and not args.radial_from:
+        blocks, why = choose_blocks(train)
+        if blocks is not None:
+            log(f"descriptor blocks {blocks} ({why}); give --blocks or --preset to choose")
     offset = args.stress_offset
     if offset is None:
         offset = has_stress(train)
@@ -139,8 +144,8 @@ def fit_settings(args, frames, log=print):
         repulsion = "zbl"
         log("core repulsion zbl below the shortest distances of the training data (give "
             "--repulsion none to leave it out)")
-    return train, valid, {"cutoff": cutoff, "radial": family, "stress_offset": offset,
-                          "e0": e0 or None, "repulsion": repulsion}
+    return train, valid, {"cutoff": cutoff, "radial": family, "blocks": blocks,
+                          "stress_offset": offset, "e0": e0 or None, "repulsion": repulsion}
 
 
 def write_learning_curve(model, output, log=print):
@@ -179,7 +184,7 @@ def _fit_inputs(args, comm, log):
     if outcome[0] == "error":
         raise SystemExit(outcome[1] if comm.rank == 0 else 1)
     auto = outcome[1]
-    cutoff = auto["cutoff"] or PRESETS[args.preset]["cutoff"]
+    cutoff = auto["cutoff"] or PRESETS[args.preset or DEFAULT_PRESET]["cutoff"]
     train = scatter_frames(comm, train if comm.rank == 0 else None, cutoff)
     has_valid = comm.bcast(comm.rank == 0 and bool(valid))
     valid = scatter_frames(comm, valid if comm.rank == 0 else None, cutoff) if has_valid else None
@@ -220,8 +225,8 @@ def _fit(args, comm, fit, log):
     output_weights = (_floats(args.output_weights, 3, "output-weights") if args.output_weights
                       else None)
     max_time = args.max_time if args.max_time is not None else parse_duration(args.time)
-    model = fit(train, valid=valid, preset=args.preset, blocks=args.blocks,
-                hidden=args.hidden, activation=args.activation,
+    model = fit(train, valid=valid, preset=args.preset or DEFAULT_PRESET, hidden=args.hidden,
+                activation=args.activation,
                 shared_radial=args.shared_radial or None, pair_radial=args.pair_radial or None,
                 radial_from=args.radial_from,
                 species_mode=args.species_mode, embedding_dim=args.embedding_dim,
@@ -414,7 +419,9 @@ def build_parser():
     f.add_argument("--valid", help="validation file: the parameters best on it are kept "
                                    "(default: every 10th training structure)")
     f.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
-    f.add_argument("--preset", default="fast", choices=sorted(PRESETS))
+    f.add_argument("--preset", choices=sorted(PRESETS),
+                   help=f"descriptor and MLP size (default {DEFAULT_PRESET}, with shared-channel "
+                        "blocks for non-periodic data)")
     f.add_argument("--blocks", help="descriptor block string, e.g. '8,-:8,i,i:8,ij,ij' (n terms per "
                    "block), or '8c,-:8c,i,i:4c,i,j,ij' (n shared channels per block)")
     f.add_argument("--hidden", help="hidden layer sizes, e.g. 32,16")

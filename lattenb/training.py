@@ -17,6 +17,7 @@ from dataclasses import replace
 
 import numpy as np
 from ase.data import atomic_numbers, chemical_symbols
+from threadpoolctl import threadpool_limits
 
 from .auto import isolated_atom_energies
 from .dataset import prepare_dataset
@@ -26,7 +27,7 @@ from .evaluation import rmse_report
 from .extrapolation import active_set_from_features, dataset_features, n_features
 from .short_range import close_short_range, crystal_candidates
 from .loss import LossWeights, loss_and_gradient, stress_residuals
-from .model import LatteModel, load_model, read_model
+from .model import DEFAULT_PRESET, LatteModel, load_model, read_model
 from .predict import predict
 from .species import species_in
 from .steps import (TRAINING_CHUNKS, ParameterVector, _Objective, _output_weights,
@@ -183,12 +184,17 @@ class _LbfgsRun:
                 self.interrupt_requested = True
             previous = signal.signal(signal.SIGINT, request)
         try:
-            if max_iter > 0:       # L-BFGS-B would still take a step with maxiter=0
-                minimize(self.objective, self.x0, jac=True, method="L-BFGS-B",
-                         bounds=self.vector.bounds, callback=self.callback,
-                         options={"maxiter": int(max_iter), "maxfun": 4 * int(max_iter) + 20,
-                                  "ftol": 1e-14, "gtol": 1e-12,
-                                  "maxcor": self.settings["lbfgs_memory"]})
+            # one BLAS thread: L-BFGS-B's vector operations on the 10^4 parameters wake the
+            # BLAS library's threads, which then spin between calls and take the cores from
+            # the Numba kernels (AcAc, 60 iterations at 2 Numba threads: 14.4 s against 9.3 s
+            # with one BLAS thread; two 1-thread fits side by side: 30 s against 16 s each)
+            with threadpool_limits(limits=1, user_api="blas"):
+                if max_iter > 0:       # L-BFGS-B would still take a step with maxiter=0
+                    minimize(self.objective, self.x0, jac=True, method="L-BFGS-B",
+                             bounds=self.vector.bounds, callback=self.callback,
+                             options={"maxiter": int(max_iter), "maxfun": 4 * int(max_iter) + 20,
+                                      "ftol": 1e-14, "gtol": 1e-12,
+                                      "maxcor": self.settings["lbfgs_memory"]})
         except KeyboardInterrupt:
             self.model.interrupted = True
         finally:
@@ -284,7 +290,7 @@ def _read_checkpoint(path):
 
 
 # --------------------------------------------------------------------------- fit
-def fit(frames, species=None, *, valid=None, model=None, preset="fast", cutoff=None, blocks=None,
+def fit(frames, species=None, *, valid=None, model=None, preset=DEFAULT_PRESET, cutoff=None, blocks=None,
         hidden=None, activation="gaussian", radial=None, weights=(10.0, 1.0, 0.001), l2=1e-6, max_iter=500,
         stress_offset=False, seed=0, train_radial=True, output_weights=None, solve_output=True,
         checkpoint=None, checkpoint_every=50, resume=None, max_time=None, log=print,

@@ -123,6 +123,26 @@ def test_choose_radial_splines_for_molecules_polynomial_for_materials():
     assert auto.choose_radial([mol, bulk("Cu")])[0] == "polynomial"
 
 
+def test_plain_fit_chooses_shared_channels_for_molecules_only(tmp_path):
+    mol = molecule("CH3CH2OH")
+    mol.calc = SinglePointCalculator(mol, energy=-1.0, forces=np.zeros((len(mol), 3)))
+    assert auto.choose_blocks([mol])[0] == auto.MOLECULE_BLOCKS
+    assert auto.choose_blocks([mol, bulk("Cu")])[0] is None     # periodic: the preset's
+    parser = cli.build_parser()
+
+    def chosen(*flags):
+        args = parser.parse_args(["fit", "t.xyz", "-o", str(tmp_path / "m.npz"), *flags])
+        return cli.fit_settings(args, [mol] * 4, log=lambda line: None)[2]["blocks"]
+    assert chosen() == auto.MOLECULE_BLOCKS
+    # a named preset, explicit blocks or a source of radial functions keep the choice the user's
+    assert chosen("--preset", "fast") is None
+    assert chosen("--blocks", "2,-:2,i,i") == "2,-:2,i,i"
+    assert chosen("--radial-from", "src.npz") is None
+    # a valid descriptor, with more terms than bodies (one per channel assignment)
+    model = lattenb.LatteModel(["H", "C", "O"], blocks=auto.MOLECULE_BLOCKS, radial="spline")
+    assert model.layout.n_terms > model.layout.n_bodies
+
+
 def test_fit_stops_on_convergence(monkeypatch):
     monkeypatch.setattr(training, "CONVERGENCE_WINDOW", 5)
     monkeypatch.setattr(training, "CONVERGENCE_TOL", 0.5)   # "converged" once progress slows
