@@ -143,6 +143,33 @@ def test_plain_fit_chooses_shared_channels_for_molecules_only(tmp_path):
     assert model.layout.n_terms > model.layout.n_bodies
 
 
+def test_lbfgs_runs_with_one_blas_thread_and_restores_the_limit(monkeypatch):
+    """L-BFGS-B's vector operations would wake BLAS threads that spin and take the cores from
+    the Numba kernels: `fit` holds BLAS to one thread while it runs, and gives the limit back."""
+    from threadpoolctl import threadpool_info, threadpool_limits
+
+    from lattenb import steps
+
+    def blas_threads():
+        return [lib["num_threads"] for lib in threadpool_info() if lib["user_api"] == "blas"]
+    seen = []
+    call = steps._Objective.__call__
+
+    def recording(self, x):
+        seen.append(blas_threads())
+        return call(self, x)
+    monkeypatch.setattr(steps._Objective, "__call__", recording)
+    rng = np.random.default_rng(6)
+    frames = [random_frame(rng, 4, 4.0, stress=False) for _ in range(3)]
+    with threadpool_limits(limits=2, user_api="blas"):
+        before = blas_threads()
+        lattenb.fit(frames, cutoff=3.5, blocks="2,-:2,i,i", hidden=(4,), max_iter=3, log=None)
+        after = blas_threads()
+    assert before and all(n == 2 for n in before)       # a BLAS library is loaded (NumPy's)
+    assert seen and all(n == 1 for during in seen for n in during)
+    assert after[:len(before)] == before and all(n == 2 for n in after)
+
+
 def test_fit_stops_on_convergence(monkeypatch):
     monkeypatch.setattr(training, "CONVERGENCE_WINDOW", 5)
     monkeypatch.setattr(training, "CONVERGENCE_TOL", 0.5)   # "converged" once progress slows
