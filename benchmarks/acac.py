@@ -169,7 +169,7 @@ def main():
         model = lattenb.load(args.evaluate)
         wall, iterations = model.fit_info.get("wall_time_s", float("nan")), model.fit_info.get("iterations", 0)
     else:
-        model = lattenb.fit(train, valid=valid, preset=args.preset or "fast", hidden=args.hidden,
+        model = lattenb.fit(train, valid=valid, preset=args.preset, hidden=args.hidden,
                             seed=args.seed, max_iter=None,
                             pair_radial=args.pair_radial or None,
                             max_time=cli.parse_duration(args.time),

@@ -225,7 +225,7 @@ def _fit(args, comm, fit, log):
     output_weights = (_floats(args.output_weights, 3, "output-weights") if args.output_weights
                       else None)
     max_time = args.max_time if args.max_time is not None else parse_duration(args.time)
-    model = fit(train, valid=valid, preset=args.preset or DEFAULT_PRESET, hidden=args.hidden,
+    model = fit(train, valid=valid, preset=args.preset, hidden=args.hidden,
                 activation=args.activation,
                 shared_radial=args.shared_radial or None, pair_radial=args.pair_radial or None,
                 radial_from=args.radial_from,

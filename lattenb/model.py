@@ -44,8 +44,6 @@ HOP_PATTERNS = ("-", "I,I", "IJ,IJ", "I,IJ,J", "IJ,JK,KI", "I,IJ,JK,K", "IJK,IJK
 
 #: Documented presets. "fast" is the speed benchmark's model (issue 2, benchmarks/bench_md.py).
 #: "hop": 2 terms of each of the 13 invariants; "hop-r2": 6 of each of the 6 of ranks <= 2.
-#: the preset of `lattenb fit` and `lattenb.fit` when none is named
-DEFAULT_PRESET = "fast"
 PRESETS = {
     "fast": {"blocks": "8,-:8,i,i:8,ij,ij:8,i,j,ij", "cutoff": 5.0, "hidden": (32, 16)},
     "accurate": {"blocks": "12,-:12,i,i:12,ij,ij:12,i,j,ij:6,ijk,ijk:6,ij,jk,ki",
@@ -55,6 +53,9 @@ PRESETS = {
     "hop-r2": {"blocks": ":".join(f"6,{p}" for p in HOP_PATTERNS[:6]), "cutoff": 5.0,
                "hidden": (32, 16)},
 }
+
+#: the preset when none is named (`lattenb.fit`, `lattenb fit`)
+DEFAULT_PRESET = "fast"
 
 MIN_CUTOFF = 0.6         # Å: twice the polynomial family's smallest width (`radial.polynomial`)
 

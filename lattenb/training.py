@@ -186,8 +186,8 @@ class _LbfgsRun:
         try:
             # one BLAS thread: L-BFGS-B's vector operations on the 10^4 parameters wake the
             # BLAS library's threads, which then spin between calls and take the cores from
-            # the Numba kernels (AcAc, 60 iterations at 2 Numba threads: 14.4 s against 9.3 s
-            # with one BLAS thread; two 1-thread fits side by side: 30 s against 16 s each)
+            # the Numba kernels (AcAc fit of 60 iterations at 2 Numba threads: 14.4 s against
+            # 10.1 s with this limit; two 1-thread fits side by side: 30 s against 21 s each)
             with threadpool_limits(limits=1, user_api="blas"):
                 if max_iter > 0:       # L-BFGS-B would still take a step with maxiter=0
                     minimize(self.objective, self.x0, jac=True, method="L-BFGS-B",
@@ -290,7 +290,7 @@ def _read_checkpoint(path):
 
 
 # --------------------------------------------------------------------------- fit
-def fit(frames, species=None, *, valid=None, model=None, preset=DEFAULT_PRESET, cutoff=None, blocks=None,
+def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=None, blocks=None,
         hidden=None, activation="gaussian", radial=None, weights=(10.0, 1.0, 0.001), l2=1e-6, max_iter=500,
         stress_offset=False, seed=0, train_radial=True, output_weights=None, solve_output=True,
         checkpoint=None, checkpoint_every=50, resume=None, max_time=None, log=print,
@@ -300,11 +300,11 @@ def fit(frames, species=None, *, valid=None, model=None, preset=DEFAULT_PRESET, 
 
     frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
     species: chemical symbols (default: all elements in frames). model: start from (a copy of)
-    this model instead of a new one built from `preset` with the cutoff/blocks/hidden/radial
-    overrides (radial: a radial family name, `lattenb.radial.names()`; shared_radial: one set
-    of radial functions for every central species; pair_radial: one set per species pair;
-    species_mode: "pair" or "embedding",
-    `lattenb.species_modes`, with its embedding_dim);
+    this model instead of a new one built from `preset` (a name in `PRESETS`, default
+    `DEFAULT_PRESET`) with the cutoff/blocks/hidden/radial overrides (radial: a radial family
+    name, `lattenb.radial.names()`; shared_radial: one set of radial functions for every
+    central species; pair_radial: one set per species pair; species_mode: "pair" or
+    "embedding", `lattenb.species_modes`, with its embedding_dim);
     a fitted model (standardisation set) continues from its parameters, e.g. to refine it with
     other weights or data.
     weights: (energy, forces, stress) loss weights (see `LossWeights`); l2: MLP weight penalty.
@@ -360,6 +360,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset=DEFAULT_PRESET, 
         weights = LossWeights(*weights, l2=l2, stress_offset=bool(stress_offset))
     output_weights = _output_weights(weights, output_weights)
     history, val_hist, x0 = None, [], None
+    preset = DEFAULT_PRESET if preset is None else preset
     settings = {"preset": preset, "weights": [weights.energy, weights.forces, weights.stress],
                 "l2": weights.l2, "stress_offset": weights.stress_offset, "seed": seed,
                 "train_radial": bool(train_radial), "max_iter": None if max_iter is None else int(max_iter),
