@@ -43,7 +43,7 @@ TARGETS = {"300K": (3.0, 15.0), "600K": (15.0, 60.0)}
 
 #: the documented setting: what plain `lattenb fit train_300K.xyz --e0 isolated_atoms.xyz` does
 SETTING = {"preset": None, "blocks": None, "hidden": None, "cutoff": None, "time": "30m",
-           "seed": 0, "radial": None, "pair_radial": False}
+           "seed": 0, "radial": None, "pair_radial": False, "l2": None}
 
 
 def rmse(model, frames):
@@ -135,6 +135,8 @@ def main():
     ap.add_argument("--cutoff", type=float, default=SETTING["cutoff"])
     ap.add_argument("--radial", default=SETTING["radial"], help="radial family (polynomial, spline, spline-N)")
     ap.add_argument("--seed", type=int, default=SETTING["seed"])
+    ap.add_argument("--l2", type=float, default=SETTING["l2"], help="L2 penalty on MLP weights "
+                                                                   "(default: plain fit's)")
     ap.add_argument("--pair-radial", action="store_true",
                     help="radial functions per species pair (lattenb fit --pair-radial)")
     ap.add_argument("--threads", type=int, help="Numba threads for training (default: all)")
@@ -161,7 +163,8 @@ def main():
         + (["--blocks", args.blocks] if args.blocks else [])
         + (["--hidden", args.hidden] if args.hidden else [])
         + (["--cutoff", str(args.cutoff)] if args.cutoff else [])
-        + (["--radial", args.radial] if args.radial else []))
+        + (["--radial", args.radial] if args.radial else [])
+        + (["--l2", str(args.l2)] if args.l2 is not None else []))
     train, valid, auto = cli.fit_settings(ns, frames)
     model_path = RESULTS / f"acac_{args.tag}.npz"
     t0 = time.perf_counter()

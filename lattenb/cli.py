@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from . import extrapolation, radial, repulsion, species_modes
+from .auto import MATERIAL_L2, MOLECULE_L2
 from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .dataset import as_dataset
 from .evaluation import evaluate_frames
@@ -103,9 +104,9 @@ def parse_duration(text):
 def fit_settings(args, frames, log=print):
     """The settings of `lattenb fit` that are chosen from the training data when not given
     (see `lattenb.auto`): validation split, isolated-atom energies, cutoff, radial family,
-    stress offset, core repulsion (zbl unless --repulsion none).
+    descriptor blocks, L2 penalty, stress offset, core repulsion (zbl unless --repulsion none).
     Returns (train, valid, keyword arguments of `fit`)."""
-    from .auto import (choose_blocks, choose_cutoff, choose_radial, has_stress,
+    from .auto import (choose_blocks, choose_cutoff, choose_l2, choose_radial, has_stress,
                        isolated_atom_energies, read_e0, split_validation)
     e0, frames = isolated_atom_energies(frames)
     if args.e0:
@@ -133,6 +134,11 @@ def fit_settings(args, frames, log=print):
         blocks, why = choose_blocks(train)
         if blocks is not None:
             log(f"descriptor blocks {blocks} ({why}); give --blocks or --preset to choose")
+    l2 = args.l2             # a resumed fit keeps its checkpoint's
+    if l2 is None:
+        l2, why = choose_l2(train)
+        if not args.resume:
+            log(f"L2 penalty {l2:g} on the MLP weights ({why}); give --l2 to choose")
     offset = args.stress_offset
     if offset is None:
         offset = has_stress(train)
@@ -144,7 +150,7 @@ def fit_settings(args, frames, log=print):
         repulsion = "zbl"
         log("core repulsion zbl below the shortest distances of the training data (give "
             "--repulsion none to leave it out)")
-    return train, valid, {"cutoff": cutoff, "radial": family, "blocks": blocks,
+    return train, valid, {"cutoff": cutoff, "radial": family, "blocks": blocks, "l2": l2,
                           "stress_offset": offset, "e0": e0 or None, "repulsion": repulsion}
 
 
@@ -231,7 +237,7 @@ def _fit(args, comm, fit, log):
                 radial_from=args.radial_from,
                 species_mode=args.species_mode, embedding_dim=args.embedding_dim,
                 train_radial=not args.freeze_radial, weights=weights,
-                l2=args.l2, output_weights=output_weights,
+                output_weights=output_weights,
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume=args.resume, max_time=max_time, log=log, log_every=args.log_every,
@@ -465,7 +471,10 @@ def build_parser():
                         "(default: --weights with the energy weight x100)")
     f.add_argument("--no-output-solve", action="store_true",
                    help="skip the final output-layer solve")
-    f.add_argument("--l2", type=float, default=1e-6, help="L2 penalty on MLP weights")
+    f.add_argument("--l2", type=float,
+                   help=f"L2 penalty on the MLP weights (default: {MOLECULE_L2:g} for "
+                        f"molecules, data without periodic structures, {MATERIAL_L2:g} "
+                        f"otherwise)")
     f.add_argument("--stress-offset", dest="stress_offset", action="store_true", default=None,
                    help="fit stresses up to one isotropic offset (the Pulay stress of plane-wave "
                         "DFT; the default when the training data has stresses); the fitted "

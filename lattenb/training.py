@@ -448,7 +448,10 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
     if solve_output and not model.interrupted:
         _final_output_solve(model, data, vdata, output_weights, log, fixed_e0)
 
-    model.fit_info = {"iterations": run.iteration, "best_valid_loss": run.best_val,
+    # the loss and optimiser settings travel with the model (a user asks what made it)
+    model.fit_info = {**{k: settings[k] for k in ("preset", "weights", "l2", "stress_offset",
+                                                  "seed", "train_radial", "lbfgs_memory")},
+                      "iterations": run.iteration, "best_valid_loss": run.best_val,
                       "output_weights": settings["output_weights"],
                       "wall_time_s": time.perf_counter() - t_start,
                       "stopped": run.stop_reason or ("interrupted" if model.interrupted

@@ -143,6 +143,34 @@ def test_plain_fit_chooses_shared_channels_for_molecules_only(tmp_path):
     assert model.layout.n_terms > model.layout.n_bodies
 
 
+def test_plain_fit_chooses_the_weight_penalty_by_data_kind(tmp_path):
+    mol = molecule("CH3CH2OH")
+    mol.calc = SinglePointCalculator(mol, energy=-1.0, forces=np.zeros((len(mol), 3)))
+    cu = bulk("Cu", cubic=True)
+    cu.calc = SinglePointCalculator(cu, energy=-1.0, forces=np.zeros((len(cu), 3)))
+    assert auto.MOLECULE_L2 > auto.MATERIAL_L2 > 0
+    parser = cli.build_parser()
+
+    def chosen(frames, *flags):
+        args = parser.parse_args(["fit", "t.xyz", "-o", str(tmp_path / "m.npz"), *flags])
+        return cli.fit_settings(args, frames, log=lambda line: None)[2]["l2"]
+    assert chosen([mol] * 4) == auto.MOLECULE_L2
+    assert chosen([mol, cu, mol, cu]) == auto.MATERIAL_L2     # one periodic structure: material
+    assert chosen([mol] * 4, "--l2", "3e-7") == 3e-7
+    # the choice reaches the fit (its default, lattenb.fit's, is the materials' value)
+    rng = np.random.default_rng(3)
+    frames = []
+    for k in range(10):
+        m = mol.copy()
+        m.positions += rng.normal(0.0, 0.03, m.positions.shape)
+        m.calc = SinglePointCalculator(m, energy=-1.0 + 0.01 * k, forces=rng.normal(0, 0.1, (len(m), 3)))
+        frames.append(m)
+    write(tmp_path / "mol.xyz", frames)
+    assert cli.main(["fit", str(tmp_path / "mol.xyz"), "-o", str(tmp_path / "mol.npz"), "--blocks",
+                     "2,-:2,i,i", "--hidden", "4", "--max-iter", "2", "--repulsion", "none"]) == 0
+    assert lattenb.load(tmp_path / "mol.npz").fit_info["l2"] == auto.MOLECULE_L2
+
+
 def test_lbfgs_runs_with_one_blas_thread_and_restores_the_limit(monkeypatch):
     """L-BFGS-B's vector operations would wake BLAS threads that spin and take the cores from
     the Numba kernels: `fit` holds BLAS to one thread while it runs, and gives the limit back."""
