@@ -156,15 +156,12 @@ def main():
     setting = {k: getattr(args, k) for k in SETTING}
     frames = read(DATA / "train_300K.xyz", ":")
     # exactly what `lattenb fit train_300K.xyz --e0 isolated_atoms.xyz` chooses
-    ns = cli.build_parser().parse_args(
-        ["fit", str(DATA / "train_300K.xyz"), "-o", "unused.npz", "--e0",
-         str(DATA / "isolated_atoms.xyz"), "--time", args.time, "--seed", str(args.seed)]
-        + (["--preset", args.preset] if args.preset else [])
-        + (["--blocks", args.blocks] if args.blocks else [])
-        + (["--hidden", args.hidden] if args.hidden else [])
-        + (["--cutoff", str(args.cutoff)] if args.cutoff else [])
-        + (["--radial", args.radial] if args.radial else [])
-        + (["--l2", str(args.l2)] if args.l2 is not None else []))
+    argv = ["fit", str(DATA / "train_300K.xyz"), "-o", "unused.npz", "--e0",
+            str(DATA / "isolated_atoms.xyz"), "--time", args.time, "--seed", str(args.seed)]
+    for name in ("preset", "blocks", "hidden", "cutoff", "radial", "l2"):   # given: the user's
+        if getattr(args, name) is not None:
+            argv += [f"--{name}", str(getattr(args, name))]
+    ns = cli.build_parser().parse_args(argv)
     train, valid, auto = cli.fit_settings(ns, frames)
     model_path = RESULTS / f"acac_{args.tag}.npz"
     t0 = time.perf_counter()

@@ -18,7 +18,8 @@ from pathlib import Path
 import numpy as np
 
 from . import extrapolation, radial, repulsion, species_modes
-from .auto import MATERIAL_L2, MOLECULE_L2
+from .auto import (MATERIAL_L2, MOLECULE_L2, choose_blocks, choose_cutoff, choose_l2, choose_radial,
+                   has_stress, isolated_atom_energies, read_e0, split_validation)
 from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .dataset import as_dataset
 from .evaluation import evaluate_frames
@@ -106,8 +107,6 @@ def fit_settings(args, frames, log=print):
     (see `lattenb.auto`): validation split, isolated-atom energies, cutoff, radial family,
     descriptor blocks, L2 penalty, stress offset, core repulsion (zbl unless --repulsion none).
     Returns (train, valid, keyword arguments of `fit`)."""
-    from .auto import (choose_blocks, choose_cutoff, choose_l2, choose_radial, has_stress,
-                       isolated_atom_energies, read_e0, split_validation)
     e0, frames = isolated_atom_energies(frames)
     if args.e0:
         e0 = read_e0(args.e0)

@@ -123,16 +123,20 @@ def test_choose_radial_splines_for_molecules_polynomial_for_materials():
     assert auto.choose_radial([mol, bulk("Cu")])[0] == "polynomial"
 
 
+def plain_fit_settings(tmp_path, frames, *flags):
+    """The settings `lattenb fit t.xyz -o m.npz FLAGS` chooses for `frames` (`cli.fit_settings`)."""
+    args = cli.build_parser().parse_args(["fit", "t.xyz", "-o", str(tmp_path / "m.npz"), *flags])
+    return cli.fit_settings(args, frames, log=lambda line: None)[2]
+
+
 def test_plain_fit_chooses_shared_channels_for_molecules_only(tmp_path):
     mol = molecule("CH3CH2OH")
     mol.calc = SinglePointCalculator(mol, energy=-1.0, forces=np.zeros((len(mol), 3)))
     assert auto.choose_blocks([mol])[0] == auto.MOLECULE_BLOCKS
     assert auto.choose_blocks([mol, bulk("Cu")])[0] is None     # periodic: the preset's
-    parser = cli.build_parser()
 
     def chosen(*flags):
-        args = parser.parse_args(["fit", "t.xyz", "-o", str(tmp_path / "m.npz"), *flags])
-        return cli.fit_settings(args, [mol] * 4, log=lambda line: None)[2]["blocks"]
+        return plain_fit_settings(tmp_path, [mol] * 4, *flags)["blocks"]
     assert chosen() == auto.MOLECULE_BLOCKS
     # a named preset, explicit blocks or a source of radial functions keep the choice the user's
     assert chosen("--preset", "fast") is None
@@ -149,11 +153,9 @@ def test_plain_fit_chooses_the_weight_penalty_by_data_kind(tmp_path):
     cu = bulk("Cu", cubic=True)
     cu.calc = SinglePointCalculator(cu, energy=-1.0, forces=np.zeros((len(cu), 3)))
     assert auto.MOLECULE_L2 > auto.MATERIAL_L2 > 0
-    parser = cli.build_parser()
 
     def chosen(frames, *flags):
-        args = parser.parse_args(["fit", "t.xyz", "-o", str(tmp_path / "m.npz"), *flags])
-        return cli.fit_settings(args, frames, log=lambda line: None)[2]["l2"]
+        return plain_fit_settings(tmp_path, frames, *flags)["l2"]
     assert chosen([mol] * 4) == auto.MOLECULE_L2
     assert chosen([mol, cu, mol, cu]) == auto.MATERIAL_L2     # one periodic structure: material
     assert chosen([mol] * 4, "--l2", "3e-7") == 3e-7
