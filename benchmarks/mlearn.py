@@ -158,11 +158,13 @@ def main():
     ap.add_argument("--radial", help="radial family instead of the setting's (polynomial, spline, "
                     "spline-N)")
     ap.add_argument("--blocks", help="block string instead of the preset's")
+    ap.add_argument("--hidden", help="hidden layer sizes instead of the setting's, e.g. 64,256")
     ap.add_argument("--threads", type=int, help="Numba threads for training (default: all)")
     ap.add_argument("--tag", default="mlearn", help="results/<tag>.{json,md} (default mlearn)")
     args = ap.parse_args()
-    setting = {**SETTING, **{k: v for k, v in (("radial", args.radial), ("blocks", args.blocks))
-                             if v is not None}}
+    hidden = tuple(int(n) for n in args.hidden.split(",")) if args.hidden else None
+    setting = {**SETTING, **{k: v for k, v in (("radial", args.radial), ("blocks", args.blocks),
+                                               ("hidden", hidden)) if v is not None}}
     if args.threads:
         import numba
         numba.set_num_threads(args.threads)
@@ -176,19 +178,24 @@ def main():
     limits = {"max_iter": args.max_iter, "max_time_s": args.max_time}
     kept = previous_rows(RESULTS / f"{args.tag}.json", setting, limits, elements)
     rows = []
-    for element in elements:
+    for element in elements:   # the tables are written after every element: a stopped run keeps its rows
         rows.append(run(element, args.max_iter, args.max_time, setting, args.tag))
         print(markdown(rows, setting), flush=True)
+        write_tables(args.tag, setting, limits, kept, rows)
+
+
+def write_tables(tag, setting, limits, kept, rows):
+    """results/<tag>.json and .md: this run's rows and the kept ones, in the order of SETTING."""
     order = list(SETTING["cutoffs"])
     rows = sorted(kept + rows, key=lambda r: order.index(r["element"]))
     RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"{args.tag}.json").write_text(
+    (RESULTS / f"{tag}.json").write_text(
         json.dumps({"setting": setting, "limits": limits, "rows": rows}, indent=2))
     text = markdown(rows, setting)
     if kept:   # say which rows this invocation did not re-run
         text += (f"\nRows kept from an earlier run with the same setting and limits: "
                  f"{', '.join(r['element'] for r in kept)}.")
-    (RESULTS / f"{args.tag}.md").write_text(text + "\n")
+    (RESULTS / f"{tag}.md").write_text(text + "\n")
 
 
 if __name__ == "__main__":

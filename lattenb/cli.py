@@ -131,8 +131,7 @@ def fit_settings(args, frames, log=print):
     blocks = args.blocks      # a chosen preset, a resumed fit or --radial-from fix the blocks
     if blocks is None and args.preset is None and not args.resume and not args.radial_from:
         blocks, why = choose_blocks(train)
-        if blocks is not None:
-            log(f"descriptor blocks {blocks} ({why}); give --blocks or --preset to choose")
+        log(f"descriptor blocks {blocks} ({why}); give --blocks or --preset to choose")
     l2 = args.l2             # a resumed fit keeps its checkpoint's
     if l2 is None:
         l2, why = choose_l2(train)
@@ -425,8 +424,8 @@ def build_parser():
                                    "(default: every 10th training structure)")
     f.add_argument("-o", "--output", required=True, help="model file to write (.npz)")
     f.add_argument("--preset", choices=sorted(PRESETS),
-                   help=f"descriptor and MLP size (default {DEFAULT_PRESET}, with shared-channel "
-                        "blocks for non-periodic data)")
+                   help=f"descriptor and MLP size (default {DEFAULT_PRESET}'s MLP, with blocks chosen "
+                        "from the data: shared channels for molecules, rank-3 bodies for materials)")
     f.add_argument("--blocks", help="descriptor block string, e.g. '8,-:8,i,i:8,ij,ij' (n terms per "
                    "block), or '8c,-:8c,i,i:4c,i,j,ij' (n shared channels per block)")
     f.add_argument("--hidden", help="hidden layer sizes, e.g. 32,16")

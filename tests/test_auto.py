@@ -129,15 +129,18 @@ def plain_fit_settings(tmp_path, frames, *flags):
     return cli.fit_settings(args, frames, log=lambda line: None)[2]
 
 
-def test_plain_fit_chooses_shared_channels_for_molecules_only(tmp_path):
+def test_plain_fit_chooses_blocks_by_data_kind(tmp_path):
     mol = molecule("CH3CH2OH")
     mol.calc = SinglePointCalculator(mol, energy=-1.0, forces=np.zeros((len(mol), 3)))
     assert auto.choose_blocks([mol])[0] == auto.MOLECULE_BLOCKS
-    assert auto.choose_blocks([mol, bulk("Cu")])[0] is None     # periodic: the preset's
+    assert auto.choose_blocks([mol, bulk("Cu")])[0] == auto.MATERIAL_BLOCKS   # one periodic
 
     def chosen(*flags):
         return plain_fit_settings(tmp_path, [mol] * 4, *flags)["blocks"]
     assert chosen() == auto.MOLECULE_BLOCKS
+    cu = bulk("Cu", cubic=True)
+    cu.calc = SinglePointCalculator(cu, energy=-1.0, forces=np.zeros((len(cu), 3)))
+    assert plain_fit_settings(tmp_path, [cu] * 4)["blocks"] == auto.MATERIAL_BLOCKS
     # a named preset, explicit blocks or a source of radial functions keep the choice the user's
     assert chosen("--preset", "fast") is None
     assert chosen("--blocks", "2,-:2,i,i") == "2,-:2,i,i"
@@ -145,6 +148,9 @@ def test_plain_fit_chooses_shared_channels_for_molecules_only(tmp_path):
     # a valid descriptor, with more terms than bodies (one per channel assignment)
     model = lattenb.LatteModel(["H", "C", "O"], blocks=auto.MOLECULE_BLOCKS, radial="spline")
     assert model.layout.n_terms > model.layout.n_bodies
+    # the materials' blocks: the fast preset's plus rank-3 bodies
+    ranks = lattenb.LatteModel(["Cu"], blocks=auto.MATERIAL_BLOCKS).layout.body_rank
+    assert ranks.max() == 3
 
 
 def test_plain_fit_chooses_the_weight_penalty_by_data_kind(tmp_path):
