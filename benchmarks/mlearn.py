@@ -178,7 +178,7 @@ def main():
     limits = {"max_iter": args.max_iter, "max_time_s": args.max_time}
     kept = previous_rows(RESULTS / f"{args.tag}.json", setting, limits, elements)
     rows = []
-    for element in elements:   # the tables are written after every element: a stopped run keeps its rows
+    for element in elements:   # tables written after every element: a stopped run keeps its rows
         rows.append(run(element, args.max_iter, args.max_time, setting, args.tag))
         print(markdown(rows, setting), flush=True)
         write_tables(args.tag, setting, limits, kept, rows)
