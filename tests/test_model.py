@@ -190,11 +190,13 @@ def test_cluster_virial_matches_strain_finite_differences(activation):
 
 #: shared channels ("nc" blocks): every body's force adjoint collects from several terms
 CHANNELS = "2c,-:2c,i,i:2c,IJ,IJ:2c,i,j,ij:2c,i,ij,jk,k"
+#: the patterns plain `lattenb fit` uses on materials (`auto.MATERIAL_BLOCKS`), one term each
+MATERIAL = "1,-:1,i,i:1,ij,ij:1,i,j,ij:1,ijk,ijk:1,i,jk,ijk"
 
 
-@pytest.mark.parametrize("blocks", [TRACELESS, CHANNELS])
+@pytest.mark.parametrize("blocks", [TRACELESS, CHANNELS, MATERIAL])
 @pytest.mark.parametrize("name", list(STRUCTURES))
-def test_traceless_and_channel_forces_and_stress_match_finite_differences(name, blocks):
+def test_traceless_channel_and_material_forces_and_stress_match_finite_differences(name, blocks):
     m = make_model("silu", blocks=blocks)
     atoms = STRUCTURES[name]
     out = compute(m, atoms)
