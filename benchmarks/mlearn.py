@@ -162,7 +162,11 @@ def main():
     ap.add_argument("--threads", type=int, help="Numba threads for training (default: all)")
     ap.add_argument("--tag", default="mlearn", help="results/<tag>.{json,md} (default mlearn)")
     args = ap.parse_args()
-    hidden = tuple(int(n) for n in args.hidden.split(",")) if args.hidden else None
+    from lattenb.model import parse_hidden
+    try:
+        hidden = parse_hidden(args.hidden) if args.hidden else None   # a tuple, as in SETTING
+    except ValueError as err:
+        raise SystemExit(f"--hidden: {err}") from None
     setting = {**SETTING, **{k: v for k, v in (("radial", args.radial), ("blocks", args.blocks),
                                                ("hidden", hidden)) if v is not None}}
     if args.threads:

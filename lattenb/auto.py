@@ -152,12 +152,19 @@ def is_molecular(frames):
     return not any(a.pbc.any() for a in frames)
 
 
+def _by_data_kind(frames, molecule, material):
+    """(value, reason) from two (value, why) pairs: `molecule` when no structure is periodic,
+    else `material`; the reason names the data kind."""
+    if is_molecular(frames):
+        return molecule[0], f"non-periodic structures: {molecule[1]}"
+    return material[0], f"periodic structures: {material[1]}"
+
+
 def choose_radial(frames):
     """(radial family name, reason): MOLECULE_RADIAL when no structure is periodic, else
     MATERIAL_RADIAL."""
-    if is_molecular(frames):
-        return MOLECULE_RADIAL, "non-periodic structures: splines won on molecules"
-    return MATERIAL_RADIAL, "periodic structures: polynomial bumps won on materials"
+    return _by_data_kind(frames, (MOLECULE_RADIAL, "splines won on molecules"),
+                         (MATERIAL_RADIAL, "polynomial bumps won on materials"))
 
 
 #: descriptor of non-periodic data: shared channels (README, "Shared channels"). On AcAc the
@@ -185,9 +192,8 @@ MATERIAL_BLOCKS = "8,-:8,i,i:8,ij,ij:8,i,j,ij:8,ijk,ijk:8,i,jk,ijk"
 def choose_blocks(frames):
     """(block string, reason): MOLECULE_BLOCKS when no structure is periodic, else
     MATERIAL_BLOCKS."""
-    if is_molecular(frames):
-        return MOLECULE_BLOCKS, "non-periodic structures: shared channels won on molecules"
-    return MATERIAL_BLOCKS, "periodic structures: rank-3 bodies won on materials"
+    return _by_data_kind(frames, (MOLECULE_BLOCKS, "shared channels won on molecules"),
+                         (MATERIAL_BLOCKS, "rank-3 bodies won on materials"))
 
 
 #: L2 penalty on the MLP weights (`LossWeights.l2`) per kind of data (README, AcAc section, "The
@@ -204,9 +210,8 @@ MATERIAL_L2 = 1e-6
 def choose_l2(frames):
     """(L2 penalty on the MLP weights, reason): MOLECULE_L2 when no structure is periodic, else
     MATERIAL_L2."""
-    if is_molecular(frames):
-        return MOLECULE_L2, "non-periodic structures: a stronger penalty won on molecules"
-    return MATERIAL_L2, "periodic structures"
+    return _by_data_kind(frames, (MOLECULE_L2, "a stronger penalty won on molecules"),
+                         (MATERIAL_L2, "a stronger one was no better on metals"))
 
 
 def choose_cutoff(frames):

@@ -60,6 +60,15 @@ DEFAULT_PRESET = "fast"
 MIN_CUTOFF = 0.6         # Å: twice the polynomial family's smallest width (`radial.polynomial`)
 
 
+def parse_hidden(text):
+    """Hidden layer sizes from a command-line string, "32,16" -> (32, 16)."""
+    try:
+        return tuple(int(h) for h in text.split(","))
+    except ValueError:
+        raise ValueError(f"hidden layer sizes must be comma-separated positive integers, "
+                         f"got {text!r}") from None
+
+
 class LatteModel:
     """A LATTE potential: descriptor settings, parameters, and evaluation.
 
@@ -118,11 +127,7 @@ class LatteModel:
         self.blocks = format_blocks(parse_blocks(blocks))
         self.layout = descriptor_layout(self.blocks)
         if isinstance(hidden, str):   # "32,16", as on the command line
-            try:
-                hidden = tuple(int(h) for h in hidden.split(","))
-            except ValueError:
-                raise ValueError(f"hidden layer sizes must be comma-separated positive integers, "
-                                 f"got {hidden!r}") from None
+            hidden = parse_hidden(hidden)
         if isinstance(hidden, (int, np.integer)):
             hidden = (hidden,)
         if any(isinstance(h, bool) or not float(h).is_integer() or h <= 0 for h in hidden):

@@ -129,17 +129,21 @@ def plain_fit_settings(tmp_path, frames, *flags):
     return cli.fit_settings(args, frames, log=lambda line: None)[2]
 
 
+def labelled(atoms):
+    """`atoms` with a reference energy of -1 eV and zero forces, as a training frame."""
+    atoms.calc = SinglePointCalculator(atoms, energy=-1.0, forces=np.zeros((len(atoms), 3)))
+    return atoms
+
+
 def test_plain_fit_chooses_blocks_by_data_kind(tmp_path):
-    mol = molecule("CH3CH2OH")
-    mol.calc = SinglePointCalculator(mol, energy=-1.0, forces=np.zeros((len(mol), 3)))
+    mol = labelled(molecule("CH3CH2OH"))
     assert auto.choose_blocks([mol])[0] == auto.MOLECULE_BLOCKS
     assert auto.choose_blocks([mol, bulk("Cu")])[0] == auto.MATERIAL_BLOCKS   # one periodic
 
     def chosen(*flags):
         return plain_fit_settings(tmp_path, [mol] * 4, *flags)["blocks"]
     assert chosen() == auto.MOLECULE_BLOCKS
-    cu = bulk("Cu", cubic=True)
-    cu.calc = SinglePointCalculator(cu, energy=-1.0, forces=np.zeros((len(cu), 3)))
+    cu = labelled(bulk("Cu", cubic=True))
     assert plain_fit_settings(tmp_path, [cu] * 4)["blocks"] == auto.MATERIAL_BLOCKS
     # a named preset, explicit blocks or a source of radial functions keep the choice the user's
     assert chosen("--preset", "fast") is None
@@ -154,10 +158,8 @@ def test_plain_fit_chooses_blocks_by_data_kind(tmp_path):
 
 
 def test_plain_fit_chooses_the_weight_penalty_by_data_kind(tmp_path):
-    mol = molecule("CH3CH2OH")
-    mol.calc = SinglePointCalculator(mol, energy=-1.0, forces=np.zeros((len(mol), 3)))
-    cu = bulk("Cu", cubic=True)
-    cu.calc = SinglePointCalculator(cu, energy=-1.0, forces=np.zeros((len(cu), 3)))
+    mol = labelled(molecule("CH3CH2OH"))
+    cu = labelled(bulk("Cu", cubic=True))
     assert auto.MOLECULE_L2 > auto.MATERIAL_L2 > 0
 
     def chosen(frames, *flags):

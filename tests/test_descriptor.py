@@ -147,15 +147,19 @@ def structures():
 STRUCTURES = structures()
 
 
+def random_windows(m, rng):
+    """`m` with random radial windows inside the cutoff (widths 0.6-1.6 Å), so that the
+    references see bodies of different supports; returns m."""
+    rows, bodies = m.params["centres"].shape
+    widths = rng.uniform(0.6, 1.6, size=(rows, bodies))
+    m.set_parameters(centres=rng.uniform(widths, CUTOFF - widths), widths=widths)
+    return m
+
+
 @pytest.fixture(scope="module")
 def model():
     m = LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=ALL_PATTERNS, hidden=(4,), seed=3)
-    rng = np.random.default_rng(11)
-    S, B = m.params["centres"].shape
-    widths = rng.uniform(0.6, 1.6, size=(S, B))
-    centres = rng.uniform(widths, CUTOFF - widths)
-    m.set_parameters(centres=centres, widths=widths)
-    return m
+    return random_windows(m, np.random.default_rng(11))
 
 
 # ----------------------------------------------------------------------------- tests
@@ -169,11 +173,8 @@ def test_material_blocks_match_einsum_reference(name):
     """The blocks plain `lattenb fit` chooses for materials, with their rank-3 pattern i,jk,ijk
     that ALL_PATTERNS does not contain, against the einsum reference."""
     from lattenb.auto import MATERIAL_BLOCKS
-    m = LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=MATERIAL_BLOCKS, hidden=(4,), seed=5)
-    rng = np.random.default_rng(12)
-    S, B = m.params["centres"].shape
-    widths = rng.uniform(0.6, 1.6, size=(S, B))
-    m.set_parameters(centres=rng.uniform(widths, CUTOFF - widths), widths=widths)
+    m = random_windows(LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=MATERIAL_BLOCKS,
+                                  hidden=(4,), seed=5), np.random.default_rng(12))
     atoms = STRUCTURES[name]
     G = m.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
     G_ref, scale = reference_descriptors(MATERIAL_BLOCKS, m.params, m.numbers, atoms, CUTOFF)
@@ -209,11 +210,8 @@ def test_pair_radial_descriptors_match_einsum_reference(name):
     own window, the reference picks the row from both species of each pair."""
     m = LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=ALL_PATTERNS, hidden=(4,), seed=3,
                    pair_radial=True)
-    rng = np.random.default_rng(12)
-    R, B = m.params["centres"].shape
-    assert R == 4
-    widths = rng.uniform(0.6, 1.6, size=(R, B))
-    m.set_parameters(centres=rng.uniform(widths, CUTOFF - widths), widths=widths)
+    assert m.params["centres"].shape[0] == 4
+    random_windows(m, np.random.default_rng(12))
     atoms = STRUCTURES[name]
     G = m.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
     G_ref, scale = reference_descriptors(ALL_PATTERNS, m.params, m.numbers, atoms, CUTOFF,
@@ -232,10 +230,8 @@ def test_descriptors_of_each_pattern_alone():
     rng = np.random.default_rng(5)
     for pattern in DESIGN_PATTERNS:
         spec = f"2,{pattern}"
-        m = LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=spec, hidden=(2,), seed=1)
-        S, B = m.params["centres"].shape
-        widths = rng.uniform(0.6, 1.6, size=(S, B))
-        m.set_parameters(widths=widths, centres=rng.uniform(widths, CUTOFF - widths))
+        m = random_windows(LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=spec,
+                                      hidden=(2,), seed=1), rng)
         G = m.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
         G_ref, scale = reference_descriptors(spec, m.params, m.numbers, atoms, CUTOFF)
         assert np.all(np.abs(G - G_ref) <= 1e-12 * scale + 1e-300), pattern
