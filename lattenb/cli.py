@@ -226,8 +226,14 @@ def cmd_fit(args):
 def _fit(args, comm, fit, log):
     train, valid, auto = _fit_inputs(args, comm, log)
     weights = _floats(args.weights, 3, "weights")
-    output_weights = (_floats(args.output_weights, 3, "output-weights") if args.output_weights
-                      else None)
+    output_weights = None
+    if args.output_weights:      # "auto" energy: chosen on validation data, as by default
+        energy, _, rest = args.output_weights.partition(",")
+        auto_energy = energy.strip() == "auto"
+        output_weights = _floats(("0," if auto_energy else energy + ",") + rest, 3,
+                                 "output-weights")
+        if auto_energy:
+            output_weights = (None,) + output_weights[1:]
     max_time = args.max_time if args.max_time is not None else parse_duration(args.time)
     model = fit(train, valid=valid, preset=args.preset, hidden=args.hidden,
                 activation=args.activation,
@@ -465,8 +471,9 @@ def build_parser():
     f.add_argument("--weights", default="10,1,0.001",
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
     f.add_argument("--output-weights",
-                   help="weights E,F,S of the final exact solve of the output layer "
-                        "(default: --weights with the energy weight x100)")
+                   help="weights E,F,S of the final exact solve of the output layer; E may "
+                        "be 'auto' (default: auto,F,S of --weights: the energy weight of "
+                        "--weights x 1 to 1000, or no solve, whichever validates best)")
     f.add_argument("--no-output-solve", action="store_true",
                    help="skip the final output-layer solve")
     f.add_argument("--l2", type=float,

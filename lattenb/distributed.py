@@ -190,17 +190,23 @@ def scatter_frames(comm, frames, cutoff):
     return comm.comm.scatter(parts, root=0)
 
 
+def tsqr_factor(comm, block):
+    """The triangular factor R of a matrix whose rows are spread across ranks (`block` (n_k, C)
+    on rank k), on rank 0 (None elsewhere): each rank reduces its rows to their own factor, rank
+    0 stacks them in rank order and factorises again (TSQR), so only C^2 numbers per rank
+    travel. |block x| = |R x| for every x: least squares over the rows can run on R."""
+    C = block.shape[1]
+    r = np.linalg.qr(block, mode="r") if len(block) else np.zeros((0, C))
+    stacked = comm.gather(r)
+    if comm.rank != 0:
+        return None
+    return np.linalg.qr(stacked, mode="r") if len(stacked) > C else stacked
+
+
 def tsqr_lstsq(comm, A, y):
     """Least squares min |A x - y| (min-norm x) over rows spread across ranks (A (n_k, C), y
-    (n_k,) on rank k): each rank reduces [A y] to its triangular factor, rank 0 stacks them in
-    rank order and factorises again (TSQR), so only (C+1)^2 numbers per rank travel. Returns x
-    (C,) on every rank."""
+    (n_k,) on rank k) by `tsqr_factor` of [A y]. Returns x (C,) on every rank."""
     C = A.shape[1]
-    block = np.hstack([A, y[:, None]])
-    r = np.linalg.qr(block, mode="r") if len(block) else np.zeros((0, C + 1))
-    stacked = comm.gather(r)
-    x = None
-    if comm.rank == 0:
-        R = np.linalg.qr(stacked, mode="r") if len(stacked) > C + 1 else stacked
-        x = np.linalg.lstsq(R[:, :C], R[:, C], rcond=None)[0]
+    R = tsqr_factor(comm, np.hstack([A, y[:, None]]))
+    x = np.linalg.lstsq(R[:, :C], R[:, C], rcond=None)[0] if comm.rank == 0 else None
     return comm.bcast(x)

@@ -30,8 +30,9 @@ from .loss import LossWeights, loss_and_gradient, stress_residuals
 from .model import DEFAULT_PRESET, LatteModel, load_model, read_model
 from .predict import predict
 from .species import species_in
-from .steps import (TRAINING_CHUNKS, ParameterVector, _Objective, _output_weights,
-                    fit_reference_energies, solve_output_layer, standardise, zero_output_layer)
+from .steps import (OUTPUT_FOLDS, TRAINING_CHUNKS, ParameterVector, _Objective, _output_weights,
+                    choose_output_layer, fit_reference_energies, solve_output_layer, standardise,
+                    zero_output_layer)
 
 #: the fixed buffers of a model (set by `standardise`), not trained by L-BFGS
 BUFFERS = ("g_mean", "g_std")
@@ -217,9 +218,11 @@ class _LbfgsRun:
 
 
 # --------------------------------------------------------------------------- step 3
-def _final_output_solve(model, data, vdata, weights, log, fixed_e0=False):
+def _final_output_solve(model, data, vdata, weights, log, fixed_e0=False, energies=None):
     """Replace the output layer weights and e0 by their exact minimiser of the training loss at
-    `weights` (see `solve_output_layer`), logging train and validation errors before and after.
+    `weights` (see `solve_output_layer`), logging train and validation errors before and after;
+    given candidate `energies`, at the one of them that cross-validates best over the training
+    structures (`choose_output_layer`). Returns the energy weight used.
 
     Always kept: a validation loss this energy-heavy is dominated by its worst structure (on the
     mlearn Cu split the solve lowered the validation energy MAE from 1.20 to 0.87 meV/atom and
@@ -237,16 +240,28 @@ def _final_output_solve(model, data, vdata, weights, log, fixed_e0=False):
             line += f"  valid E {ve:.3f}  F {vf:.4f}"
         log(line + " (RMSE)")
     if log is not None:
-        log(f"solving the output layer exactly at weights E,F,S = {weights.energy:g},"
-            f"{weights.forces:g},{weights.stress:g}")
+        log("solving the output layer exactly at weights E,F,S = "
+            + ("chosen by cross-validation" if energies is not None else f"{weights.energy:g}")
+            + f",{weights.forces:g},{weights.stress:g}")
     report("before")
+    energy = weights.energy
     try:
-        solve_output_layer(model, data, weights, TRAINING_CHUNKS, fixed_e0)
+        if energies is not None:
+            rows = choose_output_layer(model, data, weights, energies, TRAINING_CHUNKS, fixed_e0)
+            energy = rows[0][0]
+            if log is not None:
+                log(f"  energy weight: {OUTPUT_FOLDS}-fold cross-validated MAE E (meV/atom), "
+                    f"F (eV/A), score (mean of both relative to the lowest), best first")
+                for w, e, f, score in rows:
+                    log(f"    {w:8g}  E {e:.3f}  F {f:.4f}  score {score:.3f}")
+        else:
+            solve_output_layer(model, data, weights, TRAINING_CHUNKS, fixed_e0)
     except KeyboardInterrupt:
         model.set_parameters(**before)
         model.interrupted = True
-        return
+        return None
     report("after ")
+    return energy
 
 
 # --------------------------------------------------------------------------- checkpoints
@@ -312,8 +327,10 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
     fitted value, in GPa, is `model.fit_info["stress_offset_GPa"]` (the validation loss fits
     its own).
     output_weights: (energy, forces, stress) weights of a last, exact least-squares solve of the
-    output layer and e0 (default: `weights` with the energy weight times OUTPUT_ENERGY_FACTOR;
-    `solve_output=False` skips it). L-BFGS makes good progress only while forces dominate the
+    output layer and e0 (`solve_output=False` skips it). An energy weight of None, and the
+    default None (with the forces and stress weights of `weights`), is chosen among `weights`'
+    energy weight times OUTPUT_ENERGY_FACTORS by cross-validation over the training structures
+    (`choose_output_layer`; the choice is `fit_info["output_energy_weight"]`). L-BFGS makes good progress only while forces dominate the
     loss, and then resolves the energy directions slowly; the energy is linear in the output
     layer, so a solve with a larger energy weight places the energies without retraining.
     max_iter: L-BFGS-B iterations (None: no limit). checkpoint: path written every `checkpoint_every` iterations
@@ -358,15 +375,16 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
                          + (" on one of the ranks" if comm.size > 1 else ""))
     if not isinstance(weights, LossWeights):
         weights = LossWeights(*weights, l2=l2, stress_offset=bool(stress_offset))
-    output_weights = _output_weights(weights, output_weights)
+    output_weights, output_energies = _output_weights(weights, output_weights)
     history, val_hist, x0 = None, [], None
     preset = DEFAULT_PRESET if preset is None else preset
     settings = {"preset": preset, "weights": [weights.energy, weights.forces, weights.stress],
                 "l2": weights.l2, "stress_offset": weights.stress_offset, "seed": seed,
                 "train_radial": bool(train_radial), "max_iter": None if max_iter is None else int(max_iter),
                 "lbfgs_memory": LBFGS_MEMORY,
-                "output_weights": [output_weights.energy, output_weights.forces,
-                                   output_weights.stress] if solve_output else None}
+                "output_weights": [None if output_energies else output_weights.energy,
+                                   output_weights.forces, output_weights.stress]
+                if solve_output else None}
     if radial_from is not None and not isinstance(radial_from, LatteModel):
         radial_from = load_model(radial_from)
     if resume is not None:           # the settings of the checkpoint's run replace these
@@ -381,7 +399,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
         settings["lbfgs_memory"] = fit_info.get("lbfgs_memory", 20)   # 20 before it was recorded
         solve_output = settings["output_weights"] is not None
         if solve_output:
-            output_weights = _output_weights(weights, settings["output_weights"])
+            output_weights, output_energies = _output_weights(weights, settings["output_weights"])
     elif model is None:
         if radial_from is not None and radial is None:     # the source's family
             radial = radial_from.radial
@@ -445,14 +463,17 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
         run.save_checkpoint(checkpoint)
 
     # step 3: the exact solve of the output layer
+    output_energy = None
     if solve_output and not model.interrupted:
-        _final_output_solve(model, data, vdata, output_weights, log, fixed_e0)
+        output_energy = _final_output_solve(model, data, vdata, output_weights, log, fixed_e0,
+                                            output_energies)
 
     # the loss and optimiser settings travel with the model (a user asks what made it)
     model.fit_info = {**{k: settings[k] for k in ("preset", "weights", "l2", "stress_offset",
                                                   "seed", "train_radial", "lbfgs_memory")},
                       "iterations": run.iteration, "best_valid_loss": run.best_val,
                       "output_weights": settings["output_weights"],
+                      "output_energy_weight": output_energy,
                       "wall_time_s": time.perf_counter() - t_start,
                       "stopped": run.stop_reason or ("interrupted" if model.interrupted
                                                      else "iteration limit")}

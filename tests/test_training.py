@@ -16,7 +16,7 @@ from lattenb.dataset import prepare_dataset
 from lattenb.loss import LossWeights, loss_and_gradient, stress_residuals
 from lattenb.model import LatteModel
 from lattenb.predict import predict
-from lattenb.steps import solve_output_layer
+from lattenb.steps import OUTPUT_ENERGY_FACTORS, solve_output_layer
 
 DATA = Path(lattenb.__file__).parent / "data"
 BLOCKS = "2,-:2,i,i:1,ij,ij:1,ijk,ijk:1,i,j,ij:1,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
@@ -216,6 +216,48 @@ def test_output_layer_solve_leaves_absent_species_alone():
     mlp_mo, e0_mo = model.params["mlp"][mo].copy(), model.params["e0"][mo]
     solve_output_layer(model, prepare_dataset(frames, model), LossWeights(10.0, 1.0, 0.1))
     assert np.array_equal(model.params["mlp"][mo], mlp_mo) and model.params["e0"][mo] == e0_mo
+
+
+def test_output_layer_energy_weight_by_cross_validation():
+    """choose_output_layer: every candidate's cross-validated MAE is that of the held-out
+    structures predicted (by predict, an independent path) by models solved by
+    solve_output_layer on the other structures, one structure per fold; the rows come best
+    score first (each error relative to the lowest); the model ends at the full solve at the
+    best row's energy weight."""
+    from dataclasses import replace
+
+    from lattenb.steps import choose_output_layer
+    rng = np.random.default_rng(26)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 6, 4.4, stress=False),
+              random_frame(rng, 4, 3.8), random_frame(rng, 5, 4.1, forces=False),
+              random_frame(rng, 4, 3.9)]
+    weights = LossWeights(10.0, 1.0, 0.01, l2=1e-6, stress_offset=True)
+    energies = [1.0, 30.0, 1000.0]
+
+    def held_out_mae(energy):
+        sums = np.zeros(4)
+        for k, atoms in enumerate(frames):
+            m = small_model(seed=27)
+            solve_output_layer(m, prepare_dataset(frames[:k] + frames[k + 1:], m),
+                               replace(weights, energy=energy))
+            E, F, _, _ = predict(m, prepare_dataset([atoms], m))
+            sums[:2] += abs(E[0] - atoms.get_potential_energy()) / len(atoms), 1
+            if "forces" in atoms.calc.results:
+                sums[2:] += np.abs(F - atoms.get_forces()).sum(), F.size
+        return 1000.0 * sums[0] / sums[1], sums[2] / sums[3]
+
+    model = small_model(seed=27)
+    data = prepare_dataset(frames, model)
+    rows = choose_output_layer(model, data, weights, energies, n_folds=len(frames))
+    errors = {energy: held_out_mae(energy) for energy in energies}
+    lowest = [min(e[k] for e in errors.values()) for k in (0, 1)]
+    expected = sorted(((w, *e, (e[0] / lowest[0] + e[1] / lowest[1]) / 2)
+                       for w, e in errors.items()), key=lambda r: r[3])
+    np.testing.assert_allclose(np.array(rows), np.array(expected), rtol=1e-8)
+    solved = small_model(seed=27)
+    solve_output_layer(solved, data, replace(weights, energy=rows[0][0]))
+    np.testing.assert_allclose(model.params["mlp"], solved.params["mlp"], rtol=1e-10)
+    np.testing.assert_allclose(model.params["e0"], solved.params["e0"], rtol=1e-10)
 
 
 def test_gradient_non_periodic_cluster():
@@ -433,8 +475,22 @@ def test_cli_output_weights(tmp_path, capsys):
     _, _, g_plain = loss_and_gradient(m_plain, data, w)
     assert (np.abs(g_solved["mlp"][:, -(K + 1):-1]).max()
             < 1e-8 * np.abs(g_plain["mlp"][:, -(K + 1):-1]).max())
+    # an "auto" energy weight is chosen among the fit's x OUTPUT_ENERGY_FACTORS
+    chosen = tmp_path / "chosen.npz"
+    assert cli.main(["fit", *common, "-o", str(chosen), "--output-weights", "auto,1,0.01"]) == 0
+    out = capsys.readouterr().out
+    assert "exactly at weights E,F,S = chosen by cross-validation,1,0.01" in out
+    candidates = [10.0 * f for f in OUTPUT_ENERGY_FACTORS]
+    table = [line.split() for line in out.splitlines() if " E " in line and "score" in line
+             and "cross-validated" not in line]
+    assert sorted(float(row[0]) for row in table) == candidates
+    info = lattenb.load(chosen).fit_info
+    assert info["output_weights"] == [None, 1.0, 0.01]
+    assert info["output_energy_weight"] == float(table[0][0])
     with pytest.raises(SystemExit, match="output-weights"):
         cli.main(["fit", *common, "-o", str(plain), "--output-weights", "1,2"])
+    with pytest.raises(SystemExit, match="output-weights"):
+        cli.main(["fit", *common, "-o", str(plain), "--output-weights", "auto,1"])
     with pytest.raises(ValueError, match="output_weights must be three"):
         lattenb.fit(read(train, ":"), output_weights=(1.0, 2.0), max_iter=1, log=None)
     with pytest.raises(SystemExit, match="output_weights must be three"):
