@@ -14,7 +14,7 @@ import lattenb
 from lattenb import auto, cli, training
 from lattenb.dataset import prepare_dataset
 from lattenb.loss import LossWeights, loss_and_gradient
-from lattenb.steps import solve_output_layer
+from lattenb.steps import OUTPUT_ENERGY_FACTORS, solve_output_layer
 
 
 def isolated(symbol, energy, ctype="IsolatedAtom"):
@@ -63,9 +63,12 @@ def test_fit_keeps_isolated_atom_e0_fixed_and_its_output_solve_is_exact():
                         cutoff=3.5, blocks="2,-:2,i,i", hidden=(4,), max_iter=5, log=None)
     assert np.array_equal(model.params["e0"], [e0[s] for s in model.species])
     assert model.fit_info["e0_isolated_atoms"] == e0
-    # the final solve is the exact minimiser over the output weights and biases with e0 fixed
+    # the final solve is the exact minimiser over the output weights and biases with e0 fixed,
+    # at the energy weight its cross-validation chose
     data = prepare_dataset(frames, model)
-    w = LossWeights(1000.0, 1.0, 0.001, l2=1e-6)
+    energy = model.fit_info["output_energy_weight"]
+    assert energy in [10.0 * f for f in OUTPUT_ENERGY_FACTORS]
+    w = LossWeights(energy, 1.0, 0.001, l2=1e-6)
     K = int(model.layer_sizes[-2])
     _, _, g = loss_and_gradient(model, data, w)
     scale = np.abs(g["mlp"]).max()

@@ -506,7 +506,8 @@ def test_cli_example_runs_with_the_fit_defaults(tmp_path, capsys):
     model = lattenb.load(out)
     assert model.fit_info["iterations"] == 2
     weights = [float(v) for v in defaults.weights.split(",")]
-    assert model.fit_info["output_weights"] == [100 * weights[0]] + weights[1:]
+    assert model.fit_info["output_weights"] == [None] + weights[1:]     # E by cross-validation
+    assert model.fit_info["output_energy_weight"] in [weights[0] * f for f in OUTPUT_ENERGY_FACTORS]
 
 
 def test_cli_errors(tmp_path):
