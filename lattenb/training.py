@@ -330,9 +330,10 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
     output layer and e0 (`solve_output=False` skips it). An energy weight of None, and the
     default None (with the forces and stress weights of `weights`), is chosen among `weights`'
     energy weight times OUTPUT_ENERGY_FACTORS by cross-validation over the training structures
-    (`choose_output_layer`; the choice is `fit_info["output_energy_weight"]`). L-BFGS makes good progress only while forces dominate the
-    loss, and then resolves the energy directions slowly; the energy is linear in the output
-    layer, so a solve with a larger energy weight places the energies without retraining.
+    (`choose_output_layer`; the choice is `fit_info["output_energy_weight"]`). L-BFGS makes
+    good progress only while forces dominate the loss, and then resolves the energy directions
+    slowly; the energy is linear in the output layer, so a solve with a larger energy weight
+    places the energies without retraining.
     max_iter: L-BFGS-B iterations (None: no limit). checkpoint: path written every `checkpoint_every` iterations
     (a loadable model file holding the best parameters so far plus the optimiser history);
     resume: a checkpoint path to continue from (reaches the same model as an uninterrupted run).
