@@ -346,7 +346,9 @@ def choose_output_layer(model, data, weights, energies, n_chunks=None, fixed_e0=
     problem = OutputLayerProblem(model, data, n_chunks)
     errors = {w: problem.cross_validated_errors(replace(weights, energy=w), n_folds)
               for w in energies}
-    best = [np.nanmin([e[k] for e in errors.values()]) for k in (0, 1)]
+    # the lowest energy and force MAE (nan for a quantity the data lacks, e.g. no forces)
+    best = [min((e[k] for e in errors.values() if np.isfinite(e[k])), default=np.nan)
+            for k in (0, 1)]
 
     def score(e):
         parts = [v / ref for v, ref in zip(e, best) if ref > 0]

@@ -258,6 +258,12 @@ def test_output_layer_energy_weight_by_cross_validation():
     solve_output_layer(solved, data, replace(weights, energy=rows[0][0]))
     np.testing.assert_allclose(model.params["mlp"], solved.params["mlp"], rtol=1e-10)
     np.testing.assert_allclose(model.params["e0"], solved.params["e0"], rtol=1e-10)
+    # energies only: no force MAE, and the score is the energy MAE relative to the lowest
+    energy_only = [random_frame(rng, 4, 4.0 + 0.1 * k, forces=False) for k in range(4)]
+    model = small_model(seed=28)
+    rows = choose_output_layer(model, prepare_dataset(energy_only, model), weights, energies)
+    assert all(np.isnan(r[2]) for r in rows)
+    np.testing.assert_allclose([r[3] for r in rows], [r[1] / rows[0][1] for r in rows])
 
 
 def test_gradient_non_periodic_cluster():
