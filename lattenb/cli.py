@@ -227,7 +227,7 @@ def _fit(args, comm, fit, log):
     train, valid, auto = _fit_inputs(args, comm, log)
     weights = _floats(args.weights, 3, "weights")
     output_weights = None
-    if args.output_weights:      # "auto" energy: chosen on validation data, as by default
+    if args.output_weights:      # an "auto" energy weight is chosen by cross-validation
         energy, _, rest = args.output_weights.partition(",")
         auto_energy = energy.strip() == "auto"
         output_weights = _floats(("0," if auto_energy else energy + ",") + rest, 3,
@@ -472,8 +472,8 @@ def build_parser():
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
     f.add_argument("--output-weights",
                    help="weights E,F,S of the final exact solve of the output layer; E may "
-                        "be 'auto' (default: auto,F,S of --weights: the energy weight of "
-                        "--weights x 1 to 1000, or no solve, whichever validates best)")
+                        "be 'auto' (default: auto,F,S of --weights: the one of the energy "
+                        "weight of --weights x 1 to 1000 that cross-validates best)")
     f.add_argument("--no-output-solve", action="store_true",
                    help="skip the final output-layer solve")
     f.add_argument("--l2", type=float,

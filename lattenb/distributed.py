@@ -201,12 +201,3 @@ def tsqr_factor(comm, block):
     if comm.rank != 0:
         return None
     return np.linalg.qr(stacked, mode="r") if len(stacked) > C else stacked
-
-
-def tsqr_lstsq(comm, A, y):
-    """Least squares min |A x - y| (min-norm x) over rows spread across ranks (A (n_k, C), y
-    (n_k,) on rank k) by `tsqr_factor` of [A y]. Returns x (C,) on every rank."""
-    C = A.shape[1]
-    R = tsqr_factor(comm, np.hstack([A, y[:, None]]))
-    x = np.linalg.lstsq(R[:, :C], R[:, C], rcond=None)[0] if comm.rank == 0 else None
-    return comm.bcast(x)

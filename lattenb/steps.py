@@ -204,22 +204,43 @@ class OutputLayerProblem:
     hidden unit of the last layer gives one column. `rows[name]` holds (A, y) of the "energy",
     "forces" and "stress" rows of this rank's shard; `counts` the rows over every rank.
 
-    Built once, it answers any loss weights cheaply (`solve`, from per-block TSQR factors), and
-    so does its cross-validation over structures, which is how `choose_output_layer` compares
+    The rows are grouped into `n_folds` folds of structures (structure index mod n_folds,
+    numbered over every rank), each reduced once to one TSQR factor per block. Stacking every
+    fold's factors answers any loss weights (`solve`); stacking all but one, the same problem
+    without that fold (`cross_validated_errors`), which is how `choose_output_layer` compares
     energy weights. Memory: (rows, S K + S + 1) per block, rows = frames with energy + 3 x
     atoms with forces + 6 x frames with stress."""
 
-    def __init__(self, model, data, n_chunks=None):
+    def __init__(self, model, data, n_chunks=None, n_folds=1):
         S, K = model.n_species, int(model.layer_sizes[-2])
-        self.S, self.K, self.comm = S, K, data.comm
+        self.S, self.K, self.comm, self.n_folds = S, K, data.comm, n_folds
         n_w = S * K
         mlp0, e00 = model.params["mlp"].copy(), model.params["e0"].copy()
         n = data.n_atoms_per_frame.astype(np.float64)
         me = data.has_energy
         mf = np.repeat(data.has_forces[data.frame_of_atom], 3)
         ms = data.has_stress
+        # the structure of each row, numbered over every rank (shards are contiguous); the rows
+        # are stored fold by fold, so that a fold is a slice of each block
+        first = sum(self.comm.allgather(len(n))[:self.comm.rank])
+        fold = {"energy": (first + np.flatnonzero(me)) % n_folds,
+                "forces": (first + np.repeat(data.frame_of_atom, 3)[mf]) % n_folds,
+                "stress": (first + np.repeat(np.flatnonzero(ms), 6)) % n_folds}
+        order = {name: np.argsort(f, kind="stable") for name, f in fold.items()}
+        self.folds = {name: np.searchsorted(f[order[name]], np.arange(n_folds + 1))
+                      for name, f in fold.items()}      # fold k: rows bounds[k]:bounds[k + 1]
+
+        def E_of(E):          # per frame (F,) -> energy rows, eV/atom
+            return (E[me] / n[me])[order["energy"]]
+
+        def F_of(F):          # per atom (N, 3) -> force rows, eV/Å
+            return F.ravel()[mf][order["forces"]]
+
+        def S_of(St):         # per frame (F, 6) eV/Å^3 -> stress rows, GPa
+            return (St[ms].ravel() * EV_A3_TO_GPA)[order["stress"]]
+
         C = n_w + S + 1
-        A_E, A_F, A_S = (np.zeros((m, C)) for m in (me.sum(), mf.sum(), 6 * ms.sum()))
+        A_E, A_F, A_S = (np.zeros((len(f), C)) for f in fold.values())
         try:
             for s in range(S):
                 for k in range(K):
@@ -228,9 +249,8 @@ class OutputLayerProblem:
                     mlp[s, -(K + 1) + k] = 1.0
                     model.set_parameters(mlp=mlp, e0=np.zeros(S))
                     E, F, St = predict(model, data, n_chunks, repulsion=False)[:3]
-                    A_E[:, s * K + k] = E[me] / n[me]
-                    A_F[:, s * K + k] = F.ravel()[mf]
-                    A_S[:, s * K + k] = St[ms].ravel() * EV_A3_TO_GPA
+                    c = s * K + k
+                    A_E[:, c], A_F[:, c], A_S[:, c] = E_of(E), F_of(F), S_of(St)
             # what does not depend on W or e0 (the output biases) goes to the right-hand side
             mlp = mlp0.copy()
             mlp[:, -(K + 1):-1] = 0.0
@@ -238,67 +258,61 @@ class OutputLayerProblem:
             E_b, F_b, S_b, _ = predict(model, data, n_chunks)
         finally:
             model.set_parameters(mlp=mlp0, e0=e00)
-        A_E[:, n_w:n_w + S] = data.composition(S)[me] / n[me, None]
-        A_S[:, -1] = np.tile([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], int(ms.sum()))
-        self.rows = {"energy": (A_E, (data.energies[me] - E_b[me]) / n[me]),
-                     "forces": (A_F, data.forces.ravel()[mf] - F_b.ravel()[mf]),
-                     "stress": (A_S, (data.stresses[ms] - S_b[ms]).ravel() * EV_A3_TO_GPA)}
-        # the structure of each row, numbered over every rank (shards are contiguous)
-        first = sum(self.comm.allgather(len(n))[:self.comm.rank])
-        self.frame = {"energy": first + np.flatnonzero(me),
-                      "forces": first + np.repeat(data.frame_of_atom, 3)[mf],
-                      "stress": first + np.repeat(np.flatnonzero(ms), 6)}
-        self.counts = dict(zip(self.rows, self.comm.sum(
-            np.array([len(y) for _, y in self.rows.values()], dtype=np.float64))))
+        A_E[:, n_w:n_w + S] = (data.composition(S)[me] / n[me, None])[order["energy"]]
+        A_S[:, -1] = np.tile([1.0, 1.0, 1.0, 0.0, 0.0, 0.0], int(ms.sum()))[order["stress"]]
+        self.rows = {"energy": (A_E, E_of(data.energies - E_b)),
+                     "forces": (A_F, F_of(data.forces - F_b)),
+                     "stress": (A_S, S_of(data.stresses - S_b))}
+        # rows per fold over every rank, and in all
+        self.fold_counts = dict(zip(self.rows, self.comm.sum(
+            np.array([np.diff(self.folds[name]) for name in self.rows], dtype=np.float64))))
+        self.counts = {name: c.sum() for name, c in self.fold_counts.items()}
         self.present = self.comm.sum(data.composition(S).sum(axis=0)) > 0
-        self._factors, self._folds = None, {}
+        self._factors = None
 
-    def solve(self, weights):
+    def _fold(self, name, k):
+        """(A, y) of fold k of a block: views, no copy."""
+        A, y = self.rows[name]
+        lo, hi = self.folds[name][k], self.folds[name][k + 1]
+        return A[lo:hi], y[lo:hi]
+
+    def _fold_factors(self):
+        """Per fold, {block: TSQR factor of [A y]} (on rank 0; None elsewhere), computed once."""
+        if self._factors is None:
+            self._factors = [{name: tsqr_factor(self.comm, np.hstack([A, y[:, None]]))
+                              for name in self.rows for A, y in [self._fold(name, k)]}
+                             for k in range(self.n_folds)]
+        return self._factors
+
+    def solve(self, weights, without=None):
         """x minimising the loss at `weights` (LossWeights; their means and the L2 penalty on W
-        as in `loss_and_gradient`), on every rank."""
-        if self._factors is None:     # one TSQR factor of [A y] per block, on rank 0
-            self._factors = {name: tsqr_factor(self.comm, np.hstack([A, y[:, None]]))
-                             for name, (A, y) in self.rows.items()}
-        return self.comm.bcast(self._solve_factors([self._factors], self.counts, weights)
-                               if self.comm.rank == 0 else None)
+        as in `loss_and_gradient`), on every rank; over the rows of every fold but `without`."""
+        factors = [f for k, f in enumerate(self._fold_factors()) if k != without]
+        counts = {name: total - (0 if without is None else self.fold_counts[name][without])
+                  for name, total in self.counts.items()}
+        x = None
+        if self.comm.rank == 0:
+            n_w, C = self.S * self.K, self.S * self.K + self.S + 1
+            ridge = np.zeros((n_w, C + 1))
+            ridge[:, :n_w] = np.eye(n_w)
+            stacked = np.vstack([np.sqrt(getattr(weights, name) / max(counts[name], 1)) * R
+                                 for part in factors for name, R in part.items()]
+                                + [np.sqrt(weights.l2) * ridge])
+            unknowns = np.arange(C) if weights.stress_offset else np.arange(C - 1)
+            x = np.zeros(C)
+            x[unknowns] = np.linalg.lstsq(stacked[:, unknowns], stacked[:, C], rcond=None)[0]
+        return self.comm.bcast(x)
 
-    def _solve_factors(self, factors, counts, weights):
-        """x from the TSQR factors of row sets (a list of {block: R}) holding `counts` rows."""
-        n_w, C = self.S * self.K, self.S * self.K + self.S + 1
-        ridge = np.zeros((n_w, C + 1))
-        ridge[:, :n_w] = np.eye(n_w)
-        stacked = np.vstack([np.sqrt(getattr(weights, name) / max(counts[name], 1)) * R
-                             for part in factors for name, R in part.items()]
-                            + [np.sqrt(weights.l2) * ridge])
-        unknowns = np.arange(C) if weights.stress_offset else np.arange(C - 1)
-        x = np.zeros(C)
-        x[unknowns] = np.linalg.lstsq(stacked[:, unknowns], stacked[:, C], rcond=None)[0]
-        return x
-
-    def cross_validated_errors(self, weights, n_folds=5):
-        """Energy MAE (meV/atom) and force MAE (eV/Å) of the rows of each fold of structures
-        (structure index mod n_folds) predicted by the solve at `weights` on the
-        other folds: the output layer's own generalisation, from the training data alone."""
-        if n_folds not in self._folds:
-            folds = self._folds[n_folds] = []
-            for k in range(n_folds):
-                rows = {name: self.frame[name] % n_folds == k for name in self.rows}
-                factors = {name: tsqr_factor(self.comm, np.hstack([A[rows[name]],
-                                                                   y[rows[name], None]]))
-                           for name, (A, y) in self.rows.items()}
-                counts = dict(zip(self.rows, self.comm.sum(np.array(
-                    [rows[name].sum() for name in self.rows], dtype=np.float64))))
-                folds.append((rows, factors, counts))
+    def cross_validated_errors(self, weights):
+        """Energy MAE (meV/atom) and force MAE (eV/Å) of the rows of each fold predicted by the
+        solve at `weights` without that fold: the output layer's own generalisation, from the
+        training data alone (nan for a block without rows)."""
         sums = np.zeros(4)
-        for k, (rows, _, held_out) in enumerate(self._folds[n_folds]):
-            others = [f for j, (_, f, _) in enumerate(self._folds[n_folds]) if j != k]
-            counts = {name: self.counts[name] - held_out[name] for name in self.rows}
-            x = self.comm.bcast(self._solve_factors(others, counts, weights)
-                                if self.comm.rank == 0 else None)
+        for k in range(self.n_folds):
+            x = self.solve(weights, without=k)
             for j, name in enumerate(("energy", "forces")):
-                A, y = self.rows[name]
-                r = np.abs(A[rows[name]] @ x - y[rows[name]])
-                sums[2 * j:2 * j + 2] += (r.sum(), len(r))
+                A, y = self._fold(name, k)
+                sums[2 * j:2 * j + 2] += np.abs(A @ x - y).sum(), len(y)
         sums = self.comm.sum(sums)
         e, f = (sums[k] / sums[k + 1] if sums[k + 1] else np.nan for k in (0, 2))
         return 1000.0 * e, f
@@ -343,9 +357,8 @@ def choose_output_layer(model, data, weights, energies, n_chunks=None, fixed_e0=
     Cu and 10x for Li; Mo's validation energy MAE was 2.24 meV/atom at 10x and 2.83 at 1000x).
     Cross-validation uses every training structure rather than the tenth a validation split
     holds, and needs no split; the solve is linear, so it costs a few small factorisations."""
-    problem = OutputLayerProblem(model, data, n_chunks)
-    errors = {w: problem.cross_validated_errors(replace(weights, energy=w), n_folds)
-              for w in energies}
+    problem = OutputLayerProblem(model, data, n_chunks, n_folds)
+    errors = {w: problem.cross_validated_errors(replace(weights, energy=w)) for w in energies}
     # the lowest energy and force MAE (nan for a quantity the data lacks, e.g. no forces)
     best = [min((e[k] for e in errors.values() if np.isfinite(e[k])), default=np.nan)
             for k in (0, 1)]

@@ -15,7 +15,7 @@ import pytest
 
 import lattenb
 from lattenb.cli import DATA_DIR
-from lattenb.distributed import SERIAL, shard_bounds, tsqr_lstsq
+from lattenb.distributed import SERIAL, shard_bounds, tsqr_factor
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(lattenb.__file__)))
 TRAIN = str(DATA_DIR / "Cu_train_subset.xyz")
@@ -47,14 +47,19 @@ def test_shards_are_contiguous_and_balanced():
 
 
 def test_tsqr_least_squares_matches_lstsq():
-    """The output-layer solve's TSQR gives numpy's min-norm least-squares solution, also for a
-    rank-deficient matrix (a hidden unit that never fires: a zero column)."""
+    """The output-layer solve's TSQR factor R of [A y] gives numpy's min-norm least-squares
+    solution, also for a rank-deficient matrix (a hidden unit that never fires: a zero column);
+    and |[A y] z| = |R z| for any z, which is what lets the solve stack factors of row sets."""
     rng = np.random.default_rng(1)
     A = rng.normal(size=(50, 6))
     A[:, 3] = 0.0
     y = rng.normal(size=50)
-    np.testing.assert_allclose(tsqr_lstsq(SERIAL, A, y), np.linalg.lstsq(A, y, rcond=None)[0],
-                               rtol=1e-10, atol=1e-12)
+    R = tsqr_factor(SERIAL, np.hstack([A, y[:, None]]))
+    np.testing.assert_allclose(np.linalg.lstsq(R[:, :6], R[:, 6], rcond=None)[0],
+                               np.linalg.lstsq(A, y, rcond=None)[0], rtol=1e-10, atol=1e-12)
+    z = rng.normal(size=7)
+    assert np.linalg.norm(R @ z) == pytest.approx(np.linalg.norm(np.hstack([A, y[:, None]]) @ z),
+                                                  rel=1e-12)
 
 
 def fit_command(tmp_path, name, *extra, ranks=1):
