@@ -121,7 +121,9 @@ def markdown(row):
                   f"Proton transfer curve RMSE {row['h_transfer_rmse_meV']:.1f} meV, dihedral scan "
                   f"{row['dihedral_rmse_meV']:.1f} meV (relative energies). Validation RMSE "
                   f"{row['valid'][0]:.2f} meV/molecule, {row['valid'][1]:.1f} meV/Å. "
-                  f"{row['iterations']} L-BFGS iterations. Setting: {row['setting']}. "
+                  + (f"{row['adam_passes']} Adam passes (mini-batch phase), then "
+                     if row.get("adam_passes") else "")
+                  + f"{row['iterations']} L-BFGS iterations. Setting: {row['setting']}. "
                   f"{row['date']}, {row['machine']}.")]
     return "\n".join(lines)
 
@@ -180,6 +182,7 @@ def main():
     curves = {"proton transfer (NEB)": curve(model, read(DATA / "test_H_transfer.xyz", ":")),
               "dihedral scan": curve(model, read(DATA / "test_dihedral.xyz", ":"))}
     row = {"tag": args.tag, "setting": setting, "train_wall_s": wall, "iterations": iterations,
+           "adam_passes": (model.fit_info.get("adam") or {}).get("epochs", 0),
            "threads": numba.get_num_threads(), "valid": rmse(model, valid),
            "test_300K": rmse(model, read(DATA / "test_MD_300K.xyz", ":")),
            "test_600K": rmse(model, read(DATA / "test_MD_600K.xyz", ":")),

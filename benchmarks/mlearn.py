@@ -122,6 +122,7 @@ def run(element, max_iter, max_time, setting, tag="mlearn"):
             "force_mae": table["forces_eV_per_A"]["mae"],
             "stress_mae_GPa": table["stress_GPa"]["mae"] if table["stress_GPa"] else None,
             "cutoff": cutoff, "train_wall_s": wall, "cost_us_per_atom_step": cost, "iterations": model.fit_info["iterations"],
+            "adam_passes": (model.fit_info.get("adam") or {}).get("epochs", 0),
             "stress_offset_GPa": model.fit_info.get("stress_offset_GPa"),
             "output_energy_weight": model.fit_info.get("output_energy_weight"),
             "train_atoms": int(sum(len(a) for a in train))}
@@ -133,16 +134,16 @@ def _gpa(value):
 
 def markdown(rows, setting):
     lines = [("| El | lattenb E | GAP E | MTP E | SNAP E | qSNAP E | lattenb F | GAP F | MTP F | SNAP F | "
-              "qSNAP F | cutoff | train time | iterations | stress offset | output E weight | "
-              "cost µs/atom/step |"),
-             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+              "qSNAP F | cutoff | train time | Adam passes | iterations | stress offset | "
+              "output E weight | cost µs/atom/step |"),
+             "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
         p = PUBLISHED[r["element"]]
         lines.append(
             f"| {r['element']} | **{r['energy_mae']:.2f}** | {p['GAP'][0]} | {p['MTP'][0]} | "
             f"{p['SNAP'][0]} | {p['qSNAP'][0]} | **{r['force_mae']:.3f}** | {p['GAP'][1]} | "
             f"{p['MTP'][1]} | {p['SNAP'][1]} | {p['qSNAP'][1]} | {r['cutoff']:.1f} Å | "
-            f"{r['train_wall_s'] / 60:.1f} min | "
+            f"{r['train_wall_s'] / 60:.1f} min | {r.get('adam_passes', 0)} | "
             f"{r['iterations']} | {_gpa(r.get('stress_offset_GPa'))} | "
             f"{r.get('output_energy_weight') or '-'} | "
             + (f"{r['cost_us_per_atom_step']:.1f} |" if "cost_us_per_atom_step" in r else " |"))
@@ -166,7 +167,8 @@ def previous_rows(path, setting, limits, elements):
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--elements", default="Ni,Cu,Li,Mo")
-    ap.add_argument("--max-iter", type=int, default=4000)
+    ap.add_argument("--max-iter", type=int, help="L-BFGS iteration limit (default: none; the "
+                    "time budget alone, which also gives the mini-batch phase its half)")
     ap.add_argument("--max-time", type=float, default=14 * 60, help="seconds per element")
     ap.add_argument("--radial", help="radial family instead of the setting's (polynomial, spline, "
                     "spline-N)")

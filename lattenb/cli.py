@@ -11,6 +11,7 @@ Any file ASE can read works; extended XYZ is the default format.
 """
 import argparse
 import json
+import re
 import sys
 import time
 from pathlib import Path
@@ -18,13 +19,14 @@ from pathlib import Path
 import numpy as np
 
 from . import extrapolation, radial, repulsion, species_modes
-from .auto import (MATERIAL_L2, MOLECULE_L2, choose_blocks, choose_cutoff, choose_l2, choose_radial,
-                   has_stress, isolated_atom_energies, read_e0, split_validation)
+from .auto import (MATERIAL_L2, MOLECULE_L2, choose_blocks, choose_cutoff, choose_l2,
+                   choose_minibatch, choose_radial, has_stress, isolated_atom_energies, read_e0, split_validation)
 from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .dataset import as_dataset
 from .evaluation import evaluate_frames
 from .mlp import ACTIVATIONS
 from .model import DEFAULT_PRESET, PRESETS
+from .training import ADAM_MAX_EPOCHS
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -102,6 +104,13 @@ def parse_duration(text):
     return value
 
 
+def parse_adam_time(text):
+    """Seconds of the mini-batch phase from --adam-time: a duration, or 0 (0s, 0m, ...) for none."""
+    if re.fullmatch(r"(0+\.?0*|\.0+)[smh]?", str(text).strip().lower()):
+        return 0.0
+    return parse_duration(text)
+
+
 def fit_settings(args, frames, log=print):
     """The settings of `lattenb fit` that are chosen from the training data when not given
     (see `lattenb.auto`): validation split, isolated-atom energies, cutoff, radial family,
@@ -148,8 +157,15 @@ def fit_settings(args, frames, log=print):
         repulsion = "zbl"
         log("core repulsion zbl below the shortest distances of the training data (give "
             "--repulsion none to leave it out)")
+    adam_time = None if args.adam_time is None else parse_adam_time(args.adam_time)
+    if (adam_time is None and args.adam_epochs is None and args.max_iter is None
+            and not args.resume):
+        adam_time, why = choose_minibatch(train)
+        log(f"mini-batch phase: {'none' if adam_time == 0 else 'half of the time budget'} "
+            f"({why}); give --adam-time to choose")
     return train, valid, {"cutoff": cutoff, "radial": family, "blocks": blocks, "l2": l2,
-                          "stress_offset": offset, "e0": e0 or None, "repulsion": repulsion}
+                          "stress_offset": offset, "e0": e0 or None, "repulsion": repulsion,
+                          "adam_time": adam_time}
 
 
 def write_learning_curve(model, output, log=print):
@@ -245,12 +261,13 @@ def _fit(args, comm, fit, log):
                 solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
                 checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
                 resume=args.resume, max_time=max_time, log=log, log_every=args.log_every,
-                comm=comm, **auto)
+                adam_epochs=args.adam_epochs, comm=comm, **auto)
     if comm.rank != 0:
         return 130 if model.interrupted else 0
     model.save(args.output)
     info = model.fit_info
-    print(f"wrote {args.output} ({info['iterations']} iterations, {info['wall_time_s']:.1f} s, "
+    adam = f"{info['adam']['epochs']} Adam passes, " if info.get("adam") else ""
+    print(f"wrote {args.output} ({adam}{info['iterations']} iterations, {info['wall_time_s']:.1f} s, "
           f"stopped: {info['stopped']})")
     write_learning_curve(model, args.output, log)
     if model.interrupted:
@@ -493,6 +510,13 @@ def build_parser():
                    help="time budget of the fit, e.g. 900, 30m, 2h (default %(default)s); it also "
                         "stops when the validation loss has converged")
     f.add_argument("--max-iter", type=int, help="stop after this many L-BFGS iterations")
+    f.add_argument("--adam-time", metavar="DURATION",
+                   help="time of the mini-batch phase (Adam on batches of about 200 atoms) "
+                        "before L-BFGS, e.g. 10m, or 0 for none (default: half of --time, at "
+                        f"most {ADAM_MAX_EPOCHS} passes over the data, for periodic data; none "
+                        "for molecules or with --max-iter)")
+    f.add_argument("--adam-epochs", type=int, metavar="N",
+                   help="at most N passes over the training structures in the mini-batch phase")
     f.add_argument("--seed", type=int, default=0)
     f.add_argument("--threads", type=int, help="Numba threads per process (default: all cores, "
                                                "shared among the MPI ranks of a node)")

@@ -1,6 +1,7 @@
 """The steps of a fit, each on its own: descriptor standardisation, reference energies by least
-squares on composition, the packed parameter vector and L-BFGS-B objective (with exact replay for
-resumed runs), and the exact least-squares solve of the output layer."""
+squares on composition, the packed parameter vector, the Adam update of the mini-batch phase, the
+L-BFGS-B objective (with exact replay for resumed runs), and the exact least-squares solve of the
+output layer."""
 import hashlib
 from dataclasses import replace
 
@@ -140,6 +141,33 @@ class ParameterVector:
         out = np.concatenate([np.ravel(g[name]) for name, _ in self.shapes])
         out[self.frozen] = 0.0
         return out
+
+
+class Adam:
+    """Adam (Kingma and Ba, arXiv:1412.6980) on a packed parameter vector, each step projected
+    onto the box bounds of `ParameterVector` (bounds: a list of (lower, upper), None for no
+    bound). `step(g, lr)` moves `x` by -lr * m_hat / (sqrt(v_hat) + eps) from the gradient g
+    and returns it."""
+
+    def __init__(self, x, bounds, beta1=0.9, beta2=0.999, eps=1e-8):
+        self.x = np.array(x, dtype=np.float64)
+        self.lower = np.array([-np.inf if lo is None else lo for lo, _ in bounds], dtype=np.float64)
+        self.upper = np.array([np.inf if hi is None else hi for _, hi in bounds], dtype=np.float64)
+        self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.m = np.zeros_like(self.x)
+        self.v = np.zeros_like(self.x)
+        self.t = 0
+
+    def step(self, g, lr):
+        self.t += 1
+        self.m *= self.beta1
+        self.m += (1.0 - self.beta1) * g
+        self.v *= self.beta2
+        self.v += (1.0 - self.beta2) * g * g
+        m_hat = self.m / (1.0 - self.beta1 ** self.t)
+        v_hat = self.v / (1.0 - self.beta2 ** self.t)
+        self.x = np.clip(self.x - lr * m_hat / (np.sqrt(v_hat) + self.eps), self.lower, self.upper)
+        return self.x
 
 
 class _Objective:

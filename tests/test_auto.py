@@ -138,6 +138,16 @@ def labelled(atoms):
     return atoms
 
 
+def test_plain_fit_chooses_the_minibatch_phase_by_data_kind(tmp_path):
+    """The fit's own rule (half of a time budget) for materials, no mini-batch phase for
+    molecules; a given --adam-time is the user's."""
+    mol, cu = labelled(molecule("CH3CH2OH")), labelled(bulk("Cu", cubic=True))
+    assert plain_fit_settings(tmp_path, [cu] * 4)["adam_time"] is None
+    assert plain_fit_settings(tmp_path, [mol] * 4)["adam_time"] == 0
+    assert plain_fit_settings(tmp_path, [mol] * 4, "--adam-time", "2m")["adam_time"] == 120
+    assert plain_fit_settings(tmp_path, [cu] * 4, "--adam-time", "0")["adam_time"] == 0
+
+
 def test_plain_fit_chooses_blocks_by_data_kind(tmp_path):
     mol = labelled(molecule("CH3CH2OH"))
     assert auto.choose_blocks([mol])[0] == auto.MOLECULE_BLOCKS

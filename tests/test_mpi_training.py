@@ -128,16 +128,53 @@ def test_two_ranks_equal_one_process_and_resume(tmp_path):
 
 
 @needs_mpi
-def test_ctrl_c_stops_every_rank_and_keeps_the_model(tmp_path):
+def test_two_ranks_minibatch_phase_equals_one_process_on_the_same_batches(tmp_path, monkeypatch):
+    """On two ranks a mini-batch step takes one batch of every rank's shard. The one-process fit
+    given those unions as its batches (in the same seeded order) reaches the two-rank model."""
+    from lattenb import cli
+    from lattenb import training
+    from lattenb.dataset import prepare_dataset
+    from lattenb.distributed import pair_counts
+
+    def union_batches(frames, model, batch_atoms=200, seed=0, comm=SERIAL):
+        bounds = shard_bounds(pair_counts(frames, model.cutoff), 2)
+        shards = [frames[a:b] for a, b in zip(bounds[:-1], bounds[1:])]
+        n = min(min(len(shard), round(sum(len(a) for a in shard) / batch_atoms))
+                for shard in shards)
+        groups = [np.array_split(np.random.default_rng(seed).permutation(len(shard)), n)
+                  for shard in shards]
+        return [prepare_dataset([shard[i] for shard, g in zip(shards, groups) for i in g[k]],
+                                model, keep_pairs=True) for k in range(n)]
+
+    extra = ["--max-iter", "2", "--adam-epochs", "3", "--log-every", "1"]
+    out = run_fit(tmp_path, "two", *extra, ranks=2)
+    assert "mini-batch phase: Adam on" in out
+    monkeypatch.setattr(training, "minibatches", union_batches)
+    command = fit_command(tmp_path, "one", *extra)
+    assert cli.main(command[command.index("fit"):command.index("--threads")]
+                    + command[command.index("--threads") + 2:]) == 0
+    m1, m2 = lattenb.load(tmp_path / "one.npz"), lattenb.load(tmp_path / "two.npz")
+    a1, a2 = m1.fit_info["adam"], m2.fit_info["adam"]
+    assert a1["batches"] == a2["batches"] > 1 and a1["steps"] == a2["steps"] == 3 * a1["batches"]
+    same_model(m1, m2, 1e-7)
+
+
+@needs_mpi
+@pytest.mark.parametrize("phase, extra, at, message", [
+    ("lbfgs", ["--adam-time", "0"], "iter     5", "interrupted (Ctrl-C)"),
+    ("adam", [], "pass      3", "interrupted in the mini-batch phase at pass")])
+def test_ctrl_c_stops_every_rank_and_keeps_the_model(tmp_path, phase, extra, at, message):
+    """Ctrl-C under --np 2, in L-BFGS and in the mini-batch phase (a plain fit on a time budget
+    starts with it): every rank stops, exit code 130, the model is written."""
     proc = subprocess.Popen(fit_command(tmp_path, "int", "--time", "300", "--log-every", "1",
-                                        ranks=2),
+                                        *extra, ranks=2),
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                             cwd=tmp_path, env=environment(), start_new_session=True)
     lines = []
     try:
         for line in proc.stdout:
             lines.append(line)
-            if line.startswith("iter     5"):
+            if line.startswith(at):
                 os.killpg(proc.pid, signal.SIGINT)      # what Ctrl-C in a terminal does
                 break
         lines += proc.stdout.readlines()
@@ -147,6 +184,6 @@ def test_ctrl_c_stops_every_rank_and_keeps_the_model(tmp_path):
             os.killpg(proc.pid, signal.SIGKILL)
     text = "".join(lines)
     assert code == 130, text
-    assert "interrupted (Ctrl-C)" in text and "wrote" in text, text
+    assert message in text and "wrote" in text, text
     model = lattenb.load(tmp_path / "int.npz")
     assert model.fit_info["stopped"].startswith("interrupted") and model.active_set is not None

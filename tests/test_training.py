@@ -373,6 +373,131 @@ def test_checkpoint_resume_reaches_the_same_model(tmp_path):
         assert np.array_equal(full.params[name], resumed.params[name]), name
 
 
+def test_adam_first_step_and_bounded_minimum():
+    """Adam's first step moves every coordinate by lr against its gradient's sign (m_hat /
+    sqrt(v_hat) = g / |g|); with a decaying rate it reaches a quadratic's minimiser projected
+    onto the box bounds."""
+    from lattenb.steps import Adam
+    centre, curvature = np.array([1.0, -2.0, 0.5]), np.array([1.0, 10.0, 0.1])
+    opt = Adam(np.zeros(3), [(None, None), (-1.0, None), (0.0, 0.2)])
+    g = 2.0 * curvature * (opt.x - centre)
+    np.testing.assert_allclose(opt.step(g, 0.01), -0.01 * np.sign(g), rtol=1e-6)
+    for k in range(6000):
+        opt.step(2.0 * curvature * (opt.x - centre), 0.05 * 0.998 ** k)
+    np.testing.assert_allclose(opt.x, [1.0, -1.0, 0.2], atol=1e-4)
+
+
+def test_minibatches_cover_every_structure_once():
+    from lattenb.training import minibatches
+    frames = read(DATA / "Cu_train_subset.xyz", ":")
+    model = LatteModel(["Cu"], cutoff=4.0, blocks="2,-", hidden=(4,))
+    batches = minibatches(frames, model, batch_atoms=400, seed=5)      # 3554 atoms in 36
+    assert len(batches) == 9 and {b.n_frames for b in batches} == {4}
+    assert len(minibatches(frames, model, batch_atoms=10)) == len(frames)   # one structure each
+    assert len(minibatches(frames, model, batch_atoms=10 ** 6)) == 1
+    energies = np.sort(np.concatenate([b.energies for b in batches]))
+    np.testing.assert_array_equal(energies, np.sort([a.get_potential_energy() for a in frames]))
+
+
+def test_minibatch_phase_lowers_the_loss_is_deterministic_and_hands_over(tmp_path):
+    """adam_epochs=N: N passes over seeded batches of structures lower the training loss from
+    the starting point; two runs are bit-identical; fit_info and the learning curve record the
+    passes; the L-BFGS run after it starts where it ended (the checkpoint's x0)."""
+    frames = read(DATA / "Cu_train_subset.xyz", "::6")
+    start = tiny_fit(tmp_path, max_iter=0, solve_output=False)
+    lines = []
+    ck = tmp_path / "ck.npz"
+    a = tiny_fit(tmp_path, max_iter=0, solve_output=False, adam_epochs=30, log=lines.append,
+                 log_every=10, checkpoint=str(ck))
+    b = tiny_fit(tmp_path, max_iter=0, solve_output=False, adam_epochs=30)
+    for name in a.params:
+        assert np.array_equal(a.params[name], b.params[name]), name
+    w = LossWeights(10.0, 1.0, 0.001, l2=1e-6)
+    d = prepare_dataset(frames, start)
+    before, after = (loss_and_gradient(m, d, w, False)[0] for m in (start, a))
+    assert after < 0.75 * before
+    info = a.fit_info["adam"]
+    assert info["epochs"] == 30 and info["batches"] == 3          # 655 atoms, 200 a batch
+    assert info["steps"] == 30 * info["batches"]
+    assert a.fit_info["iterations"] == 0 and start.fit_info["adam"] is None
+    assert [r["epoch"] for r in a.fit_curve] == [1, 10, 20, 30]
+    assert any(line.startswith("mini-batch phase: Adam on") for line in lines)
+    assert sum(line.startswith("pass ") for line in lines) == 4
+    from lattenb.steps import ParameterVector
+    np.testing.assert_allclose(np.load(ck)["fit_x0"], ParameterVector(a).get(), rtol=1e-12)
+
+
+def test_minibatch_phase_by_default_only_on_a_time_budget(tmp_path):
+    """A new model fitted on a time budget alone starts with the mini-batch phase, at most
+    ADAM_TIME_FRACTION of the budget; an iteration limit, adam_time=0 or a fitted model
+    start L-BFGS directly."""
+    from lattenb.training import ADAM_TIME_FRACTION
+    timed = tiny_fit(tmp_path, max_iter=None, max_time=6.0, solve_output=False)
+    info = timed.fit_info["adam"]
+    assert info is not None and info["epochs"] >= 1
+    assert info["time_s"] <= ADAM_TIME_FRACTION * 6.0 + 1.0     # one step of slack
+    assert tiny_fit(tmp_path, max_iter=3, max_time=6.0).fit_info["adam"] is None
+    assert tiny_fit(tmp_path, max_iter=None, max_time=1.0, adam_time=0).fit_info["adam"] is None
+    frames = read(DATA / "Cu_train_subset.xyz", "::6")
+    refined = lattenb.fit(frames, model=timed, max_iter=None, max_time=1.0, log=None)
+    assert refined.fit_info["adam"] is None
+
+
+def interrupt_at_call(monkeypatch, n, *modules):
+    """Ctrl-C (KeyboardInterrupt) at the n-th loss evaluation, counted over every module in
+    `modules` that calls `loss_and_gradient`."""
+    import lattenb.training as training
+    real = training.loss_and_gradient
+    calls = {"n": 0}
+
+    def interrupting(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == n:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+    for module in modules:
+        monkeypatch.setattr(module, "loss_and_gradient", interrupting)
+
+
+def test_ctrl_c_in_the_minibatch_phase_keeps_its_model(tmp_path, monkeypatch):
+    import lattenb.training as training
+    interrupt_at_call(monkeypatch, 25, training)
+    model = tiny_fit(tmp_path, adam_epochs=50)
+    assert model.interrupted and model.fit_info["stopped"] == "interrupted"
+    assert model.fit_info["iterations"] == 0 and model.fit_info["adam"]["steps"] == 24
+    assert np.all(np.isfinite(model.params["mlp"]))
+
+
+def test_lbfgs_restarts_when_it_stops_on_its_own(tmp_path, monkeypatch):
+    """When L-BFGS-B ends by itself (a failed line search, simulated), the fit restarts it from
+    its last point; a restart that makes no progress ends the fit with SciPy's message."""
+    import scipy.optimize
+    from scipy.optimize import OptimizeResult
+    real = scipy.optimize.minimize
+    calls = []
+
+    def ends_early(fun, x0, **kw):
+        calls.append(kw["options"]["maxiter"])
+        if len(calls) == 1:
+            result = real(fun, x0, **dict(kw, options=dict(kw["options"], maxiter=3)))
+            result.message = "ABNORMAL (simulated)"
+            return result
+        if len(calls) == 2:
+            return real(fun, x0, **kw)
+        return OptimizeResult(x=x0, message="ABNORMAL again (simulated)")
+    monkeypatch.setattr(scipy.optimize, "minimize", ends_early)
+    lines = []
+    model = tiny_fit(tmp_path, max_iter=12, log=lines.append, solve_output=False)
+    assert calls == [12, 9] and model.fit_info["iterations"] == 12
+    assert any("L-BFGS-B stopped at iteration 3 (ABNORMAL (simulated)); restarting" in line
+               for line in lines)
+    assert model.fit_info["stopped"] == "iteration limit"
+    calls[:] = [None, None]     # the next call is the third: no progress
+    model = tiny_fit(tmp_path, max_iter=12, solve_output=False)
+    assert model.fit_info["stopped"] == "L-BFGS-B: ABNORMAL again (simulated)"
+    assert model.fit_info["iterations"] == 0
+
+
 def test_fit_continues_from_a_fitted_model(tmp_path):
     """A fitted model passed to `fit` is refined, not re-initialised, and is not modified."""
     frames = read(DATA / "Cu_train_subset.xyz", "::6")
@@ -393,20 +518,32 @@ def test_fit_continues_from_a_fitted_model(tmp_path):
 def test_ctrl_c_keeps_best_model(tmp_path, monkeypatch):
     import lattenb.steps as steps
     import lattenb.training as training
-    real = training.loss_and_gradient
-    calls = {"n": 0}
-
-    def interrupting(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 8:
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
     # the L-BFGS objective (steps) and the validation loss (training) share one call count
-    monkeypatch.setattr(steps, "loss_and_gradient", interrupting)
-    monkeypatch.setattr(training, "loss_and_gradient", interrupting)
+    interrupt_at_call(monkeypatch, 8, steps, training)
     model = tiny_fit(tmp_path, max_iter=50)
     assert model.interrupted
     assert np.all(np.isfinite(model.params["mlp"]))
+
+
+def test_cli_minibatch_phase_flags(tmp_path, capsys):
+    """--adam-epochs N runs N passes before L-BFGS; on a time budget alone the phase is on by
+    default, and --adam-time 0 turns it off."""
+    train = tmp_path / "train.xyz"
+    write(train, read(DATA / "Cu_train_subset.xyz", "::6"))
+    out = tmp_path / "m.npz"
+    common = ["fit", str(train), "-o", str(out), "--cutoff", "4.0", "--blocks", "3,-:3,i,i",
+              "--hidden", "4", "--log-every", "1"]
+    assert cli.main(common + ["--max-iter", "2", "--adam-epochs", "2"]) == 0
+    printed = capsys.readouterr().out
+    assert "mini-batch phase: Adam on" in printed and "(2 Adam passes, 2 iterations" in printed
+    assert lattenb.load(out).fit_info["adam"]["epochs"] == 2
+    assert cli.main(common + ["--time", "3s", "--adam-time", "0"]) == 0
+    assert lattenb.load(out).fit_info["adam"] is None
+    assert cli.main(common + ["--time", "3s"]) == 0
+    assert lattenb.load(out).fit_info["adam"]["epochs"] >= 1
+    assert [cli.parse_adam_time(t) for t in ("0", "0m", ".0s", "90", "2m")] == [0, 0, 0, 90, 120]
+    with pytest.raises(ValueError, match="duration"):
+        cli.parse_adam_time("-1")
 
 
 def test_cli_fit_and_eval(tmp_path, capsys):
