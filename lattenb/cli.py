@@ -11,7 +11,6 @@ Any file ASE can read works; extended XYZ is the default format.
 """
 import argparse
 import json
-import re
 import sys
 import time
 from pathlib import Path
@@ -20,7 +19,8 @@ import numpy as np
 
 from . import extrapolation, radial, repulsion, species_modes
 from .auto import (MATERIAL_L2, MOLECULE_L2, choose_blocks, choose_cutoff, choose_l2,
-                   choose_minibatch, choose_radial, has_stress, isolated_atom_energies, read_e0, split_validation)
+                   choose_minibatch, choose_radial, has_stress, isolated_atom_energies, read_e0,
+                   split_validation)
 from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .dataset import as_dataset
 from .evaluation import evaluate_frames
@@ -90,8 +90,8 @@ RADIAL_HELP = ("radial family {}: {} or spline-N (a cubic B-spline with N traina
                "coefficients per body; spline is spline-8) (default %(default)s)")
 
 
-def parse_duration(text):
-    """Seconds from "90", "90s", "30m", "2h" or "1.5h"."""
+def parse_duration(text, allow_zero=False):
+    """Seconds from "90", "90s", "30m", "2h" or "1.5h"; with `allow_zero`, also 0 ("0", "0m")."""
     text = str(text).strip().lower()
     scale = {"s": 1.0, "m": 60.0, "h": 3600.0}.get(text[-1:], None)
     number = text[:-1] if scale else text
@@ -99,16 +99,10 @@ def parse_duration(text):
         value = float(number) * (scale or 1.0)
     except ValueError:
         raise ValueError(f"not a duration: {text!r} (use e.g. 900, 30m, 2h)") from None
-    if not np.isfinite(value) or value <= 0:
-        raise ValueError(f"duration must be positive, got {text!r}")
+    if not np.isfinite(value) or value < 0 or (value == 0 and not allow_zero):
+        raise ValueError(f"duration must be {'non-negative' if allow_zero else 'positive'}, "
+                         f"got {text!r}")
     return value
-
-
-def parse_adam_time(text):
-    """Seconds of the mini-batch phase from --adam-time: a duration, or 0 (0s, 0m, ...) for none."""
-    if re.fullmatch(r"(0+\.?0*|\.0+)[smh]?", str(text).strip().lower()):
-        return 0.0
-    return parse_duration(text)
 
 
 def fit_settings(args, frames, log=print):
@@ -157,7 +151,8 @@ def fit_settings(args, frames, log=print):
         repulsion = "zbl"
         log("core repulsion zbl below the shortest distances of the training data (give "
             "--repulsion none to leave it out)")
-    adam_time = None if args.adam_time is None else parse_adam_time(args.adam_time)
+    adam_time = (None if args.adam_time is None
+                 else parse_duration(args.adam_time, allow_zero=True))
     if (adam_time is None and args.adam_epochs is None and args.max_iter is None
             and not args.resume):
         adam_time, why = choose_minibatch(train)

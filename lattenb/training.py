@@ -90,23 +90,41 @@ def set_reference_energies(model, e0):
     model.set_parameters(e0=np.array([float(e0[s]) for s in model.species]))
 
 
-# --------------------------------------------------------------------------- step 2
+# --------------------------------------------------------------------------- steps 2a and 2
 @contextmanager
-def _ctrl_c_as_flag(run):
-    """On several ranks, Ctrl-C only sets `run.interrupt_requested`, which the ranks agree on
-    at their next step (an exception in the middle of a reduction would leave the others
-    waiting); one process gets KeyboardInterrupt as usual."""
-    if run.data.comm.size == 1:
-        yield
+def _ctrl_c_flag(comm):
+    """Yields a flag whose `requested` turns True on Ctrl-C. On several ranks Ctrl-C only sets
+    it, and the ranks agree on it at their next step (an exception in the middle of a reduction
+    would leave the others waiting); one process gets KeyboardInterrupt as usual."""
+    flag = SimpleNamespace(requested=False)
+    if comm.size == 1:
+        yield flag
         return
 
     def request(signum, frame):
-        run.interrupt_requested = True
+        flag.requested = True
     previous = signal.signal(signal.SIGINT, request)
     try:
-        yield
+        yield flag
     finally:
         signal.signal(signal.SIGINT, previous)
+
+
+def _progress(model, data, vdata, step, loss, t_start):
+    """(log line, learning-curve row) at the model's current parameters: `step` a (name, count)
+    pair such as ("iter", 100) or ("pass", 3), the training `loss`, and the training and
+    validation RMSE of energy and forces."""
+    e, f, _ = rmse_report(model, data)
+    elapsed = time.perf_counter() - t_start
+    name, count = step
+    row = {"epoch" if name == "pass" else "iteration": count, "time_s": elapsed, "loss": loss,
+           "train_energy_meV_per_atom": e, "train_forces_eV_per_A": f}
+    line = f"{name:4s} {count:5d}  loss {loss:.6e}  train E {e:7.3f} meV/atom  F {f:.4f} eV/A"
+    if vdata is not None:
+        ve, vf, _ = rmse_report(model, vdata)
+        line += f"  valid E {ve:7.3f}  F {vf:.4f}"
+        row.update(valid_energy_meV_per_atom=ve, valid_forces_eV_per_A=vf)
+    return line + f"  {elapsed:7.1f} s", row
 
 
 class _LbfgsRun:
@@ -163,18 +181,10 @@ class _LbfgsRun:
     def progress_line(self, it):
         """The log line of iteration `it` (the model holds its parameters); also a row of the
         learning curve."""
-        e, f, _ = rmse_report(self.model, self.data)
-        elapsed = time.perf_counter() - self.t_start
-        row = {"iteration": it, "time_s": elapsed, "loss": self.objective.f_hist[-1],
-               "train_energy_meV_per_atom": e, "train_forces_eV_per_A": f}
-        line = (f"iter {it:5d}  loss {self.objective.f_hist[-1]:.6e}  train E {e:7.3f} meV/atom"
-                f"  F {f:.4f} eV/A")
-        if self.vdata is not None:
-            ve, vf, _ = rmse_report(self.model, self.vdata)
-            line += f"  valid E {ve:7.3f}  F {vf:.4f}"
-            row.update(valid_energy_meV_per_atom=ve, valid_forces_eV_per_A=vf)
+        line, row = _progress(self.model, self.data, self.vdata, ("iter", it),
+                              self.objective.f_hist[-1], self.t_start)
         self.curve.append(row)
-        return line + f"  {elapsed:7.1f} s"
+        return line
 
     def callback(self, x):
         """Called by SciPy after every iteration: validation, log line, checkpoint, time limit.
@@ -197,7 +207,7 @@ class _LbfgsRun:
                                 f"{max(CONVERGENCE_WINDOW, it // 3)} iterations)")
         if comm.size > 1:
             self.stop_reason = comm.bcast(self.stop_reason)
-            if comm.max(float(self.interrupt_requested)):
+            if comm.max(float(self.ctrl_c.requested)):
                 self.model.interrupted = True
                 self.stop_reason = "interrupted (Ctrl-C)"
         if self.stop_reason is not None:
@@ -214,13 +224,13 @@ class _LbfgsRun:
         from scipy.optimize import minimize
         self.model.interrupted = False
         max_iter = 10 ** 9 if max_iter is None else max_iter
-        self.interrupt_requested = False
         try:
             # one BLAS thread: L-BFGS-B's vector operations on the 10^4 parameters wake the
             # BLAS library's threads, which then spin between calls and take the cores from
             # the Numba kernels (AcAc fit of 60 iterations at 2 Numba threads: 14.4 s against
             # 10.1 s with this limit; two 1-thread fits side by side: 30 s against 21 s each)
-            with threadpool_limits(limits=1, user_api="blas"), _ctrl_c_as_flag(self):
+            with threadpool_limits(limits=1, user_api="blas"), \
+                    _ctrl_c_flag(self.data.comm) as self.ctrl_c:
                 x = self.x0
                 while self.iteration < max_iter:   # maxiter=0 would still take a step
                     left, start = int(max_iter - self.iteration), self.iteration
@@ -267,7 +277,8 @@ def minibatches(frames, model, batch_atoms=ADAM_BATCH_ATOMS, seed=0, comm=SERIAL
     structure a file lists in runs). On several ranks every rank makes the same number of
     batches, from its smallest shard, and a step takes one batch of every rank."""
     atoms = sum(len(a) for a in frames)
-    n_batches = int(comm.min(float(min(len(frames), max(1, round(atoms / batch_atoms))))))
+    n_batches = min(len(frames), max(1, round(atoms / batch_atoms)))
+    n_batches = int(comm.min(float(n_batches)))
     order = np.random.default_rng(seed).permutation(len(frames))
     return [prepare_dataset([frames[i] for i in part], model, keep_pairs=True, comm=comm)
             for part in np.array_split(order, n_batches)]
@@ -282,7 +293,6 @@ def _minibatch_phase(vector, batches, data, vdata, weights, *, epochs=None, max_
     stops it and sets `model.interrupted`. Leaves the last parameters in the model and returns
     them packed, with a summary dict."""
     model, comm = vector.model, data.comm
-    state = SimpleNamespace(data=data, interrupt_requested=False)     # see `_ctrl_c_as_flag`
     adam = Adam(vector.get(), vector.bounds)
     lr_start, lr_end = ADAM_LEARNING_RATE
     rng = np.random.default_rng(seed)
@@ -292,32 +302,21 @@ def _minibatch_phase(vector, batches, data, vdata, weights, *, epochs=None, max_
     model.interrupted = False
     steps, epoch, losses, lr = 0, 0, [], lr_start
 
-    def fraction_done():
+    def fraction_done(ctrl_c):
         done = 0.0 if steps_total is None else steps / steps_total
         if max_time is not None:
             done = max(done, (time.perf_counter() - t0) / max_time if max_time > 0 else 1.0)
-        if comm.size > 1 and comm.max(float(state.interrupt_requested)):
+        if comm.size == 1:
+            return done
+        # one reduction: the ranks take the same steps (the slowest clock) and agree on Ctrl-C
+        done, requested = comm.max(np.array([done, float(ctrl_c.requested)]))
+        if requested:
             raise KeyboardInterrupt
-        return comm.bcast(done)          # rank 0's clock, so every rank takes the same steps
-
-    def report():
-        e, f, _ = rmse_report(model, data)
-        elapsed = time.perf_counter() - t_start
-        row = {"epoch": epoch, "time_s": elapsed, "loss": float(np.mean(losses)),
-               "train_energy_meV_per_atom": e, "train_forces_eV_per_A": f}
-        line = (f"pass  {epoch:5d}  loss {row['loss']:.6e}  train E {e:7.3f} meV/atom"
-                f"  F {f:.4f} eV/A")
-        if vdata is not None:
-            ve, vf, _ = rmse_report(model, vdata)
-            line += f"  valid E {ve:7.3f}  F {vf:.4f}"
-            row.update(valid_energy_meV_per_atom=ve, valid_forces_eV_per_A=vf)
-        if curve is not None:
-            curve.append(row)
-        log(line + f"  {elapsed:7.1f} s  (lr {lr:.1e})")
+        return done
 
     try:
-        with threadpool_limits(limits=1, user_api="blas"), _ctrl_c_as_flag(state):
-            done = fraction_done()
+        with threadpool_limits(limits=1, user_api="blas"), _ctrl_c_flag(comm) as ctrl_c:
+            done = fraction_done(ctrl_c)
             while done < 1.0:
                 losses = []
                 for k in rng.permutation(len(batches)):
@@ -328,13 +327,17 @@ def _minibatch_phase(vector, batches, data, vdata, weights, *, epochs=None, max_
                     adam.step(vector.gradient(grad), lr)
                     losses.append(loss)
                     steps += 1
-                    done = fraction_done()
+                    done = fraction_done(ctrl_c)
                     if done >= 1.0:
                         break
                 epoch += 1
                 if log is not None and (epoch % log_every == 0 or epoch == 1 or done >= 1.0):
                     vector.set(adam.x)
-                    report()
+                    line, row = _progress(model, data, vdata, ("pass", epoch),
+                                          float(np.mean(losses)), t_start)
+                    if curve is not None:
+                        curve.append(row)
+                    log(f"{line}  (lr {lr:.1e})")
     except KeyboardInterrupt:
         model.interrupted = True
         if log is not None:
@@ -343,6 +346,19 @@ def _minibatch_phase(vector, batches, data, vdata, weights, *, epochs=None, max_
     vector.set(x)
     return x, {"epochs": epoch, "steps": steps, "batches": len(batches),
                "time_s": time.perf_counter() - t0}
+
+
+def _minibatch_limits(epochs, seconds, max_time, max_iter, new_model):
+    """(passes, seconds) of the mini-batch phase, None for no limit and (None, None) for no
+    phase: as given, where 0 for either means none; both None gives a new model on a time
+    budget alone ADAM_TIME_FRACTION of it and at most ADAM_MAX_EPOCHS passes."""
+    if epochs is None and seconds is None:
+        if not (new_model and max_time is not None and max_iter is None):
+            return None, None
+        return ADAM_MAX_EPOCHS, ADAM_TIME_FRACTION * max_time
+    if epochs == 0 or seconds == 0:
+        return None, None
+    return epochs, seconds
 
 
 # --------------------------------------------------------------------------- step 3
@@ -592,17 +608,16 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
     # step 2a: Adam on mini-batches (a checkpoint's x0 is where it ended)
     curve, adam = [], None
     model.interrupted = False
-    if adam_epochs is None and adam_time is None and max_time is not None and max_iter is None \
-            and resume is None and not fitted:
-        adam_epochs, adam_time = ADAM_MAX_EPOCHS, ADAM_TIME_FRACTION * max_time
-    if resume is None and adam_epochs != 0 and adam_time != 0 and (adam_epochs or adam_time):
+    adam_epochs, adam_time = _minibatch_limits(adam_epochs, adam_time, max_time, max_iter,
+                                               resume is None and not fitted)
+    if resume is None and (adam_epochs or adam_time):
         batches = minibatches(frames, model, seed=seed, comm=comm)
         if log is not None:
-            limits = [f"{adam_epochs} passes" if adam_epochs else "",
-                      f"{adam_time:.0f} s" if adam_time else ""]
+            limits = " or ".join(filter(None, [adam_epochs and f"{adam_epochs} passes",
+                                               adam_time and f"{adam_time:.0f} s"]))
             log(f"mini-batch phase: Adam on {len(batches)} batches of about "
                 f"{data.comm.sum(float(data.n_atoms_per_frame.sum())) / len(batches):.0f} atoms, "
-                f"at most {' or '.join(x for x in limits if x)}")
+                f"at most {limits}")
         x0, adam = _minibatch_phase(vector, batches, data, vdata, weights, epochs=adam_epochs,
                                     max_time=adam_time, seed=seed, log=log, log_every=log_every,
                                     t_start=t_start, curve=curve)

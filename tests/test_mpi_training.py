@@ -162,7 +162,7 @@ def test_two_ranks_minibatch_phase_equals_one_process_on_the_same_batches(tmp_pa
 @needs_mpi
 @pytest.mark.parametrize("phase, extra, at, message", [
     ("lbfgs", ["--adam-time", "0"], "iter     5", "interrupted (Ctrl-C)"),
-    ("adam", [], "pass      3", "interrupted in the mini-batch phase at pass")])
+    ("adam", [], "pass     3", "interrupted in the mini-batch phase at pass")])
 def test_ctrl_c_stops_every_rank_and_keeps_the_model(tmp_path, phase, extra, at, message):
     """Ctrl-C under --np 2, in L-BFGS and in the mini-batch phase (a plain fit on a time budget
     starts with it): every rank stops, exit code 130, the model is written."""

@@ -541,9 +541,10 @@ def test_cli_minibatch_phase_flags(tmp_path, capsys):
     assert lattenb.load(out).fit_info["adam"] is None
     assert cli.main(common + ["--time", "3s"]) == 0
     assert lattenb.load(out).fit_info["adam"]["epochs"] >= 1
-    assert [cli.parse_adam_time(t) for t in ("0", "0m", ".0s", "90", "2m")] == [0, 0, 0, 90, 120]
+    assert [cli.parse_duration(t, allow_zero=True) for t in ("0", "0m", ".0s", "90", "2m")] \
+        == [0, 0, 0, 90, 120]
     with pytest.raises(ValueError, match="duration"):
-        cli.parse_adam_time("-1")
+        cli.parse_duration("-1", allow_zero=True)
 
 
 def test_cli_fit_and_eval(tmp_path, capsys):
