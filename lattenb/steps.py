@@ -9,7 +9,7 @@ import numpy as np
 
 from .conventions import EV_A3_TO_GPA
 from .distributed import tsqr_factor
-from .loss import LossWeights, loss_and_gradient
+from .loss import LossWeights, loss_and_gradient, mlp_weight_mask
 from .predict import dataset_descriptors, predict
 
 #: the energy weights, relative to the L-BFGS fit's, that the final solve compares by
@@ -111,6 +111,14 @@ class ParameterVector:
                 self.frozen[start:start + n] = True
             start += n
 
+    def weight_mask(self):
+        """(n,) bool, True at the MLP's weights (not its biases), which the L2 penalty and
+        weight decay act on."""
+        mask = np.zeros(sum(self.sizes), bool)
+        mlp = self.model.params["mlp"]          # one row per species, or one shared row
+        mask[:mlp.size] = np.broadcast_to(mlp_weight_mask(self.model.layer_sizes), mlp.shape).ravel()
+        return mask
+
     def _values(self):
         p = self.model.params
         return {"mlp": p["mlp"], "e0": p["e0"], **{n: p[n] for n in self.species_names},
@@ -147,13 +155,20 @@ class Adam:
     """Adam (Kingma and Ba, arXiv:1412.6980) on a packed parameter vector, each step projected
     onto the box bounds of `ParameterVector` (bounds: a list of (lower, upper), None for no
     bound). `step(g, lr)` moves `x` by -lr * m_hat / (sqrt(v_hat) + eps) from the gradient g
-    and returns it."""
+    and returns it. With `weight_decay` > 0 the entries where `decay_mask` is True also shrink by
+    the factor (1 - lr * weight_decay) each step: decoupled weight decay (AdamW, Loshchilov and
+    Hutter, arXiv:1711.05101). An L2 term in g would instead be divided by the same running RMS
+    as the loss gradient, so that weights with large loss gradients are barely penalised."""
 
-    def __init__(self, x, bounds, beta1=0.9, beta2=0.999, eps=1e-8):
+    def __init__(self, x, bounds, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
+                 decay_mask=None):
         self.x = np.array(x, dtype=np.float64)
         self.lower = np.array([-np.inf if lo is None else lo for lo, _ in bounds], dtype=np.float64)
         self.upper = np.array([np.inf if hi is None else hi for _, hi in bounds], dtype=np.float64)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
+        self.weight_decay = float(weight_decay)
+        self.decay_mask = (np.ones(self.x.size, bool) if decay_mask is None
+                           else np.asarray(decay_mask, bool))
         self.m = np.zeros_like(self.x)
         self.v = np.zeros_like(self.x)
         self.t = 0
@@ -166,7 +181,10 @@ class Adam:
         self.v += (1.0 - self.beta2) * g * g
         m_hat = self.m / (1.0 - self.beta1 ** self.t)
         v_hat = self.v / (1.0 - self.beta2 ** self.t)
-        self.x = np.clip(self.x - lr * m_hat / (np.sqrt(v_hat) + self.eps), self.lower, self.upper)
+        x = self.x - lr * m_hat / (np.sqrt(v_hat) + self.eps)
+        if self.weight_decay:
+            x[self.decay_mask] -= lr * self.weight_decay * self.x[self.decay_mask]
+        self.x = np.clip(x, self.lower, self.upper)
         return self.x
 
 

@@ -387,6 +387,36 @@ def test_adam_first_step_and_bounded_minimum():
     np.testing.assert_allclose(opt.x, [1.0, -1.0, 0.2], atol=1e-4)
 
 
+def test_adam_weight_decay_is_decoupled_and_masked():
+    """AdamW: with a zero gradient a step shrinks exactly the masked entries by (1 - lr * wd)
+    and leaves the others; with a gradient the decay adds to Adam's step instead of entering
+    its running RMS (so a large gradient does not scale it away)."""
+    from lattenb.steps import Adam
+    x0, mask = np.array([2.0, -3.0, 0.5]), np.array([True, False, True])
+    opt = Adam(x0, [(None, None)] * 3, weight_decay=0.1, decay_mask=mask)
+    np.testing.assert_allclose(opt.step(np.zeros(3), 0.01), [2.0 * 0.999, -3.0, 0.5 * 0.999],
+                               rtol=1e-15)
+    g = np.array([1e3, 1e3, -1e-3])
+    plain, decayed = Adam(x0, [(None, None)] * 3), Adam(x0, [(None, None)] * 3, weight_decay=0.1,
+                                                        decay_mask=mask)
+    np.testing.assert_allclose(decayed.step(g, 0.01) - plain.step(g, 0.01),
+                               [-0.01 * 0.1 * 2.0, 0.0, -0.01 * 0.1 * 0.5], rtol=1e-12, atol=1e-17)
+
+
+def test_weight_mask_is_where_the_l2_penalty_acts():
+    """ParameterVector.weight_mask marks the entries whose squares the loss's L2 term sums: the
+    penalty equals l2 * |x[mask]|^2 of the packed vector, for one MLP per species."""
+    from lattenb.steps import ParameterVector
+    frames = read(DATA / "Cu_train_subset.xyz", "::12")
+    model = LatteModel(["Cu", "Ni"], cutoff=4.0, blocks="2,-:2,i,i", hidden=(5, 3), seed=2)
+    vector = ParameterVector(model)
+    x, mask = vector.get(), vector.weight_mask()
+    assert mask.sum() == 2 * (4 * 5 + 5 * 3 + 3 * 1)        # two species, weights only
+    parts = loss_and_gradient(model, prepare_dataset(frames, model), LossWeights(1.0, 1.0, 0.0, l2=0.5),
+                              False)[1]
+    np.testing.assert_allclose(parts["l2"], 0.5 * np.sum(x[mask] ** 2), rtol=1e-12)
+
+
 def test_minibatches_cover_every_structure_once():
     from lattenb.training import minibatches
     frames = read(DATA / "Cu_train_subset.xyz", ":")
