@@ -158,10 +158,14 @@ class Adam:
     and returns it. With `weight_decay` > 0 the entries where `decay_mask` is True also shrink by
     the factor (1 - lr * weight_decay) each step: decoupled weight decay (AdamW, Loshchilov and
     Hutter, arXiv:1711.05101). An L2 term in g would instead be divided by the same running RMS
-    as the loss gradient, so that weights with large loss gradients are barely penalised."""
+    as the loss gradient, so that weights with large loss gradients are barely penalised.
+    `average` keeps the exponential moving average of the iterates with that decay per step
+    (x_average; inside the bounds, which are a box), as MACE evaluates its models: it removes
+    most of the steps' noise. Step t uses the decay min(average, (1 + t) / (10 + t)), so that
+    the first steps do not hold the average near the start (torch-ema's warm-up)."""
 
     def __init__(self, x, bounds, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
-                 decay_mask=None):
+                 decay_mask=None, average=0.99):
         self.x = np.array(x, dtype=np.float64)
         self.lower = np.array([-np.inf if lo is None else lo for lo, _ in bounds], dtype=np.float64)
         self.upper = np.array([np.inf if hi is None else hi for _, hi in bounds], dtype=np.float64)
@@ -169,6 +173,8 @@ class Adam:
         self.weight_decay = float(weight_decay)
         self.decay_mask = (np.ones(self.x.size, bool) if decay_mask is None
                            else np.asarray(decay_mask, bool))
+        self.average = average
+        self.x_average = self.x.copy()
         self.m = np.zeros_like(self.x)
         self.v = np.zeros_like(self.x)
         self.t = 0
@@ -185,6 +191,9 @@ class Adam:
         if self.weight_decay:
             x[self.decay_mask] -= lr * self.weight_decay * self.x[self.decay_mask]
         self.x = np.clip(x, self.lower, self.upper)
+        decay = min(self.average, (1.0 + self.t) / (10.0 + self.t))
+        self.x_average *= decay
+        self.x_average += (1.0 - decay) * self.x
         return self.x
 
 

@@ -403,6 +403,22 @@ def test_adam_weight_decay_is_decoupled_and_masked():
                                [-0.01 * 0.1 * 2.0, 0.0, -0.01 * 0.1 * 0.5], rtol=1e-12, atol=1e-17)
 
 
+def test_adam_keeps_the_moving_average_of_its_iterates():
+    """x_average is the iterates' exponential moving average with the decay d_t = min(d, (1 + t)
+    / (10 + t)) at step t: sum_j w_j x_j with w_j = (1 - d_j) prod_{k > j} d_k (x_0's weight
+    prod_k d_k), written out as that sum over the returned iterates."""
+    from lattenb.steps import Adam
+    rng = np.random.default_rng(3)
+    x0 = rng.normal(size=4)
+    opt = Adam(x0, [(None, None)] * 4, average=0.9)
+    iterates = [x0] + [opt.step(rng.normal(size=4), 0.1).copy() for _ in range(100)]
+    d = [None] + [min(0.9, (1 + t) / (10 + t)) for t in range(1, 101)]
+    weight = [np.prod(d[1:])] + [(1 - d[j]) * np.prod(d[j + 1:]) for j in range(1, 101)]
+    assert abs(sum(weight) - 1.0) < 1e-12 and d[100] == 0.9 and d[5] < 0.5
+    np.testing.assert_allclose(opt.x_average, sum(w * x for w, x in zip(weight, iterates)),
+                               rtol=1e-12)
+
+
 def test_weight_mask_is_where_the_l2_penalty_acts():
     """ParameterVector.weight_mask marks the entries whose squares the loss's L2 term sums: the
     penalty equals l2 * |x[mask]|^2 of the packed vector, for one MLP per species."""
