@@ -160,7 +160,7 @@ class Adam:
     Hutter, arXiv:1711.05101). An L2 term in g would instead be divided by the same running RMS
     as the loss gradient, so that weights with large loss gradients are barely penalised.
     `average` keeps the exponential moving average of the iterates with that decay per step
-    (x_average; inside the bounds, which are a box), as MACE evaluates its models: it removes
+    (x_average; inside the bounds, which are a box), as MACE's `--ema` option does: it removes
     most of the steps' noise. Step t uses the decay min(average, (1 + t) / (10 + t)), so that
     the first steps do not hold the average near the start (torch-ema's warm-up)."""
 
