@@ -43,7 +43,8 @@ TARGETS = {"300K": (3.0, 15.0), "600K": (15.0, 60.0)}
 
 #: the documented setting: what plain `lattenb fit train_300K.xyz --e0 isolated_atoms.xyz` does
 SETTING = {"preset": None, "blocks": None, "hidden": None, "cutoff": None, "time": "30m",
-           "seed": 0, "radial": None, "pair_radial": False, "l2": None}
+           "seed": 0, "radial": None, "pair_radial": False, "l2": None, "adam_time": None,
+           "adam_epochs": None}
 
 
 def rmse(model, frames):
@@ -139,6 +140,10 @@ def main():
     ap.add_argument("--seed", type=int, default=SETTING["seed"])
     ap.add_argument("--l2", type=float, default=SETTING["l2"], help="L2 penalty on MLP weights "
                                                                    "(default: plain fit's)")
+    ap.add_argument("--adam-time", default=SETTING["adam_time"],
+                    help="mini-batch phase (lattenb fit --adam-time; default: plain fit's, none)")
+    ap.add_argument("--adam-epochs", type=int, default=SETTING["adam_epochs"],
+                    help="at most this many passes of the phase (lattenb fit --adam-epochs)")
     ap.add_argument("--pair-radial", action="store_true",
                     help="radial functions per species pair (lattenb fit --pair-radial)")
     ap.add_argument("--threads", type=int, help="Numba threads for training (default: all)")
@@ -160,9 +165,9 @@ def main():
     # exactly what `lattenb fit train_300K.xyz --e0 isolated_atoms.xyz` chooses
     argv = ["fit", str(DATA / "train_300K.xyz"), "-o", "unused.npz", "--e0",
             str(DATA / "isolated_atoms.xyz"), "--time", args.time, "--seed", str(args.seed)]
-    for name in ("preset", "blocks", "hidden", "cutoff", "radial", "l2"):   # given: the user's
+    for name in ("preset", "blocks", "hidden", "cutoff", "radial", "l2", "adam_time", "adam_epochs"):
         if getattr(args, name) is not None:
-            argv += [f"--{name}", str(getattr(args, name))]
+            argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     ns = cli.build_parser().parse_args(argv)
     train, valid, auto = cli.fit_settings(ns, frames)
     model_path = RESULTS / f"acac_{args.tag}.npz"
@@ -172,7 +177,7 @@ def main():
         wall, iterations = model.fit_info.get("wall_time_s", float("nan")), model.fit_info.get("iterations", 0)
     else:
         model = lattenb.fit(train, valid=valid, preset=args.preset, hidden=args.hidden,
-                            seed=args.seed, max_iter=None,
+                            seed=args.seed, max_iter=None, adam_epochs=args.adam_epochs,
                             pair_radial=args.pair_radial or None,
                             max_time=cli.parse_duration(args.time),
                             log=lambda line: print(f"  {line}", flush=True), log_every=100, **auto)
