@@ -170,9 +170,9 @@ class Adam:
         self.lower = np.array([-np.inf if lo is None else lo for lo, _ in bounds], dtype=np.float64)
         self.upper = np.array([np.inf if hi is None else hi for _, hi in bounds], dtype=np.float64)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
-        self.weight_decay = float(weight_decay)
-        self.decay_mask = (np.ones(self.x.size, bool) if decay_mask is None
-                           else np.asarray(decay_mask, bool))
+        # per entry: weight_decay where decay_mask is True, 0 elsewhere
+        self.decay_rate = float(weight_decay) * (np.ones(self.x.size) if decay_mask is None
+                                                 else np.asarray(decay_mask, np.float64))
         self.average = average
         self.x_average = self.x.copy()
         self.m = np.zeros_like(self.x)
@@ -187,9 +187,7 @@ class Adam:
         self.v += (1.0 - self.beta2) * g * g
         m_hat = self.m / (1.0 - self.beta1 ** self.t)
         v_hat = self.v / (1.0 - self.beta2 ** self.t)
-        x = self.x - lr * m_hat / (np.sqrt(v_hat) + self.eps)
-        if self.weight_decay:
-            x[self.decay_mask] -= lr * self.weight_decay * self.x[self.decay_mask]
+        x = self.x - lr * (m_hat / (np.sqrt(v_hat) + self.eps) + self.decay_rate * self.x)
         self.x = np.clip(x, self.lower, self.upper)
         decay = min(self.average, (1.0 + self.t) / (10.0 + self.t))
         self.x_average *= decay

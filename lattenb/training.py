@@ -620,7 +620,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
         x0 = _initialise(model, data, vector, fixed_e0)
 
     # step 2a: Adam on mini-batches (a checkpoint's x0 is where it ended)
-    curve, adam = [], None
+    curve = []
     model.interrupted = False
     adam_epochs, adam_time = _minibatch_limits(adam_epochs, adam_time, max_time, max_iter,
                                                resume is None and not fitted)
@@ -632,13 +632,13 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
             log(f"mini-batch phase: Adam on {len(batches)} batches of about "
                 f"{data.comm.sum(float(data.n_atoms_per_frame.sum())) / len(batches):.0f} atoms, "
                 f"at most {limits}")
-        x0, adam = _minibatch_phase(vector, batches, data, vdata, weights, epochs=adam_epochs,
-                                    max_time=adam_time, seed=seed, log=log, log_every=log_every,
-                                    t_start=t_start, curve=curve)
+        x0, phase = _minibatch_phase(vector, batches, data, vdata, weights, epochs=adam_epochs,
+                                     max_time=adam_time, seed=seed, log=log, log_every=log_every,
+                                     t_start=t_start, curve=curve)
         del batches
         settings["adam"] = {"batch_atoms": ADAM_BATCH_ATOMS,
                             "learning_rate": list(ADAM_LEARNING_RATE),
-                            "weight_decay": ADAM_WEIGHT_DECAY, "average": ADAM_AVERAGE, **adam}
+                            "weight_decay": ADAM_WEIGHT_DECAY, "average": ADAM_AVERAGE, **phase}
 
     # step 2: L-BFGS-B, keeping the parameters best on the validation set
     run = _LbfgsRun(vector, data, vdata, weights, x0, settings, history, val_hist,
