@@ -44,7 +44,7 @@ TARGETS = {"300K": (3.0, 15.0), "600K": (15.0, 60.0)}
 #: the documented setting: what plain `lattenb fit train_300K.xyz --e0 isolated_atoms.xyz` does
 SETTING = {"preset": None, "blocks": None, "hidden": None, "cutoff": None, "time": "30m",
            "seed": 0, "radial": None, "pair_radial": False, "l2": None, "adam_time": None,
-           "adam_epochs": None}
+           "adam_epochs": None, "activation": None}
 
 
 def rmse(model, frames):
@@ -146,6 +146,8 @@ def main():
                     help="at most this many passes of the phase (lattenb fit --adam-epochs)")
     ap.add_argument("--pair-radial", action="store_true",
                     help="radial functions per species pair (lattenb fit --pair-radial)")
+    ap.add_argument("--activation", default=SETTING["activation"],
+                    help="hidden-layer activation (lattenb fit --activation; default: plain fit's)")
     ap.add_argument("--threads", type=int, help="Numba threads for training (default: all)")
     ap.add_argument("--tag", default="default")
     ap.add_argument("--evaluate", metavar="MODEL", help="evaluate this model instead of fitting")
@@ -179,6 +181,7 @@ def main():
         model = lattenb.fit(train, valid=valid, preset=args.preset, hidden=args.hidden,
                             seed=args.seed, max_iter=None, adam_epochs=args.adam_epochs,
                             pair_radial=args.pair_radial or None,
+                            activation=args.activation or ns.activation,
                             max_time=cli.parse_duration(args.time),
                             log=lambda line: print(f"  {line}", flush=True), log_every=100, **auto)
         wall, iterations = time.perf_counter() - t0, model.fit_info["iterations"]

