@@ -38,6 +38,15 @@ ERROR_ONLY = ("GAP", "MTP")
 COST_TICKS = (5, 10, 20, 50, 100, 200, 500)
 
 
+def lattenb_cost(tag, element, recorded, time_model):
+    """(µs/atom/step, where it was measured): `time_model(path)` of the model `mlearn.py --tag
+    tag` saved for `element`, or, when that file is gone, the cost its fit `recorded`."""
+    path = model_path(tag, element)
+    if path.is_file():
+        return time_model(path), "this run"
+    return recorded, "recorded by its fit"
+
+
 def measure(tags, elements, steps=20, repeats=5):
     """One row per (element, model): errors, cost, and where the cost comes from."""
     from ase.io import read
@@ -55,11 +64,8 @@ def measure(tags, elements, steps=20, repeats=5):
             if r is None:
                 print(f"  {element}: no row in {tag}.json, skipped", flush=True)
                 continue
-            path = model_path(tag, element)
-            if path.is_file():
-                cost, source = cost_us_per_atom(lattenb.load(path), test), "this run"
-            else:
-                cost, source = r.get("cost_us_per_atom_step"), "recorded by its fit"
+            cost, source = lattenb_cost(tag, element, r.get("cost_us_per_atom_step"),
+                                        lambda path: cost_us_per_atom(lattenb.load(path), test))
             rows.append({"element": element, "model": f"lattenb {tag}", "energy_mae": r["energy_mae"],
                          "force_mae": r["force_mae"], "cost_us_per_atom_step": cost,
                          "cost_source": source, "atoms": len(atoms)})

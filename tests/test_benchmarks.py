@@ -46,3 +46,29 @@ def test_nbmotaw_leave_out_names_a_binary_of_the_four_elements():
     frames = [Atoms("NbMo"), Atoms("Nb2"), Atoms("MoTa"), Atoms("Mo3Nb")]
     kept = [a for a in frames if nbmotaw.elements_of(a) != nbmotaw.parse_pair("NbMo")]
     assert [a.get_chemical_formula() for a in kept] == ["Nb2", "MoTa"]
+
+
+def test_pareto_times_saved_models_and_says_where_a_cost_comes_from(tmp_path, monkeypatch):
+    spec = importlib.util.spec_from_file_location("pareto", ROOT / "benchmarks" / "pareto.py")
+    pareto = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(pareto)
+    monkeypatch.setattr(pareto, "model_path", lambda tag, element: tmp_path / f"{tag}_{element}.npz")
+    (tmp_path / "fast_Ni.npz").write_bytes(b"")
+    timed = []
+    assert pareto.lattenb_cost("fast", "Ni", 13.0, lambda p: timed.append(p) or 9.5) == (9.5, "this run")
+    assert timed == [tmp_path / "fast_Ni.npz"]
+    assert pareto.lattenb_cost("fast", "Cu", 13.0, timed.append) == (13.0, "recorded by its fit")
+    assert len(timed) == 1                    # no model file: nothing timed
+    rows = [{"element": "Ni", "model": "lattenb fast", "energy_mae": 0.4, "force_mae": 0.02,
+             "cost_us_per_atom_step": 9.5, "cost_source": "this run"},
+            {"element": "Ni", "model": "lattenb mlearn", "energy_mae": 0.3, "force_mae": 0.018,
+             "cost_us_per_atom_step": 20.0, "cost_source": "recorded by its fit"},
+            {"element": "Ni", "model": "qSNAP", "energy_mae": 0.78, "force_mae": 0.031,
+             "cost_us_per_atom_step": 83.0, "cost_source": "this run (LAMMPS, 1 thread)"},
+            {"element": "Ni", "model": "MTP", "energy_mae": 0.48, "force_mae": 0.01,
+             "cost_us_per_atom_step": None, "cost_source": "no model here"}]
+    table = pareto.markdown(rows).splitlines()
+    assert table[3] == "| Ni | lattenb mlearn | 0.30 | 0.018 | 20.0 | recorded by its fit |"
+    assert table[5] == "| Ni | MTP | 0.48 | 0.010 | - | no model here |"
+    pareto.plot(rows, tmp_path / "pareto.png")
+    assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
