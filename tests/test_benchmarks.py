@@ -52,23 +52,31 @@ def test_pareto_times_saved_models_and_says_where_a_cost_comes_from(tmp_path, mo
     spec = importlib.util.spec_from_file_location("pareto", ROOT / "benchmarks" / "pareto.py")
     pareto = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(pareto)
+    from lattenb.model import LatteModel
     monkeypatch.setattr(pareto, "model_path", lambda tag, element: tmp_path / f"{tag}_{element}.npz")
-    (tmp_path / "fast_Ni.npz").write_bytes(b"")
+    setting = {"preset": "fast", "blocks": "4,-:4,i,i:2,ijk,ijk", "radial": None,
+               "cutoffs": {"Ni": 4.5, "Cu": 4.0}, "hidden": [8, 16]}
+    saved = LatteModel(["Ni"], cutoff=3.0, blocks="2,-", hidden=(4,))
+    saved.save(tmp_path / "fast_Ni.npz")
     timed = []
-    assert pareto.lattenb_cost("fast", "Ni", 13.0, lambda p: timed.append(p) or 9.5) == (9.5, "this run")
-    assert timed == [tmp_path / "fast_Ni.npz"]
-    assert pareto.lattenb_cost("fast", "Cu", 13.0, timed.append) == (13.0, "recorded by its fit")
-    assert len(timed) == 1                    # no model file: nothing timed
+    assert pareto.lattenb_cost("fast", "Ni", setting, lambda m: timed.append(m) or 9.5) == (9.5, "this run")
+    assert (timed[0].cutoff, timed[0].blocks, timed[0].hidden) == (3.0, "2,-", (4,))    # the file's
+    cost, source = pareto.lattenb_cost("fast", "Cu", setting, lambda m: timed.append(m) or 13.0)
+    assert (cost, source) == (13.0, "this run, untrained model of the same shape")
+    stand_in = timed[1]        # no model file: an untrained model with the setting's shape
+    assert stand_in.species == ("Cu",) and stand_in.cutoff == 4.0 and tuple(stand_in.hidden) == (8, 16)
+    assert stand_in.blocks == saved.__class__(["Cu"], blocks="4,-:4,i,i:2,ijk,ijk").blocks
     rows = [{"element": "Ni", "model": "lattenb fast", "energy_mae": 0.4, "force_mae": 0.02,
              "cost_us_per_atom_step": 9.5, "cost_source": "this run"},
             {"element": "Ni", "model": "lattenb mlearn", "energy_mae": 0.3, "force_mae": 0.018,
-             "cost_us_per_atom_step": 20.0, "cost_source": "recorded by its fit"},
+             "cost_us_per_atom_step": 20.0, "cost_source": "this run, untrained model of the same shape"},
             {"element": "Ni", "model": "qSNAP", "energy_mae": 0.78, "force_mae": 0.031,
              "cost_us_per_atom_step": 83.0, "cost_source": "this run (LAMMPS, 1 thread)"},
             {"element": "Ni", "model": "MTP", "energy_mae": 0.48, "force_mae": 0.01,
              "cost_us_per_atom_step": None, "cost_source": "no model here"}]
     table = pareto.markdown(rows).splitlines()
-    assert table[3] == "| Ni | lattenb mlearn | 0.30 | 0.018 | 20.0 | recorded by its fit |"
+    assert table[3] == ("| Ni | lattenb mlearn | 0.30 | 0.018 | 20.0 | this run, untrained model of "
+                        "the same shape |")
     assert table[5] == "| Ni | MTP | 0.48 | 0.010 | - | no model here |"
     pareto.plot(rows, tmp_path / "pareto.png")
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
