@@ -93,7 +93,9 @@ def cost_structure(frames):
 
 def cost_us_per_atom(model, frames):
     """µs/atom/step of energy + forces + stress on one thread (as bench_md measures), on
-    `cost_structure(frames)`."""
+    `cost_structure(frames)`. Called by `run` right after a fit, it read 1.2-1.4x the same
+    models' cost in a fresh process (the `fast` models of 2026-12-06; cause unknown, not BLAS
+    threads): compare costs with `pareto.py`, which times every model in one fresh run."""
     import numba
     from bench_md import time_lattenb
     atoms = cost_structure(frames)
