@@ -70,22 +70,14 @@ def curve(model, frames):
 
 def cost_us_per_atom(model, steps=20, repeats=5):
     """µs/atom/step of energy + forces + stress on one thread, 64 molecules 10 Å apart."""
-    import numba
     from ase.io import read
-    from bench_md import time_lattenb
+    from bench_md import time_one_thread
     mol = read(DATA / "test_MD_300K.xyz", 0)
     mol.positions -= mol.positions.mean(axis=0)
     box = mol.copy()
     box.cell = np.diag([10.0, 10.0, 10.0])
     box.pbc = True
-    box = box.repeat((4, 4, 4))
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        model.compute(box.positions, box.cell.array, box.pbc, box.numbers)   # warm-up
-        return time_lattenb(model, box, steps, repeats, skin=0.0)
-    finally:
-        numba.set_num_threads(threads)
+    return time_one_thread(model, box.repeat((4, 4, 4)), steps, repeats)
 
 
 def plot_curves(curves, path):
@@ -164,10 +156,13 @@ def main():
     RESULTS.mkdir(parents=True, exist_ok=True)
     setting = {k: getattr(args, k) for k in SETTING}
     frames = read(DATA / "train_300K.xyz", ":")
-    # exactly what `lattenb fit train_300K.xyz --e0 isolated_atoms.xyz` chooses
+    # exactly what `lattenb fit train_300K.xyz --e0 isolated_atoms.xyz` chooses and does, with
+    # this script's options passed on as the plain fit's
     argv = ["fit", str(DATA / "train_300K.xyz"), "-o", "unused.npz", "--e0",
-            str(DATA / "isolated_atoms.xyz"), "--time", args.time, "--seed", str(args.seed)]
-    for name in ("preset", "blocks", "hidden", "cutoff", "radial", "l2", "adam_time", "adam_epochs"):
+            str(DATA / "isolated_atoms.xyz"), "--time", args.time, "--seed", str(args.seed),
+            "--log-every", "100"] + (["--pair-radial"] if args.pair_radial else [])
+    for name in ("preset", "blocks", "hidden", "cutoff", "radial", "l2", "adam_time", "adam_epochs",
+                 "activation"):
         if getattr(args, name) is not None:
             argv += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     ns = cli.build_parser().parse_args(argv)
@@ -178,12 +173,7 @@ def main():
         model = lattenb.load(args.evaluate)
         wall, iterations = model.fit_info.get("wall_time_s", float("nan")), model.fit_info.get("iterations", 0)
     else:
-        model = lattenb.fit(train, valid=valid, preset=args.preset, hidden=args.hidden,
-                            seed=args.seed, max_iter=None, adam_epochs=args.adam_epochs,
-                            pair_radial=args.pair_radial or None,
-                            activation=args.activation or ns.activation,
-                            max_time=cli.parse_duration(args.time),
-                            log=lambda line: print(f"  {line}", flush=True), log_every=100, **auto)
+        model = cli.fit_model(ns, train, valid, auto, log=lambda line: print(f"  {line}", flush=True))
         wall, iterations = time.perf_counter() - t0, model.fit_info["iterations"]
         model.save(model_path)
         cli.write_learning_curve(model, model_path)

@@ -64,6 +64,20 @@ def time_lattenb(model, atoms, steps, repeats, skin, grades=False):
     return float(np.median(per_step)) / len(atoms) * 1e6
 
 
+def time_one_thread(model, atoms, steps=20, repeats=5):
+    """µs/atom/step of `time_lattenb` (neighbour list rebuilt every step) on one Numba thread,
+    after a warm-up call; the thread count is restored afterwards. The cost column of the
+    accuracy benchmarks."""
+    import numba
+    threads = numba.get_num_threads()
+    numba.set_num_threads(1)
+    try:
+        model.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)   # warm-up
+        return time_lattenb(model, atoms, steps, repeats, skin=0.0)
+    finally:
+        numba.set_num_threads(threads)
+
+
 def time_ase_calc(calc, atoms, steps, repeats):
     traj = thermal_steps(atoms, steps)
     a = atoms.copy()

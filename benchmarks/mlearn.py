@@ -96,16 +96,8 @@ def cost_us_per_atom(model, frames):
     `cost_structure(frames)`. Called by `run` right after a fit, it read 1.2-1.4x the same
     models' cost in a fresh process (the `fast` models of 2026-12-06; cause unknown, not BLAS
     threads): compare costs with `pareto.py`, which times every model in one fresh run."""
-    import numba
-    from bench_md import time_lattenb
-    atoms = cost_structure(frames)
-    threads = numba.get_num_threads()
-    numba.set_num_threads(1)
-    try:
-        model.compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)   # warm-up
-        return time_lattenb(model, atoms, 20, 5, skin=0.0)
-    finally:
-        numba.set_num_threads(threads)
+    from bench_md import time_one_thread
+    return time_one_thread(model, cost_structure(frames))
 
 
 def run(element, max_iter, max_time, setting, tag="mlearn"):

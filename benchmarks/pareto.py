@@ -88,7 +88,8 @@ def measure(tags, elements, steps=20, repeats=5):
             e, f = PUBLISHED[element][kind]
             rows.append({"element": element, "model": kind, "energy_mae": e, "force_mae": f,
                          "cost_us_per_atom_step": cost, "atoms": len(atoms),
-                         "cost_source": "this run (LAMMPS, 1 thread)" if cost else "LAMMPS unavailable"})
+                         "cost_source": ("this run (LAMMPS, 1 thread)" if cost
+                                         else "not timed (no LAMMPS or no model files)")})
             print(f"  {element} {kind}: {cost} µs/atom/step", flush=True)
         for kind in ERROR_ONLY:
             e, f = PUBLISHED[element][kind]

@@ -236,27 +236,7 @@ def cmd_fit(args):
 
 def _fit(args, comm, fit, log):
     train, valid, auto = _fit_inputs(args, comm, log)
-    weights = _floats(args.weights, 3, "weights")
-    output_weights = None
-    if args.output_weights:      # an "auto" energy weight is chosen by cross-validation
-        energy, _, rest = args.output_weights.partition(",")
-        auto_energy = energy.strip() == "auto"
-        output_weights = _floats(("0," if auto_energy else energy + ",") + rest, 3,
-                                 "output-weights")
-        if auto_energy:
-            output_weights = (None,) + output_weights[1:]
-    max_time = args.max_time if args.max_time is not None else parse_duration(args.time)
-    model = fit(train, valid=valid, preset=args.preset, hidden=args.hidden,
-                activation=args.activation,
-                shared_radial=args.shared_radial or None, pair_radial=args.pair_radial or None,
-                radial_from=args.radial_from,
-                species_mode=args.species_mode, embedding_dim=args.embedding_dim,
-                train_radial=not args.freeze_radial, weights=weights,
-                output_weights=output_weights,
-                solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
-                checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
-                resume=args.resume, max_time=max_time, log=log, log_every=args.log_every,
-                adam_epochs=args.adam_epochs, comm=comm, **auto)
+    model = fit_model(args, train, valid, auto, comm=comm, fit=fit, log=log)
     if comm.rank != 0:
         return 130 if model.interrupted else 0
     model.save(args.output)
@@ -268,6 +248,37 @@ def _fit(args, comm, fit, log):
     if model.interrupted:
         return 130
     return 0
+
+
+def fit_model(args, train, valid, auto, comm=None, fit=None, log=print):
+    """The model `lattenb fit` trains, from its parsed arguments `args` and what
+    `fit_settings` chose (`train`, `valid`, `auto`); one process unless `comm` is given, and
+    `lattenb.training.fit` unless `fit` is. Benchmarks call it to run exactly the plain fit."""
+    if comm is None:
+        from .distributed import SERIAL as comm
+    if fit is None:
+        from .training import fit
+    weights = _floats(args.weights, 3, "weights")
+    output_weights = None
+    if args.output_weights:      # an "auto" energy weight is chosen by cross-validation
+        energy, _, rest = args.output_weights.partition(",")
+        auto_energy = energy.strip() == "auto"
+        output_weights = _floats(("0," if auto_energy else energy + ",") + rest, 3,
+                                 "output-weights")
+        if auto_energy:
+            output_weights = (None,) + output_weights[1:]
+    max_time = args.max_time if args.max_time is not None else parse_duration(args.time)
+    return fit(train, valid=valid, preset=args.preset, hidden=args.hidden,
+               activation=args.activation,
+               shared_radial=args.shared_radial or None, pair_radial=args.pair_radial or None,
+               radial_from=args.radial_from,
+               species_mode=args.species_mode, embedding_dim=args.embedding_dim,
+               train_radial=not args.freeze_radial, weights=weights,
+               output_weights=output_weights,
+               solve_output=not args.no_output_solve, max_iter=args.max_iter, seed=args.seed,
+               checkpoint=args.checkpoint, checkpoint_every=args.checkpoint_every,
+               resume=args.resume, max_time=max_time, log=log, log_every=args.log_every,
+               adam_epochs=args.adam_epochs, comm=comm, **auto)
 
 
 def cmd_eval(args):
