@@ -130,6 +130,31 @@ def time_lammps_snap(atoms, steps, repeats, element="Cu", kind="qsnap"):
     return float(np.median(per_step)) / len(atoms) * 1e6
 
 
+def time_motep_mtp(atoms, mtp_file, cutoff, steps, repeats):
+    """µs/atom/step of energy + forces + stress of the moment tensor potential in `mtp_file` (an
+    MLIP-format .mtp, one species) with motep's C engine (`motep.calculator.MTP`, its ASE
+    neighbour list with a 0.3 Å skin), on `atoms` relabelled as the file's one species, cutoff
+    `cutoff` Å; along `time_ase_calc`'s thermal steps. None when motep is not installed. An MTP's
+    cost depends on its level (the contraction graph in the file), its radial basis and cutoff,
+    not on its coefficients, so an untrained template of a level times that level."""
+    try:
+        from motep.calculator import MTP
+        from motep.io.mlip.mtp import read_mtp
+    except ImportError as exc:
+        print(f"(MTP reference skipped: {exc}; pip install motep)")
+        return None
+    data = read_mtp(mtp_file)
+    if data.species_count != 1:
+        raise ValueError(f"{mtp_file}: {data.species_count} species; a one-species .mtp is timed")
+    data.species = [int(atoms.numbers[0])]
+    data.radial_basis.max = float(cutoff)
+    if data.moment_coeffs is None:   # an untrained template: any values cost the same
+        data.initialize(np.random.default_rng(0))
+    calc = MTP(data, engine="cext")
+    time_ase_calc(calc, atoms, 2, 1)   # warm-up, and the neighbour list built
+    return time_ase_calc(calc, atoms, steps, repeats)
+
+
 def accounted_bytes_per_atom(model, atoms):
     """(neighbour list, arrays one evaluation allocates that grow with N) in bytes per atom, and
     pairs per atom. Per-chunk scratch (a few kB per chunk, 8 chunks per thread) does not grow

