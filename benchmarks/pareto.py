@@ -159,10 +159,12 @@ def plot(rows, path):
                     ax.plot(r["cost_us_per_atom_step"], r[key], m, color=c, label=r["model"])
                 elif r["model"].startswith("MTP ") and r["cost_us_per_atom_step"]:
                     # a level's cost on the published error: hollow, it is not a fitted model
-                    ax.plot(r["cost_us_per_atom_step"], r[key], "^", color="k", mfc="white")
-                    ax.annotate(r["model"].split(" ", 1)[1].removesuffix(".mtp") + " (motep)",
-                                (r["cost_us_per_atom_step"], r[key]), fontsize=7,
-                                textcoords="offset points", xytext=(4, -10))
+                    first = not any(line.get_label().startswith("MTP cost") for line in ax.lines)
+                    ax.plot(r["cost_us_per_atom_step"], r[key], "^", color="k", mfc="white",
+                            label="MTP cost (motep), published error" if first else None)
+                    ax.annotate(r["model"].split(" ", 1)[1].removesuffix(".mtp"),
+                                (r["cost_us_per_atom_step"], r[key]), fontsize=7, ha="center",
+                                textcoords="offset points", xytext=(0, -11))
                 elif r["model"] in lines:
                     ax.axhline(r[key], ls=lines[r["model"]], color="k", lw=0.8,
                                label=f"{r['model']} (error only)")
@@ -176,9 +178,10 @@ def plot(rows, path):
                 ax.set_ylabel(label)
             if row == 0:
                 ax.set_title(element)
-            if row == 0 and col == 0:
-                ax.legend(fontsize=7)
-    fig.tight_layout()
+    # one legend below the panels, where it hides no point
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="lower center", ncol=len(labels), fontsize=8, frameon=False)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
     fig.savefig(path, dpi=110)
     plt.close(fig)
 
