@@ -93,9 +93,9 @@ def cost_structure(frames):
 
 def cost_us_per_atom(model, frames):
     """µs/atom/step of energy + forces + stress on one thread (as bench_md measures), on
-    `cost_structure(frames)`. Called by `run` right after a fit, it read 1.2-1.4x the same
-    models' cost in a fresh process (the `fast` models of 2026-12-06; cause unknown, not BLAS
-    threads): compare costs with `pareto.py`, which times every model in one fresh run."""
+    `cost_structure(frames)`. Called by `run` right after a fit; on one VM instance it read
+    1.2-1.4x the same models' cost in a fresh process, on another it agreed within 4 %
+    (2026-12-06): compare costs with `pareto.py`, which times every model in one fresh run."""
     from bench_md import time_one_thread
     return time_one_thread(model, cost_structure(frames))
 

@@ -34,7 +34,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-from mlearn import DATA, PUBLISHED, RESULTS, cost_structure, cost_us_per_atom, model_path  # noqa: E402
+from mlearn import DATA, PUBLISHED, RESULTS, cost_structure, model_path  # noqa: E402
 
 #: the LAMMPS references timed beside the lattenb models
 REFERENCES = ("SNAP", "qSNAP")
@@ -58,8 +58,9 @@ def lattenb_cost(tag, element, setting, time_model):
     saved for `element` or, when that file is gone (models are not in the repository), of an
     untrained model of the same shape. Trained radial windows are narrower, so the stand-in
     costs a little more: 1.07x on the Ni and Mo models of the `fast` blocks (2026-12-06).
-    (The cost a fit recorded is not used: taken in the fitting process, right after the fit,
-    it read 1.2-1.4x the same models' cost in a fresh process, 2026-12-06.)"""
+    (The cost a fit recorded is not used: every cost here comes from this one run. On one VM
+    instance the recorded costs read 1.2-1.4x a fresh process's; on another they agreed within
+    4 %, 2026-12-06.)"""
     import lattenb
     path = model_path(tag, element)
     if path.is_file():
@@ -72,49 +73,49 @@ def mtp_label(path):
     return f"MTP {Path(path).name}"
 
 
+def _row(element, model, errors, cost, source, atoms=None):
+    """One table row: test MAEs `errors` (meV/atom, eV/Å), µs/atom/step and where it came from."""
+    row = {"element": element, "model": model, "energy_mae": errors[0], "force_mae": errors[1],
+           "cost_us_per_atom_step": cost, "cost_source": source}
+    if atoms is not None:
+        row["atoms"] = atoms
+    print(f"  {element} {model}: {cost} µs/atom/step ({source})", flush=True)
+    return row
+
+
 def measure(tags, elements, mtp_files=(), steps=20, repeats=5):
-    """One row per (element, model): errors, cost, and where the cost comes from."""
+    """One row per (element, model): errors, cost, and where the cost comes from. Every model is
+    timed on the same structure with the same `steps` and `repeats`."""
     from ase.io import read
-    from bench_md import time_lammps_snap, time_motep_mtp
+    from bench_md import time_lammps_snap, time_motep_mtp, time_one_thread
 
     runs = {tag: json.loads((RESULTS / f"{tag}.json").read_text()) for tag in tags}
     results = {tag: {r["element"]: r for r in run["rows"]} for tag, run in runs.items()}
     rows = []
     for element in elements:
-        test = read(DATA / f"{element}_test.xyz", ":")
-        atoms = cost_structure(test)
+        atoms = cost_structure(read(DATA / f"{element}_test.xyz", ":"))
         for tag in tags:
             r = results[tag].get(element)
             if r is None:
                 print(f"  {element}: no row in {tag}.json, skipped", flush=True)
                 continue
             cost, source = lattenb_cost(tag, element, runs[tag]["setting"],
-                                        lambda model: cost_us_per_atom(model, test))
-            rows.append({"element": element, "model": f"lattenb {tag}", "energy_mae": r["energy_mae"],
-                         "force_mae": r["force_mae"], "cost_us_per_atom_step": cost,
-                         "cost_source": source, "atoms": len(atoms)})
-            print(f"  {element} {tag}: {cost} µs/atom/step ({source})", flush=True)
+                                        lambda model: time_one_thread(model, atoms, steps, repeats))
+            rows.append(_row(element, f"lattenb {tag}", (r["energy_mae"], r["force_mae"]), cost,
+                             source, len(atoms)))
         for kind in REFERENCES:
             cost = time_lammps_snap(atoms, steps, repeats, element=element, kind=kind.lower())
-            e, f = PUBLISHED[element][kind]
-            rows.append({"element": element, "model": kind, "energy_mae": e, "force_mae": f,
-                         "cost_us_per_atom_step": cost, "atoms": len(atoms),
-                         "cost_source": ("this run (LAMMPS, 1 thread)" if cost
-                                         else "not timed (no LAMMPS or no model files)")})
-            print(f"  {element} {kind}: {cost} µs/atom/step", flush=True)
+            rows.append(_row(element, kind, PUBLISHED[element][kind], cost,
+                             "this run (LAMMPS, 1 thread)" if cost
+                             else "not timed (no LAMMPS or no model files)", len(atoms)))
         cutoff = runs[tags[0]]["setting"]["cutoffs"][element]
         for path in mtp_files:
             cost = time_motep_mtp(atoms, path, cutoff, steps, repeats)
-            e, f = PUBLISHED[element]["MTP"]
-            rows.append({"element": element, "model": mtp_label(path), "energy_mae": e, "force_mae": f,
-                         "cost_us_per_atom_step": cost, "atoms": len(atoms),
-                         "cost_source": (f"this run (motep C engine, 1 thread, cutoff {cutoff} Å); "
-                                         "published MTP error" if cost else "not timed (no motep)")})
-            print(f"  {element} {mtp_label(path)}: {cost} µs/atom/step", flush=True)
-        for kind in ERROR_ONLY:
-            e, f = PUBLISHED[element][kind]
-            rows.append({"element": element, "model": kind, "energy_mae": e, "force_mae": f,
-                         "cost_us_per_atom_step": None, "cost_source": "no model here"})
+            rows.append(_row(element, mtp_label(path), PUBLISHED[element]["MTP"], cost,
+                             f"this run (motep C engine, 1 thread, cutoff {cutoff} Å); published MTP error"
+                             if cost else "not timed (no motep)", len(atoms)))
+        rows += [_row(element, kind, PUBLISHED[element][kind], None, "no model here")
+                 for kind in ERROR_ONLY]
     return rows
 
 
@@ -142,6 +143,7 @@ def plot(rows, path):
         for row, (key, label) in enumerate((("force_mae", "test force MAE (eV/Å)"),
                                             ("energy_mae", "test energy MAE (meV/atom)"))):
             ax = axes[row, col]
+            mtp_legend = "MTP cost (motep), published error"
             ours = [r for r in mine if r["model"].startswith("lattenb") and r["cost_us_per_atom_step"]]
             ours.sort(key=lambda r: r["cost_us_per_atom_step"])
             ax.plot([r["cost_us_per_atom_step"] for r in ours], [r[key] for r in ours], "o-",
@@ -159,9 +161,9 @@ def plot(rows, path):
                     ax.plot(r["cost_us_per_atom_step"], r[key], m, color=c, label=r["model"])
                 elif r["model"].startswith("MTP ") and r["cost_us_per_atom_step"]:
                     # a level's cost on the published error: hollow, it is not a fitted model
-                    first = not any(line.get_label().startswith("MTP cost") for line in ax.lines)
                     ax.plot(r["cost_us_per_atom_step"], r[key], "^", color="k", mfc="white",
-                            label="MTP cost (motep), published error" if first else None)
+                            label=mtp_legend)
+                    mtp_legend = None      # one legend entry for all levels
                     ax.annotate(r["model"].split(" ", 1)[1].removesuffix(".mtp"),
                                 (r["cost_us_per_atom_step"], r[key]), fontsize=7, ha="center",
                                 textcoords="offset points", xytext=(0, -11))
