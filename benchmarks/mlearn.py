@@ -169,6 +169,24 @@ def previous_rows(path, setting, limits, elements):
     return [r for r in previous.get("rows", []) if r["element"] not in elements]
 
 
+def parse_cutoffs(text):
+    """{element: cutoff Å} from "Ni=4.5,Cu=4.6"; ValueError naming what is wrong."""
+    cutoffs = {}
+    for item in text.split(","):
+        element, _, value = item.partition("=")
+        element = element.strip()
+        if element not in SETTING["cutoffs"]:
+            raise ValueError(f"{item!r}: expected El=cutoff with El one of "
+                             f"{', '.join(SETTING['cutoffs'])}")
+        try:
+            cutoffs[element] = float(value)
+        except ValueError:
+            raise ValueError(f"{item!r}: the cutoff {value!r} is not a number") from None
+        if not 1.0 <= cutoffs[element] <= 12.0:
+            raise ValueError(f"{item!r}: a cutoff of {cutoffs[element]} Å is outside 1-12 Å")
+    return cutoffs
+
+
 def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--elements", default="Ni,Cu,Li,Mo")
@@ -180,6 +198,8 @@ def main():
     ap.add_argument("--blocks", help="block string instead of the setting's (the fast preset's "
                     "own: 8,-:8,i,i:8,ij,ij:8,i,j,ij)")
     ap.add_argument("--hidden", help="hidden layer sizes instead of the setting's, e.g. 64,256")
+    ap.add_argument("--cutoff", help="cutoffs (Å) instead of the setting's, per element, e.g. "
+                    "Ni=4.5,Cu=4.6")
     ap.add_argument("--threads", type=int, help="Numba threads for training (default: all)")
     ap.add_argument("--tag", default="mlearn", help="results/<tag>.{json,md} (default mlearn)")
     args = ap.parse_args()
@@ -188,8 +208,13 @@ def main():
         hidden = parse_hidden(args.hidden) if args.hidden else None   # a tuple, as in SETTING
     except ValueError as err:
         raise SystemExit(f"--hidden: {err}") from None
+    try:
+        cutoffs = {**SETTING["cutoffs"], **parse_cutoffs(args.cutoff)} if args.cutoff else None
+    except ValueError as err:
+        raise SystemExit(f"--cutoff: {err}") from None
     setting = {**SETTING, **{k: v for k, v in (("radial", args.radial), ("blocks", args.blocks),
-                                               ("hidden", hidden)) if v is not None}}
+                                               ("hidden", hidden), ("cutoffs", cutoffs))
+                             if v is not None}}
     if args.threads:
         import numba
         numba.set_num_threads(args.threads)

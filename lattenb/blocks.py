@@ -32,7 +32,7 @@ import numpy as np
 
 from .projection import PROJECTIONS
 
-MAX_RANK = 3
+MAX_RANK = 4
 
 _BODY_RE = re.compile(r"^([a-z]+|[A-Z]+)$")
 
@@ -379,7 +379,7 @@ def descriptor_layout(blocks):
             term_start.append(len(term_bodies))
     body_rank = np.array(ranks, dtype=np.int64)
     body_projection = np.array(projections, dtype=np.int64)
-    # the kernels apply code 1 (traceless) to ranks 2 and 3 only and know no other code
+    # the kernels apply code 1 (traceless) to ranks 2 to 4 only and know no other code
     assert np.all((body_projection == 0) | ((body_projection == 1) & (body_rank >= 2)))
     sizes = 3 ** body_rank
     body_offset = np.concatenate([[0], np.cumsum(sizes)[:-1]]).astype(np.int64)

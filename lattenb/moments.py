@@ -23,12 +23,13 @@ from numba import njit
 from numba.core.extending import overload
 
 from ._numba import FASTMATH
-from .pairs import P_INV_R, P_R, P_UX, P_UY, P_UZ, T_D, T_D2, T_D3, T_R2, T_R3, T_RDOT
+from .pairs import (P_INV_R, P_R, P_UX, P_UY, P_UZ, T_D, T_D2, T_D3, T_D4, T_R2, T_R3, T_R4,
+                    T_RDOT)
 from .radial import (radial_adjoint_finish, radial_adjoint_init, radial_adjoint_pair, radial_load,
                      radial_value, radial_value_deriv)
 
-# Number of entries (3^p) of a body tensor of rank p = 0..3.
-RANK_SIZE = (1, 3, 9, 27)
+# Number of entries (3^p) of a body tensor of rank p = 0..4.
+RANK_SIZE = (1, 3, 9, 27, 81)
 # Rows of the per-pair reverse weights Q (4, n): D (eV) and H (eV, a vector), see
 # `atom_pair_gradients`.
 Q_D, Q_HX, Q_HY, Q_HZ = 0, 1, 2, 3
@@ -43,11 +44,13 @@ def _canonical_index(rank):
                     dtype=np.int64)
 
 
-# Moments of rank 2 and 3 are symmetric: the kernels sum only their unique components (at the
+# Moments of rank 2 to 4 are symmetric: the kernels sum only their unique components (at the
 # canonical places xx, xy, xz, yy, yz, zz = 0, 1, 2, 4, 5, 8 and xxx, xxy, xxz, xyy, xyz, xzz,
-# yyy, yyz, yzz, zzz = 0, 1, 2, 4, 5, 8, 13, 14, 17, 26) and then mirror them.
+# yyy, yyz, yzz, zzz = 0, 1, 2, 4, 5, 8, 13, 14, 17, 26, and likewise the 15 of rank 4) and then
+# mirror them.
 CANONICAL2 = _canonical_index(2)
 CANONICAL3 = _canonical_index(3)
+CANONICAL4 = _canonical_index(4)
 
 
 # The unique components of r-hat powers: their flat places in a 3^p tensor (xx, xy, xz, yy, yz,
@@ -60,9 +63,12 @@ CANONICAL3 = _canonical_index(3)
 UNIQUE1 = (0, 1, 2)
 UNIQUE2 = (0, 1, 2, 4, 5, 8)
 UNIQUE3 = (0, 1, 2, 4, 5, 8, 13, 14, 17, 26)
+# xxxx, xxxy, xxxz, xxyy, xxyz, xxzz, xyyy, xyyz, xyzz, xzzz, yyyy, yyyz, yyzz, yzzz, zzzz
+UNIQUE4 = (0, 1, 2, 4, 5, 8, 13, 14, 17, 26, 40, 41, 44, 53, 80)
 ZERO3 = (0.0,) * 3
 ZERO6 = (0.0,) * 6
 ZERO10 = (0.0,) * 10
+ZERO15 = (0.0,) * 15
 _INLINE = dict(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
 
 
@@ -89,6 +95,16 @@ def _add_unique3(acc, f, ux, uy, uz):
     return (acc[0] + fxx * ux, acc[1] + fxx * uy, acc[2] + fxx * uz, acc[3] + fxy * uy,
             acc[4] + fxy * uz, acc[5] + fxz * uz, acc[6] + fyy * uy, acc[7] + fyy * uz,
             acc[8] + fyz * uz, acc[9] + f * uz * uz * uz)
+
+
+@njit(**_INLINE)
+def _add_unique4(acc, f, ux, uy, uz):
+    # each quartic monomial is u_a times a cubic one (the order of `pairs.pair_tangents`' rows)
+    c = _add_unique3(ZERO10, f, ux, uy, uz)
+    return (acc[0] + c[0] * ux, acc[1] + c[1] * ux, acc[2] + c[2] * ux, acc[3] + c[3] * ux,
+            acc[4] + c[4] * ux, acc[5] + c[5] * ux, acc[6] + c[6] * ux, acc[7] + c[7] * ux,
+            acc[8] + c[8] * ux, acc[9] + c[9] * ux, acc[10] + c[6] * uy, acc[11] + c[7] * uy,
+            acc[12] + c[8] * uy, acc[13] + c[9] * uy, acc[14] + c[9] * uz)
 
 
 @njit(**_INLINE)
@@ -141,6 +157,24 @@ def _add_tangent10(acc_a, acc_d, f, g, m, dm):
              acc_d[4] + g * m[4] + f * dm[4], acc_d[5] + g * m[5] + f * dm[5],
              acc_d[6] + g * m[6] + f * dm[6], acc_d[7] + g * m[7] + f * dm[7],
              acc_d[8] + g * m[8] + f * dm[8], acc_d[9] + g * m[9] + f * dm[9]))
+
+
+@njit(**_INLINE)
+def _add_tangent15(acc_a, acc_d, f, g, m, dm):
+    """As `_add_tangent6` over the 15 unique rank-4 components."""
+    return ((acc_a[0] + f * m[0], acc_a[1] + f * m[1], acc_a[2] + f * m[2], acc_a[3] + f * m[3],
+             acc_a[4] + f * m[4], acc_a[5] + f * m[5], acc_a[6] + f * m[6], acc_a[7] + f * m[7],
+             acc_a[8] + f * m[8], acc_a[9] + f * m[9], acc_a[10] + f * m[10],
+             acc_a[11] + f * m[11], acc_a[12] + f * m[12], acc_a[13] + f * m[13],
+             acc_a[14] + f * m[14]),
+            (acc_d[0] + g * m[0] + f * dm[0], acc_d[1] + g * m[1] + f * dm[1],
+             acc_d[2] + g * m[2] + f * dm[2], acc_d[3] + g * m[3] + f * dm[3],
+             acc_d[4] + g * m[4] + f * dm[4], acc_d[5] + g * m[5] + f * dm[5],
+             acc_d[6] + g * m[6] + f * dm[6], acc_d[7] + g * m[7] + f * dm[7],
+             acc_d[8] + g * m[8] + f * dm[8], acc_d[9] + g * m[9] + f * dm[9],
+             acc_d[10] + g * m[10] + f * dm[10], acc_d[11] + g * m[11] + f * dm[11],
+             acc_d[12] + g * m[12] + f * dm[12], acc_d[13] + g * m[13] + f * dm[13],
+             acc_d[14] + g * m[14] + f * dm[14]))
 
 
 # Radial rows (`KernelArrays.radial_row`): a (S,) map, one row per central species (or row 0 for
@@ -277,7 +311,7 @@ def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_
                     acc2 = _add_unique2(acc2, sc * radial_value(family, P[P_R, k], kb),
                                         P[P_UX, k], P[P_UY, k], P[P_UZ, k])
             _store_unique(A, off, 1.0, acc2, UNIQUE2)
-        else:
+        elif p == 3:
             acc3 = ZERO10
             for sj in range(n_species):
                 k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
@@ -291,6 +325,20 @@ def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_
                     acc3 = _add_unique3(acc3, sc * radial_value(family, P[P_R, k], kb),
                                         P[P_UX, k], P[P_UY, k], P[P_UZ, k])
             _store_unique(A, off, 1.0, acc3, UNIQUE3)
+        else:
+            acc4 = ZERO15
+            for sj in range(n_species):
+                k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
+                lo = np.uint64(key_start[sj * n_bins + k0])
+                hi = np.uint64(key_start[sj * n_bins + k1])
+                if lo == hi:
+                    continue
+                kb = run_constants(family, radial, radial_row, si, sj, b, kb_body)
+                sc = sigma_scaled[si, sj, b]
+                for k in range(lo, hi):
+                    acc4 = _add_unique4(acc4, sc * radial_value(family, P[P_R, k], kb),
+                                        P[P_UX, k], P[P_UY, k], P[P_UZ, k])
+            _store_unique(A, off, 1.0, acc4, UNIQUE4)
     for b in range(body_rank.shape[0]):            # mirror the unique components
         off = body_offset[b]
         if body_rank[b] == 2:
@@ -299,6 +347,9 @@ def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_
         elif body_rank[b] == 3:
             for e in range(27):
                 A[off + e] = A[off + CANONICAL3[e]]
+        elif body_rank[b] == 4:
+            for e in range(81):
+                A[off + e] = A[off + CANONICAL4[e]]
 
 
 
@@ -318,6 +369,28 @@ def _sym3_weights(a, s):
             s * (a[4] + a[10] + a[12]), 0.5 * s * (a[5] + a[7] + a[11] + a[15] + a[19] + a[21]),
             s * (a[8] + a[20] + a[24]), 3.0 * s * a[13], s * (a[14] + a[16] + a[22]),
             s * (a[17] + a[23] + a[25]), 3.0 * s * a[26])
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _sym4_weights(a, s):
+    """The unique components of 4 s sym(a) for a (81,) (xxxx, xxxy, ..., zzzz, `UNIQUE4`): 4 s
+    times the mean of the entries sharing a component (1, 4, 6 or 12 of them)."""
+    third = 1.0 / 3.0
+    two_thirds = 2.0 / 3.0
+    return (4.0 * s * a[0], s * (a[1] + a[3] + a[9] + a[27]), s * (a[2] + a[6] + a[18] + a[54]),
+            two_thirds * s * (a[4] + a[10] + a[12] + a[28] + a[30] + a[36]),
+            third * s * (a[5] + a[7] + a[11] + a[15] + a[19] + a[21] + a[29] + a[33] + a[45]
+                         + a[55] + a[57] + a[63]),
+            two_thirds * s * (a[8] + a[20] + a[24] + a[56] + a[60] + a[72]),
+            s * (a[13] + a[31] + a[37] + a[39]),
+            third * s * (a[14] + a[16] + a[22] + a[32] + a[34] + a[38] + a[42] + a[46] + a[48]
+                         + a[58] + a[64] + a[66]),
+            third * s * (a[17] + a[23] + a[25] + a[35] + a[47] + a[51] + a[59] + a[61] + a[65]
+                         + a[69] + a[73] + a[75]),
+            s * (a[26] + a[62] + a[74] + a[78]), 4.0 * s * a[40],
+            s * (a[41] + a[43] + a[49] + a[67]),
+            two_thirds * s * (a[44] + a[50] + a[52] + a[68] + a[70] + a[76]),
+            s * (a[53] + a[71] + a[77] + a[79]), 4.0 * s * a[80])
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
@@ -345,6 +418,29 @@ def _h3(m, ux, uy, uz):
             mxxz * xx + myyz * yy + mzzz * zz + mxyz * xy2 + mxzz * xz2 + myzz * yz2)
 
 
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _h4(m, ux, uy, uz):
+    """h_g = sum_bcd M_gbcd rhat_b rhat_c rhat_d for the symmetric M with unique components m
+    (`UNIQUE4` order): each unique cubic monomial with its multiplicity, times the component
+    of M that prepending g makes."""
+    xxx = ux * ux * ux
+    xxy = 3.0 * ux * ux * uy
+    xxz = 3.0 * ux * ux * uz
+    xyy = 3.0 * ux * uy * uy
+    xyz = 6.0 * ux * uy * uz
+    xzz = 3.0 * ux * uz * uz
+    yyy = uy * uy * uy
+    yyz = 3.0 * uy * uy * uz
+    yzz = 3.0 * uy * uz * uz
+    zzz = uz * uz * uz
+    return (m[0] * xxx + m[1] * xxy + m[2] * xxz + m[3] * xyy + m[4] * xyz + m[5] * xzz
+            + m[6] * yyy + m[7] * yyz + m[8] * yzz + m[9] * zzz,
+            m[1] * xxx + m[3] * xxy + m[4] * xxz + m[6] * xyy + m[7] * xyz + m[8] * xzz
+            + m[10] * yyy + m[11] * yyz + m[12] * yzz + m[13] * zzz,
+            m[2] * xxx + m[4] * xxy + m[5] * xxz + m[7] * xyy + m[8] * xyz + m[9] * xzz
+            + m[11] * yyy + m[12] * yyz + m[13] * yzz + m[14] * zzz)
+
+
 @njit(**_INLINE)
 def _add_q(Q, k, c, f, fp, hx, hy, hz, ux, uy, uz):
     """Q[:, k] += (c fp (h . rhat), f h): one body's share of pair k's D and H, with c = 1/p
@@ -368,7 +464,7 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
 
     h_b,g = sum_e sum_{beta: beta_e = g} Abar_b[beta] prod_{e' != e} rhat[beta_e'], and
     h_b . rhat = p_b (Abar_b . R). Only the symmetric part of Abar_b meets the symmetric r-hat
-    powers, so ranks 2 and 3 use its unique components.
+    powers, so ranks 2 to 4 use its unique components.
 
     Returns the atom's contribution to dE/d(strain) as 9 scalars sum_k g_a v_b (row-major ab)."""
     for k in range(n_kept):
@@ -432,7 +528,7 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
                     uz = P[P_UZ, k]
                     hx, hy, hz = _h2(m2, ux, uy, uz)
                     _add_q(Q, k, 0.5, sc * f, sc * fp, hx, hy, hz, ux, uy, uz)
-        else:
+        elif p == 3:
             m3 = _sym3_weights(Abar[off:off + 27], 1.0)
             for sj in range(n_species):
                 k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
@@ -449,6 +545,23 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
                     uz = P[P_UZ, k]
                     hx, hy, hz = _h3(m3, ux, uy, uz)
                     _add_q(Q, k, ONE_THIRD, sc * f, sc * fp, hx, hy, hz, ux, uy, uz)
+        else:
+            m4 = _sym4_weights(Abar[off:off + 81], 1.0)
+            for sj in range(n_species):
+                k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
+                lo = np.uint64(key_start[sj * n_bins + k0])
+                hi = np.uint64(key_start[sj * n_bins + k1])
+                if lo == hi:
+                    continue
+                kb = run_constants(family, radial, radial_row, si, sj, b, kb_body)
+                sc = sigma_scaled[si, sj, b]
+                for k in range(lo, hi):
+                    f, fp = radial_value_deriv(family, P[P_R, k], kb)
+                    ux = P[P_UX, k]
+                    uy = P[P_UY, k]
+                    uz = P[P_UZ, k]
+                    hx, hy, hz = _h4(m4, ux, uy, uz)
+                    _add_q(Q, k, 0.25, sc * f, sc * fp, hx, hy, hz, ux, uy, uz)
     s00 = s01 = s02 = s10 = s11 = s12 = s20 = s21 = s22 = 0.0
     for k in range(n_kept):
         r = P[P_R, k]
@@ -539,7 +652,7 @@ def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_of
                          T[T_D2 + 4, k], T[T_D2 + 5, k]))
                 _store_unique(A, off, sc, acc_a, UNIQUE2)
                 _store_unique(Adot, off, sc, acc_d, UNIQUE2)
-            else:
+            elif p == 3:
                 acc_a = acc_d = ZERO10
                 for k in range(lo, hi):
                     f, fp = radial_value_deriv(family, P[P_R, k], kb)
@@ -553,6 +666,22 @@ def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_of
                          T[T_D3 + 8, k], T[T_D3 + 9, k]))
                 _store_unique(A, off, sc, acc_a, UNIQUE3)
                 _store_unique(Adot, off, sc, acc_d, UNIQUE3)
+            else:
+                acc_a = acc_d = ZERO15
+                for k in range(lo, hi):
+                    f, fp = radial_value_deriv(family, P[P_R, k], kb)
+                    acc_a, acc_d = _add_tangent15(
+                        acc_a, acc_d, f, fp * T[T_RDOT, k],
+                        (T[T_R4, k], T[T_R4 + 1, k], T[T_R4 + 2, k], T[T_R4 + 3, k],
+                         T[T_R4 + 4, k], T[T_R4 + 5, k], T[T_R4 + 6, k], T[T_R4 + 7, k],
+                         T[T_R4 + 8, k], T[T_R4 + 9, k], T[T_R4 + 10, k], T[T_R4 + 11, k],
+                         T[T_R4 + 12, k], T[T_R4 + 13, k], T[T_R4 + 14, k]),
+                        (T[T_D4, k], T[T_D4 + 1, k], T[T_D4 + 2, k], T[T_D4 + 3, k],
+                         T[T_D4 + 4, k], T[T_D4 + 5, k], T[T_D4 + 6, k], T[T_D4 + 7, k],
+                         T[T_D4 + 8, k], T[T_D4 + 9, k], T[T_D4 + 10, k], T[T_D4 + 11, k],
+                         T[T_D4 + 12, k], T[T_D4 + 13, k], T[T_D4 + 14, k]))
+                _store_unique(A, off, sc, acc_a, UNIQUE4)
+                _store_unique(Adot, off, sc, acc_d, UNIQUE4)
     for b in range(body_rank.shape[0]):            # mirror the unique components
         off = body_offset[b]
         if body_rank[b] == 2:
@@ -563,6 +692,10 @@ def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_of
             for e in range(27):
                 A[off + e] = A[off + CANONICAL3[e]]
                 Adot[off + e] = Adot[off + CANONICAL3[e]]
+        elif body_rank[b] == 4:
+            for e in range(81):
+                A[off + e] = A[off + CANONICAL4[e]]
+                Adot[off + e] = Adot[off + CANONICAL4[e]]
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
@@ -584,6 +717,26 @@ def _class_sums3(a, off):
             a[off + 26])
 
 
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _class_sums4(a, off):
+    """As `_class_sums2` for a rank-4 tensor a[off:off + 81] (`UNIQUE4` order)."""
+    return (a[off], a[off + 1] + a[off + 3] + a[off + 9] + a[off + 27],
+            a[off + 2] + a[off + 6] + a[off + 18] + a[off + 54],
+            a[off + 4] + a[off + 10] + a[off + 12] + a[off + 28] + a[off + 30] + a[off + 36],
+            a[off + 5] + a[off + 7] + a[off + 11] + a[off + 15] + a[off + 19] + a[off + 21]
+            + a[off + 29] + a[off + 33] + a[off + 45] + a[off + 55] + a[off + 57] + a[off + 63],
+            a[off + 8] + a[off + 20] + a[off + 24] + a[off + 56] + a[off + 60] + a[off + 72],
+            a[off + 13] + a[off + 31] + a[off + 37] + a[off + 39],
+            a[off + 14] + a[off + 16] + a[off + 22] + a[off + 32] + a[off + 34] + a[off + 38]
+            + a[off + 42] + a[off + 46] + a[off + 48] + a[off + 58] + a[off + 64] + a[off + 66],
+            a[off + 17] + a[off + 23] + a[off + 25] + a[off + 35] + a[off + 47] + a[off + 51]
+            + a[off + 59] + a[off + 61] + a[off + 65] + a[off + 69] + a[off + 73] + a[off + 75],
+            a[off + 26] + a[off + 62] + a[off + 74] + a[off + 78], a[off + 40],
+            a[off + 41] + a[off + 43] + a[off + 49] + a[off + 67],
+            a[off + 44] + a[off + 50] + a[off + 52] + a[off + 68] + a[off + 70] + a[off + 76],
+            a[off + 53] + a[off + 71] + a[off + 77] + a[off + 79], a[off + 80])
+
+
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
 def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, body_offset,
                              body_bins, sigma_scaled, radial, radial_row, Abar, Adotbar, g_sigma,
@@ -602,7 +755,7 @@ def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, bod
     One pass over the body's pairs hands (r_k, p_k, q_k) to the family's accumulators
     (`radial_adjoint_pair`), and `radial_adjoint_finish` turns them into dJ/dsigma and dJ/dtheta.
     Only the symmetric parts of Abar_b and Adotbar_b meet the symmetric R_k and Rdot_k, so ranks
-    2 and 3 dot their class sums (`_class_sums2`, `_class_sums3`) with the unique-monomial rows of
+    2 to 4 dot their class sums (`_class_sums2`, ...) with the unique-monomial rows of
     T, and rank 1 dots Abar_b, Adotbar_b with rhat_k and its tangent rows, all through
     `_pair_weights` (-0.2 % and -0.1 % instructions per training gradient against writing ranks
     2-3 and rank 1 out)."""
@@ -644,7 +797,7 @@ def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, bod
                         (T[T_D2, k], T[T_D2 + 1, k], T[T_D2 + 2, k], T[T_D2 + 3, k],
                          T[T_D2 + 4, k], T[T_D2 + 5, k]))
                     acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, pk, qk)
-            else:
+            elif p == 3:
                 wa = _class_sums3(Abar, off)
                 wd = _class_sums3(Adotbar, off)
                 for k in range(lo, hi):
@@ -656,6 +809,21 @@ def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, bod
                         (T[T_D3, k], T[T_D3 + 1, k], T[T_D3 + 2, k], T[T_D3 + 3, k],
                          T[T_D3 + 4, k], T[T_D3 + 5, k], T[T_D3 + 6, k], T[T_D3 + 7, k],
                          T[T_D3 + 8, k], T[T_D3 + 9, k]))
+                    acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, pk, qk)
+            else:
+                wa = _class_sums4(Abar, off)
+                wd = _class_sums4(Adotbar, off)
+                for k in range(lo, hi):
+                    pk, qk = _pair_weights(
+                        wa, wd, T[T_RDOT, k],
+                        (T[T_R4, k], T[T_R4 + 1, k], T[T_R4 + 2, k], T[T_R4 + 3, k],
+                         T[T_R4 + 4, k], T[T_R4 + 5, k], T[T_R4 + 6, k], T[T_R4 + 7, k],
+                         T[T_R4 + 8, k], T[T_R4 + 9, k], T[T_R4 + 10, k], T[T_R4 + 11, k],
+                         T[T_R4 + 12, k], T[T_R4 + 13, k], T[T_R4 + 14, k]),
+                        (T[T_D4, k], T[T_D4 + 1, k], T[T_D4 + 2, k], T[T_D4 + 3, k],
+                         T[T_D4 + 4, k], T[T_D4 + 5, k], T[T_D4 + 6, k], T[T_D4 + 7, k],
+                         T[T_D4 + 8, k], T[T_D4 + 9, k], T[T_D4 + 10, k], T[T_D4 + 11, k],
+                         T[T_D4 + 12, k], T[T_D4 + 13, k], T[T_D4 + 14, k]))
                     acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, pk, qk)
             gs, gt = radial_adjoint_finish(family, acc, kb, sigma_scaled[si, sj, b])
             g_sigma[si, sj, b] += gs

@@ -129,10 +129,11 @@ def max_neighbours(offsets):
 
 # Rows of the per-pair tangent scratch T (TANGENT_ROWS, n): rdot = rhat . vtilde, d rhat =
 # (vtilde - rhat rdot) / r (the rank-1 tangent; rank 1's monomials are P's rhat rows), the unique
-# monomials of rhat^(x)2 (xx, xy, xz, yy, yz, zz) and rhat^(x)3 (xxx, xxy, xxz, xyy, xyz, xzz,
-# yyy, yyz, yzz, zzz) and their tangents. Tangent rows carry the units of vtilde (per Å for d).
-T_RDOT, T_D, T_R2, T_D2, T_R3, T_D3 = 0, 1, 4, 10, 16, 26
-TANGENT_ROWS = 36
+# monomials of rhat^(x)2 (xx, xy, xz, yy, yz, zz), rhat^(x)3 (xxx, xxy, xxz, xyy, xyz, xzz,
+# yyy, yyz, yzz, zzz) and rhat^(x)4 (xxxx, xxxy, ..., zzzz: the 15 sorted index quadruples in
+# lexicographic order) and their tangents. Tangent rows carry the units of vtilde (per Å for d).
+T_RDOT, T_D, T_R2, T_D2, T_R3, T_D3, T_R4, T_D4 = 0, 1, 4, 10, 16, 26, 36, 51
+TANGENT_ROWS = 66
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)
@@ -192,6 +193,17 @@ def pair_tangents(i, n_kept, P, pair_q, second, delta, strain_bar, max_rank, T):
                 T[T_D3 + 6 + e, k] = dy * T[T_R2 + 3 + e, k] + uy * T[T_D2 + 3 + e, k]
             T[T_R3 + 9, k] = uz * T[T_R2 + 5, k]    # zzz
             T[T_D3 + 9, k] = dz * T[T_R2 + 5, k] + uz * T[T_D2 + 5, k]
+            if max_rank < 4:
+                continue
+            # the quartic ones likewise from the cubic ones
+            for e in range(10):                     # xxxx .. xzzz = x * (xxx .. zzz)
+                T[T_R4 + e, k] = ux * T[T_R3 + e, k]
+                T[T_D4 + e, k] = dx * T[T_R3 + e, k] + ux * T[T_D3 + e, k]
+            for e in range(4):                      # yyyy, yyyz, yyzz, yzzz = y * (yyy .. zzz)
+                T[T_R4 + 10 + e, k] = uy * T[T_R3 + 6 + e, k]
+                T[T_D4 + 10 + e, k] = dy * T[T_R3 + 6 + e, k] + uy * T[T_D3 + 6 + e, k]
+            T[T_R4 + 14, k] = uz * T[T_R3 + 9, k]   # zzzz
+            T[T_D4 + 14, k] = dz * T[T_R3 + 9, k] + uz * T[T_D3 + 9, k]
 
 
 # ----------------------------------------------------------------------------- sorted once

@@ -148,6 +148,18 @@ def test_traceless_bodies_match_cpu(make):
 
 
 @needs_cuda
+def test_rank4_bodies_match_cpu():
+    """Rank-4 bodies: their moments, their traceless projection and the reverse pass to the
+    pairs on the GPU."""
+    m = make_model(blocks="2,-:1,ijkl,ijkl:1,i,jkl,ijkl:1,ij,ijkl,kl:1,IJKL,IJKL")
+    atoms = periodic_triclinic()
+    ref = cpu_result(m, atoms)
+    assert np.abs(ref["forces"]).max() > 0.3
+    out = CudaEvaluator(m).compute(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    assert_same(out, ref, TOL)
+
+
+@needs_cuda
 @pytest.mark.parametrize("radial, shared, make",
                          [("spline", False, periodic_triclinic), ("spline-5", True, cluster),
                           ("polynomial", True, slab)],

@@ -17,6 +17,8 @@ from structures import random_atoms
 
 ALL_PATTERNS = "3,-:2,i,i:2,ij,ij:2,ijk,ijk:2,i,j,ij:2,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
 DESIGN_PATTERNS = ["-", "i,i", "ij,ij", "ijk,ijk", "i,j,ij", "ij,jk,ki", "i,ij,jk,k", "i,j,k,ijk"]
+#: patterns with rank-4 bodies (angular resolution l = 4), beyond the design page's list
+RANK4_PATTERNS = "2,ijkl,ijkl:2,ij,ijkl,kl:2,i,jkl,ijkl:2,IJKL,IJKL:2,IJ,IJKL,KL"
 #: Allen et al.'s 13 invariants of the irreducible tensors S, v, Q, T (the `hop` preset's patterns)
 #: and a pattern mixing raw and traceless bodies
 TRACELESS_PATTERNS = ["-", "I,I", "IJ,IJ", "IJK,IJK", "I,IJ,J", "IJ,JK,KI", "IJ,JKL,IKL",
@@ -46,12 +48,22 @@ def reference_radial(r, c, w):
 
 
 def reference_traceless(A):
-    """The symmetric traceless part of symmetric body tensors A (N, 3, ..., 3) of rank 2 or 3,
+    """The symmetric traceless part of symmetric body tensors A (N, 3, ..., 3) of rank 2 to 4,
     written out from the textbook formulas (Q = A - I tr A / 3; T_ijk = A_ijk - (d_ij a_k +
-    d_ik a_j + d_jk a_i) / 5 with a_k = A_mmk)."""
+    d_ik a_j + d_jk a_i) / 5 with a_k = A_mmk; rank 4 with b_kl = A_mmkl and c = b_mm:
+    A_ijkl - (d_ij b_kl + its 5 other pairings) / 7 + c (d_ij d_kl + d_ik d_jl + d_il d_jk) / 35)."""
     eye = np.eye(3)
     if A.ndim == 3:
         return A - np.einsum("ab,z->zab", eye, np.einsum("zmm->z", A)) / 3.0
+    if A.ndim == 5:
+        b = np.einsum("zmmkl->zkl", A)
+        c = np.einsum("zmm->z", b)
+        pairings = sum(np.einsum(f"{d},z{rest}->zabcd", eye, b)
+                       for d, rest in [("ab", "cd"), ("ac", "bd"), ("ad", "bc"), ("bc", "ad"),
+                                       ("bd", "ac"), ("cd", "ab")])
+        dd = (np.einsum("ab,cd->abcd", eye, eye) + np.einsum("ac,bd->abcd", eye, eye)
+              + np.einsum("ad,bc->abcd", eye, eye))
+        return A - pairings / 7.0 + np.einsum("z,abcd->zabcd", c, dd) / 35.0
     a = np.einsum("zmmk->zk", A)
     return A - (np.einsum("ab,zc->zabc", eye, a) + np.einsum("ac,zb->zabc", eye, a)
                 + np.einsum("bc,za->zabc", eye, a)) / 5.0
@@ -102,7 +114,8 @@ def reference_descriptors(spec, params, model_numbers, atoms, cutoff, pair_radia
     i, j, D = ase_neighbor_list("ijD", atoms, cutoff)
     r = np.linalg.norm(D, axis=1)
     u = D / r[:, None]
-    powers = [np.ones(len(r)), u, np.einsum("pa,pb->pab", u, u), np.einsum("pa,pb,pc->pabc", u, u, u)]
+    powers = [np.ones(len(r)), u, np.einsum("pa,pb->pab", u, u), np.einsum("pa,pb,pc->pabc", u, u, u),
+              np.einsum("pa,pb,pc,pd->pabcd", u, u, u, u)]
     centres, widths, sigma = params["centres"], params["widths"], params["sigma"]
     G, scale = [], []
     if terms is None:
@@ -222,6 +235,21 @@ def test_pair_radial_descriptors_match_einsum_reference(name):
     # not vacuous: the per-central-species reading of the same arrays gives other descriptors
     G_central, _ = reference_descriptors(ALL_PATTERNS, m.params, m.numbers, atoms, CUTOFF)
     assert np.abs(G_central - G_ref).max() > 1e-3 * np.abs(G_ref).max()
+
+
+@pytest.mark.parametrize("name", list(STRUCTURES))
+def test_rank4_descriptors_match_einsum_reference(name):
+    """Rank-4 bodies (their 15 unique components summed, then mirrored) against the reference's
+    explicit fourfold outer products, alone and with bodies of ranks 1-3 in one term, raw and
+    traceless."""
+    m = random_windows(LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=RANK4_PATTERNS,
+                                  hidden=(2,), seed=4), np.random.default_rng(13))
+    atoms = STRUCTURES[name]
+    G = m.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    G_ref, scale = reference_descriptors(RANK4_PATTERNS, m.params, m.numbers, atoms, CUTOFF)
+    assert G.shape == G_ref.shape == (len(atoms), 10)
+    assert np.all(np.abs(G - G_ref) <= 1e-12 * scale + 1e-300)
+    assert np.abs(G_ref).min(axis=0).max() > 0 and np.all(np.abs(G_ref).max(axis=0) > 1e-6)
 
 
 def test_descriptors_of_each_pattern_alone():
@@ -346,7 +374,7 @@ def test_block_string_whitespace_is_ignored():
 @pytest.mark.parametrize("spec, message", [
     ("8,i,j", r"exactly twice"),
     ("8,i,i,i", r"exactly twice"),
-    ("2,ijkl,ijkl", r"rank 4"),
+    ("2,ijklm,ijklm", r"rank 5; supported ranks are 1..4"),
     ("x,i,i", r"'x' is not a positive integer"),
     ("0,i,i", r"'0' is not a positive integer"),
     ("0c,i,i", r"'0c' is not a positive integer"),

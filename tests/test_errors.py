@@ -186,7 +186,7 @@ def test_fractional_hidden_sizes_are_rejected(hidden):
 
 @pytest.mark.parametrize("blocks, message", [
     ("8,i,j", r"exactly twice"),
-    ("2,ijkl,ijkl", r"rank"),
+    ("2,ijklm,ijklm", r"rank"),
     ("x,i,i", r"positive integer"),
     ("8,i,i:", r"block ''"),
     ("2,ii,jj", r"repeats"),

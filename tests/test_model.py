@@ -11,10 +11,12 @@ from lattenb import LatteModel
 from structures import random_atoms
 from lattenb.mlp import ACTIVATIONS, activate, mlp_forward, mlp_input_gradient, mlp_reference
 
-ALL_PATTERNS = "3,-:2,i,i:2,ij,ij:2,ijk,ijk:2,i,j,ij:2,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
+ALL_PATTERNS = ("3,-:2,i,i:2,ij,ij:2,ijk,ijk:2,i,j,ij:2,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
+                ":1,ijkl,ijkl:1,ij,ijkl,kl")
 #: traceless (capital) bodies: the 13 patterns of Allen et al. that need a projection, and a mix
 TRACELESS = ("2,-:1,IJ,IJ:1,IJK,IJK:1,I,IJ,J:1,IJ,JK,KI:1,IJ,JKL,IKL:1,I,J,K,IJK:1,I,IJ,JK,K:"
-             "1,I,IJK,JKL,L:1,IJ,JK,ILM,KLM:1,IJ,IJK,KLM,LM:1,IJK,IJL,MNK,MNL:1,i,IJ,j")
+             "1,I,IJK,JKL,L:1,IJ,JK,ILM,KLM:1,IJ,IJK,KLM,LM:1,IJK,IJL,MNK,MNL:1,i,IJ,j"
+             ":1,IJKL,IJKL:1,IJ,IJKL,KL")
 CUTOFF = 4.0
 FD_TOL = 1e-8   # the brief asks for < 1e-6; the 4th-order stencil reaches ~1e-10
 MAX_ERR = {"forces": 0.0, "stress": 0.0, "virial": 0.0}

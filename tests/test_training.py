@@ -19,7 +19,8 @@ from lattenb.predict import predict
 from lattenb.steps import OUTPUT_ENERGY_FACTORS, solve_output_layer
 
 DATA = Path(lattenb.__file__).parent / "data"
-BLOCKS = "2,-:2,i,i:1,ij,ij:1,ijk,ijk:1,i,j,ij:1,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
+BLOCKS = ("2,-:2,i,i:1,ij,ij:1,ijk,ijk:1,i,j,ij:1,ij,jk,ki:1,i,ij,jk,k:1,i,j,k,ijk"
+          ":1,ijkl,ijkl:1,ij,ijkl,kl")
 
 
 def random_frame(rng, n, size, pbc=True, forces=True, stress=True, min_dist=1.6):
@@ -111,7 +112,7 @@ def test_gradient_with_traceless_bodies():
     frames = [random_frame(rng, 5, 4.0), random_frame(rng, 6, 4.6, stress=False),
               random_frame(rng, 3, 3.2)]
     model = small_model(seed=5, blocks="2,-:1,IJ,IJ:1,IJK,IJK:1,I,IJ,J:1,IJ,JK,KI:1,IJ,JKL,IKL:"
-                                       "1,I,J,K,IJK:1,i,IJ,j")
+                                       "1,I,J,K,IJK:1,i,IJ,j:1,IJKL,IJKL")
     data = prepare_dataset(frames, model)
     worst = fd_check(model, data, LossWeights(1.0, 2.0, 0.5, l2=1e-3), rng, per_group=6)
     print("\nlargest relative gradient error (traceless):", worst)

@@ -34,7 +34,7 @@ import numpy as np
 from numba import float32, float64, int32
 
 from .. import radial
-from ..projection import traceless2_py, traceless3_py
+from ..projection import traceless2_py, traceless3_py, traceless4_py
 from .kernels import BLOCK, RED_BLOCK, blocks_for, cuda  # noqa: F401  (launch configuration)
 
 #: static shared memory available to one block (bytes)
@@ -83,6 +83,7 @@ def pair_vector(pos, cell, shifts, i, k, j, pix, piy, piz):
 #: the projections of `lattenb.projection`, compiled from the same source as device functions
 traceless2 = cuda.jit(device=True, inline=True)(traceless2_py)
 traceless3 = cuda.jit(device=True, inline=True)(traceless3_py)
+traceless4 = cuda.jit(device=True, inline=True)(traceless4_py)
 
 
 @cuda.jit(device=True, inline=True)
@@ -95,6 +96,8 @@ def project_bodies(sA, body_rank, body_offset, body_projection, ln, TS):
                 traceless2(sA, body_offset[b])
             elif body_rank[b] == 3:
                 traceless3(sA, body_offset[b])
+            elif body_rank[b] == 4:
+                traceless4(sA, body_offset[b])
 
 
 @cuda.jit(device=True)
@@ -300,7 +303,7 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projec
                             a6 += cz * ux
                             a7 += cz * uy
                             a8 += cz * uz
-                        else:
+                        elif p == 3:
                             for aa in range(3):
                                 ca = coef * su[q, aa]
                                 for bb in range(3):
@@ -309,6 +312,17 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projec
                                     sA[base] += cab * ux
                                     sA[base + 1] += cab * uy
                                     sA[base + 2] += cab * uz
+                        else:
+                            for aa in range(3):
+                                ca = coef * su[q, aa]
+                                for bb in range(3):
+                                    cab = ca * su[q, bb]
+                                    for cc in range(3):
+                                        cabc = cab * su[q, cc]
+                                        base = off + 27 * aa + 9 * bb + 3 * cc
+                                        sA[base] += cabc * ux
+                                        sA[base + 1] += cabc * uy
+                                        sA[base + 2] += cabc * uz
                 if p == 0:
                     sA[off] += a0
                 elif p == 1:
@@ -516,7 +530,7 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projec
                     h3[0] += a * (row0 + col0)
                     h3[1] += a * (row1 + col1)
                     h3[2] += a * (row2 + col2)
-                else:
+                elif p == 3:
                     for aa in range(3):
                         ua = u3[aa]
                         for bb in range(3):
@@ -529,6 +543,22 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projec
                                 h3[aa] += at * ub * uc
                                 h3[bb] += at * ua * uc
                                 h3[cc] += at * ua * ub
+                else:
+                    for aa in range(3):
+                        ua = u3[aa]
+                        for bb in range(3):
+                            ub = u3[bb]
+                            for cc in range(3):
+                                uc = u3[cc]
+                                for ee in range(3):
+                                    ue = u3[ee]
+                                    tv = sAb[off + 27 * aa + 9 * bb + 3 * cc + ee]
+                                    dd += ad * tv * ua * ub * uc * ue
+                                    at = a * tv
+                                    h3[aa] += at * ub * uc * ue
+                                    h3[bb] += at * ua * uc * ue
+                                    h3[cc] += at * ua * ub * ue
+                                    h3[ee] += at * ua * ub * uc
             hx = h3[0]
             hy = h3[1]
             hz = h3[2]
