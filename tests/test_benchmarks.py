@@ -3,6 +3,8 @@ import importlib.util
 import json
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -32,8 +34,16 @@ def test_mlearn_keeps_rows_only_from_a_run_with_the_same_setting(tmp_path):
     assert mlearn.previous_rows(path, setting, limits, ["Ni"]) == []
 
 
+def test_mlearn_cutoff_option_parses_and_names_bad_items():
+    mlearn = _mlearn()
+    assert mlearn.parse_cutoffs("Ni=4.5, Cu=4.6") == {"Ni": 4.5, "Cu": 4.6}
+    for text, message in [("Xx=4.5", "one of Ni, Cu, Li, Mo"), ("Ni=abc", "not a number"),
+                          ("Ni", "not a number"), ("Ni=40", "outside 1-12")]:
+        with pytest.raises(ValueError, match=message):
+            mlearn.parse_cutoffs(text)
+
+
 def test_nbmotaw_leave_out_names_a_binary_of_the_four_elements():
-    import pytest
     from ase import Atoms
     spec = importlib.util.spec_from_file_location("nbmotaw", ROOT / "benchmarks" / "nbmotaw.py")
     nbmotaw = importlib.util.module_from_spec(spec)
