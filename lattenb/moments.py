@@ -355,42 +355,71 @@ def atom_moments(family, si, P, key_start, n_bins, body_rank, body_offset, body_
 
 # ----------------------------------------------------------------------------- reverse
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _sym2_weights(a, s):
-    """The unique components of 2 s sym(a) for a (9,) (xx, xy, xz, yy, yz, zz)."""
-    return (2.0 * s * a[0], s * (a[1] + a[3]), s * (a[2] + a[6]), 2.0 * s * a[4],
-            s * (a[5] + a[7]), 2.0 * s * a[8])
+def _class_sums2(a, off):
+    """Sums of a rank-2 tensor a[off:off + 9] over the entries of each unique component (xx,
+    xy, xz, yy, yz, zz): a . rhat^(x)2 = sum over components of these sums times the monomials."""
+    return (a[off], a[off + 1] + a[off + 3], a[off + 2] + a[off + 6], a[off + 4],
+            a[off + 5] + a[off + 7], a[off + 8])
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _sym3_weights(a, s):
-    """The unique components of 3 s sym(a) for a (27,) (xxx, xxy, ..., zzz): 3 s times the mean
-    of the entries sharing a component (1, 3 or 6 of them)."""
-    return (3.0 * s * a[0], s * (a[1] + a[3] + a[9]), s * (a[2] + a[6] + a[18]),
-            s * (a[4] + a[10] + a[12]), 0.5 * s * (a[5] + a[7] + a[11] + a[15] + a[19] + a[21]),
-            s * (a[8] + a[20] + a[24]), 3.0 * s * a[13], s * (a[14] + a[16] + a[22]),
-            s * (a[17] + a[23] + a[25]), 3.0 * s * a[26])
+def _class_sums3(a, off):
+    """As `_class_sums2` for a rank-3 tensor a[off:off + 27] (xxx, xxy, ..., zzz)."""
+    return (a[off], a[off + 1] + a[off + 3] + a[off + 9], a[off + 2] + a[off + 6] + a[off + 18],
+            a[off + 4] + a[off + 10] + a[off + 12],
+            a[off + 5] + a[off + 7] + a[off + 11] + a[off + 15] + a[off + 19] + a[off + 21],
+            a[off + 8] + a[off + 20] + a[off + 24], a[off + 13],
+            a[off + 14] + a[off + 16] + a[off + 22], a[off + 17] + a[off + 23] + a[off + 25],
+            a[off + 26])
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _sym4_weights(a, s):
-    """The unique components of 4 s sym(a) for a (81,) (xxxx, xxxy, ..., zzzz, `UNIQUE4`): 4 s
-    times the mean of the entries sharing a component (1, 4, 6 or 12 of them)."""
+def _class_sums4(a, off):
+    """As `_class_sums2` for a rank-4 tensor a[off:off + 81] (`UNIQUE4` order)."""
+    return (a[off], a[off + 1] + a[off + 3] + a[off + 9] + a[off + 27],
+            a[off + 2] + a[off + 6] + a[off + 18] + a[off + 54],
+            a[off + 4] + a[off + 10] + a[off + 12] + a[off + 28] + a[off + 30] + a[off + 36],
+            a[off + 5] + a[off + 7] + a[off + 11] + a[off + 15] + a[off + 19] + a[off + 21]
+            + a[off + 29] + a[off + 33] + a[off + 45] + a[off + 55] + a[off + 57] + a[off + 63],
+            a[off + 8] + a[off + 20] + a[off + 24] + a[off + 56] + a[off + 60] + a[off + 72],
+            a[off + 13] + a[off + 31] + a[off + 37] + a[off + 39],
+            a[off + 14] + a[off + 16] + a[off + 22] + a[off + 32] + a[off + 34] + a[off + 38]
+            + a[off + 42] + a[off + 46] + a[off + 48] + a[off + 58] + a[off + 64] + a[off + 66],
+            a[off + 17] + a[off + 23] + a[off + 25] + a[off + 35] + a[off + 47] + a[off + 51]
+            + a[off + 59] + a[off + 61] + a[off + 65] + a[off + 69] + a[off + 73] + a[off + 75],
+            a[off + 26] + a[off + 62] + a[off + 74] + a[off + 78], a[off + 40],
+            a[off + 41] + a[off + 43] + a[off + 49] + a[off + 67],
+            a[off + 44] + a[off + 50] + a[off + 52] + a[off + 68] + a[off + 70] + a[off + 76],
+            a[off + 53] + a[off + 71] + a[off + 77] + a[off + 79], a[off + 80])
+
+
+# p sym(a) has at each unique component p times the mean of the entries that share it: the
+# class sum times p / (the class's size)
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _sym2_weights(a, off):
+    """The unique components of 2 sym(a) for a rank-2 tensor a[off:off + 9] (xx, xy, ..., zz)."""
+    c = _class_sums2(a, off)
+    return (2.0 * c[0], c[1], c[2], 2.0 * c[3], c[4], 2.0 * c[5])
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _sym3_weights(a, off):
+    """The unique components of 3 sym(a) for a rank-3 tensor a[off:off + 27] (xxx, ..., zzz);
+    classes of 1, 3 or 6 entries."""
+    c = _class_sums3(a, off)
+    return (3.0 * c[0], c[1], c[2], c[3], 0.5 * c[4], c[5], 3.0 * c[6], c[7], c[8], 3.0 * c[9])
+
+
+@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
+def _sym4_weights(a, off):
+    """The unique components of 4 sym(a) for a rank-4 tensor a[off:off + 81] (`UNIQUE4` order);
+    classes of 1, 4, 6 or 12 entries."""
+    c = _class_sums4(a, off)
     third = 1.0 / 3.0
     two_thirds = 2.0 / 3.0
-    return (4.0 * s * a[0], s * (a[1] + a[3] + a[9] + a[27]), s * (a[2] + a[6] + a[18] + a[54]),
-            two_thirds * s * (a[4] + a[10] + a[12] + a[28] + a[30] + a[36]),
-            third * s * (a[5] + a[7] + a[11] + a[15] + a[19] + a[21] + a[29] + a[33] + a[45]
-                         + a[55] + a[57] + a[63]),
-            two_thirds * s * (a[8] + a[20] + a[24] + a[56] + a[60] + a[72]),
-            s * (a[13] + a[31] + a[37] + a[39]),
-            third * s * (a[14] + a[16] + a[22] + a[32] + a[34] + a[38] + a[42] + a[46] + a[48]
-                         + a[58] + a[64] + a[66]),
-            third * s * (a[17] + a[23] + a[25] + a[35] + a[47] + a[51] + a[59] + a[61] + a[65]
-                         + a[69] + a[73] + a[75]),
-            s * (a[26] + a[62] + a[74] + a[78]), 4.0 * s * a[40],
-            s * (a[41] + a[43] + a[49] + a[67]),
-            two_thirds * s * (a[44] + a[50] + a[52] + a[68] + a[70] + a[76]),
-            s * (a[53] + a[71] + a[77] + a[79]), 4.0 * s * a[80])
+    return (4.0 * c[0], c[1], c[2], two_thirds * c[3], third * c[4], two_thirds * c[5], c[6],
+            third * c[7], third * c[8], c[9], 4.0 * c[10], c[11], two_thirds * c[12], c[13],
+            4.0 * c[14])
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
@@ -512,7 +541,7 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
                     _add_q(Q, k, 1.0, sc * f, sc * fp, hx, hy, hz, P[P_UX, k], P[P_UY, k],
                            P[P_UZ, k])
         elif p == 2:
-            m2 = _sym2_weights(Abar[off:off + 9], 1.0)
+            m2 = _sym2_weights(Abar, off)
             for sj in range(n_species):
                 k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
                 lo = np.uint64(key_start[sj * n_bins + k0])
@@ -529,7 +558,7 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
                     hx, hy, hz = _h2(m2, ux, uy, uz)
                     _add_q(Q, k, 0.5, sc * f, sc * fp, hx, hy, hz, ux, uy, uz)
         elif p == 3:
-            m3 = _sym3_weights(Abar[off:off + 27], 1.0)
+            m3 = _sym3_weights(Abar, off)
             for sj in range(n_species):
                 k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
                 lo = np.uint64(key_start[sj * n_bins + k0])
@@ -546,7 +575,7 @@ def atom_pair_gradients(family, si, n_kept, P, pair_q, key_start, n_bins, body_r
                     hx, hy, hz = _h3(m3, ux, uy, uz)
                     _add_q(Q, k, ONE_THIRD, sc * f, sc * fp, hx, hy, hz, ux, uy, uz)
         else:
-            m4 = _sym4_weights(Abar[off:off + 81], 1.0)
+            m4 = _sym4_weights(Abar, off)
             for sj in range(n_species):
                 k0, k1 = run_bins(body_bins, radial_row, si, sj, b, bin0, bin1)
                 lo = np.uint64(key_start[sj * n_bins + k0])
@@ -696,45 +725,6 @@ def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_of
             for e in range(81):
                 A[off + e] = A[off + CANONICAL4[e]]
                 Adot[off + e] = Adot[off + CANONICAL4[e]]
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _class_sums2(a, off):
-    """Sums of a rank-2 tensor a[off:off + 9] over the entries of each unique component (xx,
-    xy, xz, yy, yz, zz): a . rhat^(x)2 = sum over components of these sums times the monomials."""
-    return (a[off], a[off + 1] + a[off + 3], a[off + 2] + a[off + 6], a[off + 4],
-            a[off + 5] + a[off + 7], a[off + 8])
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _class_sums3(a, off):
-    """As `_class_sums2` for a rank-3 tensor a[off:off + 27] (xxx, xxy, ..., zzz)."""
-    return (a[off], a[off + 1] + a[off + 3] + a[off + 9], a[off + 2] + a[off + 6] + a[off + 18],
-            a[off + 4] + a[off + 10] + a[off + 12],
-            a[off + 5] + a[off + 7] + a[off + 11] + a[off + 15] + a[off + 19] + a[off + 21],
-            a[off + 8] + a[off + 20] + a[off + 24], a[off + 13],
-            a[off + 14] + a[off + 16] + a[off + 22], a[off + 17] + a[off + 23] + a[off + 25],
-            a[off + 26])
-
-
-@njit(cache=True, error_model="numpy", fastmath=FASTMATH, inline="always")
-def _class_sums4(a, off):
-    """As `_class_sums2` for a rank-4 tensor a[off:off + 81] (`UNIQUE4` order)."""
-    return (a[off], a[off + 1] + a[off + 3] + a[off + 9] + a[off + 27],
-            a[off + 2] + a[off + 6] + a[off + 18] + a[off + 54],
-            a[off + 4] + a[off + 10] + a[off + 12] + a[off + 28] + a[off + 30] + a[off + 36],
-            a[off + 5] + a[off + 7] + a[off + 11] + a[off + 15] + a[off + 19] + a[off + 21]
-            + a[off + 29] + a[off + 33] + a[off + 45] + a[off + 55] + a[off + 57] + a[off + 63],
-            a[off + 8] + a[off + 20] + a[off + 24] + a[off + 56] + a[off + 60] + a[off + 72],
-            a[off + 13] + a[off + 31] + a[off + 37] + a[off + 39],
-            a[off + 14] + a[off + 16] + a[off + 22] + a[off + 32] + a[off + 34] + a[off + 38]
-            + a[off + 42] + a[off + 46] + a[off + 48] + a[off + 58] + a[off + 64] + a[off + 66],
-            a[off + 17] + a[off + 23] + a[off + 25] + a[off + 35] + a[off + 47] + a[off + 51]
-            + a[off + 59] + a[off + 61] + a[off + 65] + a[off + 69] + a[off + 73] + a[off + 75],
-            a[off + 26] + a[off + 62] + a[off + 74] + a[off + 78], a[off + 40],
-            a[off + 41] + a[off + 43] + a[off + 49] + a[off + 67],
-            a[off + 44] + a[off + 50] + a[off + 52] + a[off + 68] + a[off + 70] + a[off + 76],
-            a[off + 53] + a[off + 71] + a[off + 77] + a[off + 79], a[off + 80])
 
 
 @njit(cache=True, error_model="numpy", fastmath=FASTMATH)

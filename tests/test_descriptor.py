@@ -175,6 +175,15 @@ def model():
     return random_windows(m, np.random.default_rng(11))
 
 
+def descriptors_and_reference(blocks, atoms, seed, window_seed):
+    """(G, G_ref, scale) on `atoms` of a model with `blocks` whose radial windows are drawn
+    at random (`random_windows` with the seed window_seed): lattenb's and the reference's."""
+    m = random_windows(LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=blocks, hidden=(2,),
+                                  seed=seed), np.random.default_rng(window_seed))
+    G = m.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
+    return (G,) + reference_descriptors(blocks, m.params, m.numbers, atoms, CUTOFF)
+
+
 # ----------------------------------------------------------------------------- tests
 def test_reference_terms_cover_every_design_pattern():
     patterns = {p for p, _ in reference_terms(ALL_PATTERNS)}
@@ -186,11 +195,8 @@ def test_material_blocks_match_einsum_reference(name):
     """The blocks plain `lattenb fit` chooses for materials, with their rank-3 pattern i,jk,ijk
     that ALL_PATTERNS does not contain, against the einsum reference."""
     from lattenb.auto import MATERIAL_BLOCKS
-    m = random_windows(LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=MATERIAL_BLOCKS,
-                                  hidden=(4,), seed=5), np.random.default_rng(12))
     atoms = STRUCTURES[name]
-    G = m.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
-    G_ref, scale = reference_descriptors(MATERIAL_BLOCKS, m.params, m.numbers, atoms, CUTOFF)
+    G, G_ref, scale = descriptors_and_reference(MATERIAL_BLOCKS, atoms, seed=5, window_seed=12)
     assert G.shape == G_ref.shape == (len(atoms), 48)
     assert np.all(np.abs(G - G_ref) <= 1e-12 * (scale + 1e-300))
     terms = reference_terms(MATERIAL_BLOCKS)
@@ -242,11 +248,8 @@ def test_rank4_descriptors_match_einsum_reference(name):
     """Rank-4 bodies (their 15 unique components summed, then mirrored) against the reference's
     explicit fourfold outer products, alone and with bodies of ranks 1-3 in one term, raw and
     traceless."""
-    m = random_windows(LatteModel(species=["Ni", "Mo"], cutoff=CUTOFF, blocks=RANK4_PATTERNS,
-                                  hidden=(2,), seed=4), np.random.default_rng(13))
     atoms = STRUCTURES[name]
-    G = m.descriptors(atoms.positions, atoms.cell.array, atoms.pbc, atoms.numbers)
-    G_ref, scale = reference_descriptors(RANK4_PATTERNS, m.params, m.numbers, atoms, CUTOFF)
+    G, G_ref, scale = descriptors_and_reference(RANK4_PATTERNS, atoms, seed=4, window_seed=13)
     assert G.shape == G_ref.shape == (len(atoms), 10)
     assert np.all(np.abs(G - G_ref) <= 1e-12 * scale + 1e-300)
     assert np.abs(G_ref).min(axis=0).max() > 0 and np.all(np.abs(G_ref).max(axis=0) > 1e-6)

@@ -303,26 +303,19 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projec
                             a6 += cz * ux
                             a7 += cz * uy
                             a8 += cz * uz
-                        elif p == 3:
-                            for aa in range(3):
-                                ca = coef * su[q, aa]
-                                for bb in range(3):
-                                    cab = ca * su[q, bb]
-                                    base = off + 9 * aa + 3 * bb
-                                    sA[base] += cab * ux
-                                    sA[base + 1] += cab * uy
-                                    sA[base + 2] += cab * uz
                         else:
-                            for aa in range(3):
-                                ca = coef * su[q, aa]
-                                for bb in range(3):
-                                    cab = ca * su[q, bb]
-                                    for cc in range(3):
-                                        cabc = cab * su[q, cc]
-                                        base = off + 27 * aa + 9 * bb + 3 * cc
-                                        sA[base] += cabc * ux
-                                        sA[base + 1] += cabc * uy
-                                        sA[base + 2] += cabc * uz
+                            # ranks 3 and 4: per flat prefix of the first p - 1 indices
+                            # (9 or 27), coef times its r-hat product, then the last index
+                            for pre in range(9 if p == 3 else 27):
+                                cp = coef
+                                rest = pre
+                                for _ in range(p - 1):
+                                    cp *= su[q, rest % 3]
+                                    rest //= 3
+                                base = off + 3 * pre
+                                sA[base] += cp * ux
+                                sA[base + 1] += cp * uy
+                                sA[base + 2] += cp * uz
                 if p == 0:
                     sA[off] += a0
                 elif p == 1:
