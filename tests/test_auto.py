@@ -12,6 +12,7 @@ from test_training import random_frame, small_model
 
 import lattenb
 from lattenb import auto, cli, training
+from lattenb.radial import names as radial_names
 from lattenb.dataset import prepare_dataset
 from lattenb.loss import LossWeights, loss_and_gradient
 from lattenb.steps import OUTPUT_ENERGY_FACTORS, solve_output_layer
@@ -117,13 +118,14 @@ def test_choose_cutoff_from_neighbour_shells():
     assert auto.choose_cutoff([molecule("CH3CH2OH")])[0] == auto.MOLECULE_CUTOFF
 
 
-def test_choose_radial_splines_for_molecules_polynomial_for_materials():
+def test_choose_radial_splines_for_molecules_and_materials():
     mol = molecule("CH3CH2OH")
-    assert auto.choose_radial([mol, mol.copy()]) == (auto.MOLECULE_RADIAL,
-                                                     auto.choose_radial([mol])[1])
-    assert auto.MOLECULE_RADIAL == "spline" and auto.MATERIAL_RADIAL == "polynomial"
-    # one periodic structure makes it material data
-    assert auto.choose_radial([mol, bulk("Cu")])[0] == "polynomial"
+    family, why = auto.choose_radial([mol, mol.copy()])
+    assert family == auto.MOLECULE_RADIAL == "spline" and "molecules" in why
+    # one periodic structure makes it material data, with its own reason
+    family, why = auto.choose_radial([mol, bulk("Cu")])
+    assert family == auto.MATERIAL_RADIAL == "spline" and "materials" in why
+    assert family in radial_names()
 
 
 def plain_fit_settings(tmp_path, frames, *flags):
@@ -256,9 +258,9 @@ def test_cli_fit_defaults_split_e0_curve_and_parity_plot(tmp_path, capsys):
     assert "validation: every 10th training structure (2 of 20)" in text
     assert "isolated-atom energies from the training files" in text
     assert "cutoff" in text and "fitting stresses up to an isotropic offset" in text
-    assert "radial family polynomial (periodic structures" in text
+    assert "radial family spline (periodic structures" in text
     model = lattenb.load(out)
-    assert model.radial == "polynomial"
+    assert model.radial == "spline"
     assert model.fit_info["e0_isolated_atoms"] == {"Ni": -0.5, "Mo": 0.25}
     assert model.fit_info["stopped"] == "iteration limit"
     curve = (tmp_path / "m.curve.csv").read_text().splitlines()
