@@ -177,6 +177,28 @@ def _add_tangent15(acc_a, acc_d, f, g, m, dm):
              acc_d[14] + g * m[14] + f * dm[14]))
 
 
+@njit(**_INLINE)
+def _rows6(T, row, k):
+    """(T[row, k], ..., T[row + 5, k]): pair k's six unique rank-2 monomials (or tangents)."""
+    return (T[row, k], T[row + 1, k], T[row + 2, k], T[row + 3, k], T[row + 4, k],
+            T[row + 5, k])
+
+
+@njit(**_INLINE)
+def _rows10(T, row, k):
+    """As `_rows6` for the ten of rank 3."""
+    return (T[row, k], T[row + 1, k], T[row + 2, k], T[row + 3, k], T[row + 4, k],
+            T[row + 5, k], T[row + 6, k], T[row + 7, k], T[row + 8, k], T[row + 9, k])
+
+
+@njit(**_INLINE)
+def _rows15(T, row, k):
+    """As `_rows6` for the fifteen of rank 4."""
+    return (T[row, k], T[row + 1, k], T[row + 2, k], T[row + 3, k], T[row + 4, k],
+            T[row + 5, k], T[row + 6, k], T[row + 7, k], T[row + 8, k], T[row + 9, k],
+            T[row + 10, k], T[row + 11, k], T[row + 12, k], T[row + 13, k], T[row + 14, k])
+
+
 # Radial rows (`KernelArrays.radial_row`): a (S,) map, one row per central species (or row 0 for
 # all, shared), or an (S, S) map, one row per (central, neighbour) species pair. The helpers below
 # are resolved by Numba from the map's dimension, so the two shapes compile to two kernels: with
@@ -675,10 +697,7 @@ def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_of
                     f, fp = radial_value_deriv(family, P[P_R, k], kb)
                     acc_a, acc_d = _add_tangent6(
                         acc_a, acc_d, f, fp * T[T_RDOT, k],
-                        (T[T_R2, k], T[T_R2 + 1, k], T[T_R2 + 2, k], T[T_R2 + 3, k],
-                         T[T_R2 + 4, k], T[T_R2 + 5, k]),
-                        (T[T_D2, k], T[T_D2 + 1, k], T[T_D2 + 2, k], T[T_D2 + 3, k],
-                         T[T_D2 + 4, k], T[T_D2 + 5, k]))
+                        _rows6(T, T_R2, k), _rows6(T, T_D2, k))
                 _store_unique(A, off, sc, acc_a, UNIQUE2)
                 _store_unique(Adot, off, sc, acc_d, UNIQUE2)
             elif p == 3:
@@ -687,12 +706,7 @@ def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_of
                     f, fp = radial_value_deriv(family, P[P_R, k], kb)
                     acc_a, acc_d = _add_tangent10(
                         acc_a, acc_d, f, fp * T[T_RDOT, k],
-                        (T[T_R3, k], T[T_R3 + 1, k], T[T_R3 + 2, k], T[T_R3 + 3, k],
-                         T[T_R3 + 4, k], T[T_R3 + 5, k], T[T_R3 + 6, k], T[T_R3 + 7, k],
-                         T[T_R3 + 8, k], T[T_R3 + 9, k]),
-                        (T[T_D3, k], T[T_D3 + 1, k], T[T_D3 + 2, k], T[T_D3 + 3, k],
-                         T[T_D3 + 4, k], T[T_D3 + 5, k], T[T_D3 + 6, k], T[T_D3 + 7, k],
-                         T[T_D3 + 8, k], T[T_D3 + 9, k]))
+                        _rows10(T, T_R3, k), _rows10(T, T_D3, k))
                 _store_unique(A, off, sc, acc_a, UNIQUE3)
                 _store_unique(Adot, off, sc, acc_d, UNIQUE3)
             else:
@@ -701,14 +715,7 @@ def atom_tangent_moments(family, si, P, T, key_start, n_bins, body_rank, body_of
                     f, fp = radial_value_deriv(family, P[P_R, k], kb)
                     acc_a, acc_d = _add_tangent15(
                         acc_a, acc_d, f, fp * T[T_RDOT, k],
-                        (T[T_R4, k], T[T_R4 + 1, k], T[T_R4 + 2, k], T[T_R4 + 3, k],
-                         T[T_R4 + 4, k], T[T_R4 + 5, k], T[T_R4 + 6, k], T[T_R4 + 7, k],
-                         T[T_R4 + 8, k], T[T_R4 + 9, k], T[T_R4 + 10, k], T[T_R4 + 11, k],
-                         T[T_R4 + 12, k], T[T_R4 + 13, k], T[T_R4 + 14, k]),
-                        (T[T_D4, k], T[T_D4 + 1, k], T[T_D4 + 2, k], T[T_D4 + 3, k],
-                         T[T_D4 + 4, k], T[T_D4 + 5, k], T[T_D4 + 6, k], T[T_D4 + 7, k],
-                         T[T_D4 + 8, k], T[T_D4 + 9, k], T[T_D4 + 10, k], T[T_D4 + 11, k],
-                         T[T_D4 + 12, k], T[T_D4 + 13, k], T[T_D4 + 14, k]))
+                        _rows15(T, T_R4, k), _rows15(T, T_D4, k))
                 _store_unique(A, off, sc, acc_a, UNIQUE4)
                 _store_unique(Adot, off, sc, acc_d, UNIQUE4)
     for b in range(body_rank.shape[0]):            # mirror the unique components
@@ -781,39 +788,21 @@ def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, bod
                 wd = _class_sums2(Adotbar, off)
                 for k in range(lo, hi):
                     pk, qk = _pair_weights(
-                        wa, wd, T[T_RDOT, k],
-                        (T[T_R2, k], T[T_R2 + 1, k], T[T_R2 + 2, k], T[T_R2 + 3, k],
-                         T[T_R2 + 4, k], T[T_R2 + 5, k]),
-                        (T[T_D2, k], T[T_D2 + 1, k], T[T_D2 + 2, k], T[T_D2 + 3, k],
-                         T[T_D2 + 4, k], T[T_D2 + 5, k]))
+                        wa, wd, T[T_RDOT, k], _rows6(T, T_R2, k), _rows6(T, T_D2, k))
                     acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, pk, qk)
             elif p == 3:
                 wa = _class_sums3(Abar, off)
                 wd = _class_sums3(Adotbar, off)
                 for k in range(lo, hi):
                     pk, qk = _pair_weights(
-                        wa, wd, T[T_RDOT, k],
-                        (T[T_R3, k], T[T_R3 + 1, k], T[T_R3 + 2, k], T[T_R3 + 3, k],
-                         T[T_R3 + 4, k], T[T_R3 + 5, k], T[T_R3 + 6, k], T[T_R3 + 7, k],
-                         T[T_R3 + 8, k], T[T_R3 + 9, k]),
-                        (T[T_D3, k], T[T_D3 + 1, k], T[T_D3 + 2, k], T[T_D3 + 3, k],
-                         T[T_D3 + 4, k], T[T_D3 + 5, k], T[T_D3 + 6, k], T[T_D3 + 7, k],
-                         T[T_D3 + 8, k], T[T_D3 + 9, k]))
+                        wa, wd, T[T_RDOT, k], _rows10(T, T_R3, k), _rows10(T, T_D3, k))
                     acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, pk, qk)
             else:
                 wa = _class_sums4(Abar, off)
                 wd = _class_sums4(Adotbar, off)
                 for k in range(lo, hi):
                     pk, qk = _pair_weights(
-                        wa, wd, T[T_RDOT, k],
-                        (T[T_R4, k], T[T_R4 + 1, k], T[T_R4 + 2, k], T[T_R4 + 3, k],
-                         T[T_R4 + 4, k], T[T_R4 + 5, k], T[T_R4 + 6, k], T[T_R4 + 7, k],
-                         T[T_R4 + 8, k], T[T_R4 + 9, k], T[T_R4 + 10, k], T[T_R4 + 11, k],
-                         T[T_R4 + 12, k], T[T_R4 + 13, k], T[T_R4 + 14, k]),
-                        (T[T_D4, k], T[T_D4 + 1, k], T[T_D4 + 2, k], T[T_D4 + 3, k],
-                         T[T_D4 + 4, k], T[T_D4 + 5, k], T[T_D4 + 6, k], T[T_D4 + 7, k],
-                         T[T_D4 + 8, k], T[T_D4 + 9, k], T[T_D4 + 10, k], T[T_D4 + 11, k],
-                         T[T_D4 + 12, k], T[T_D4 + 13, k], T[T_D4 + 14, k]))
+                        wa, wd, T[T_RDOT, k], _rows15(T, T_R4, k), _rows15(T, T_D4, k))
                     acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, pk, qk)
             gs, gt = radial_adjoint_finish(family, acc, kb, sigma_scaled[si, sj, b])
             g_sigma[si, sj, b] += gs

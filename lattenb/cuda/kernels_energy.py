@@ -523,35 +523,28 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projec
                     h3[0] += a * (row0 + col0)
                     h3[1] += a * (row1 + col1)
                     h3[2] += a * (row2 + col2)
-                elif p == 3:
-                    for aa in range(3):
-                        ua = u3[aa]
-                        for bb in range(3):
-                            ub = u3[bb]
-                            for cc in range(3):
-                                uc = u3[cc]
-                                tv = sAb[off + 9 * aa + 3 * bb + cc]
-                                dd += ad * tv * ua * ub * uc
-                                at = a * tv
-                                h3[aa] += at * ub * uc
-                                h3[bb] += at * ua * uc
-                                h3[cc] += at * ua * ub
                 else:
-                    for aa in range(3):
-                        ua = u3[aa]
-                        for bb in range(3):
-                            ub = u3[bb]
-                            for cc in range(3):
-                                uc = u3[cc]
-                                for ee in range(3):
-                                    ue = u3[ee]
-                                    tv = sAb[off + 27 * aa + 9 * bb + 3 * cc + ee]
-                                    dd += ad * tv * ua * ub * uc * ue
-                                    at = a * tv
-                                    h3[aa] += at * ub * uc * ue
-                                    h3[bb] += at * ua * uc * ue
-                                    h3[cc] += at * ua * ub * ue
-                                    h3[ee] += at * ua * ub * uc
+                    # ranks 3 and 4, as the moment loop: every entry (flat index fl, its digits
+                    # the indices), its r-hat product, and per index the product of the others
+                    for fl in range(27 if p == 3 else 81):
+                        tv = sAb[off + fl]
+                        at = a * tv
+                        prod = ONE
+                        rest = fl
+                        for _ in range(p):
+                            prod *= u3[rest % 3]
+                            rest //= 3
+                        dd += ad * tv * prod
+                        rest = fl
+                        for place in range(p):
+                            others = ONE
+                            rest2 = fl
+                            for place2 in range(p):
+                                if place2 != place:
+                                    others *= u3[rest2 % 3]
+                                rest2 //= 3
+                            h3[rest % 3] += at * others
+                            rest //= 3
             hx = h3[0]
             hy = h3[1]
             hz = h3[2]
