@@ -139,6 +139,11 @@ def _progress(model, data, vdata, step, loss, t_start):
     return line + f"  {elapsed:7.1f} s", row
 
 
+def _validation_loss(model, vdata, weights):
+    """The loss on the validation set at the model's parameters, without the L2 penalty."""
+    return loss_and_gradient(model, vdata, replace(weights, l2=0.0), False)[0]
+
+
 class _LbfgsRun:
     """One L-BFGS-B run over `vector` and the state it keeps: the iteration count, the
     validation losses, the parameters best on the validation set (on the training loss without
@@ -170,7 +175,7 @@ class _LbfgsRun:
             val = self.val_hist[it - 1]
         else:
             self.vector.set(x)
-            val = (loss_and_gradient(self.model, self.vdata, replace(self.weights, l2=0.0), False)[0]
+            val = (_validation_loss(self.model, self.vdata, self.weights)
                    if self.vdata is not None else self.objective.f_hist[-1])
             self.val_hist.append(val)
         if val <= self.best_val:
@@ -302,8 +307,10 @@ def _minibatch_phase(vector, batches, data, vdata, weights, *, epochs=None, max_
     passes and/or `max_time` seconds (whichever ends first), the learning rate decaying from
     ADAM_LEARNING_RATE[0] to [1] with the fraction done. Logs every `log_every` passes (training
     and validation RMSE on `data`, `vdata`) and appends learning-curve rows to `curve`. Ctrl-C
-    stops it and sets `model.interrupted`. Leaves the moving average of the iterates
-    (ADAM_AVERAGE; also what it logs) in the model and returns it packed, with a summary dict."""
+    stops it and sets `model.interrupted`. With `vdata` the moving average of the iterates
+    (ADAM_AVERAGE; also what it logs) is validated after every pass, and the phase leaves the
+    best of them in the model; without, the last. Returns it packed, its validation loss (None
+    without `vdata`) and a summary dict."""
     model, comm = vector.model, data.comm
     adam = Adam(vector.get(), vector.bounds, weight_decay=ADAM_WEIGHT_DECAY,
                 decay_mask=vector.weight_mask(), average=ADAM_AVERAGE)
@@ -315,6 +322,7 @@ def _minibatch_phase(vector, batches, data, vdata, weights, *, epochs=None, max_
     steps_total = None if epochs is None else epochs * len(batches)
     model.interrupted = False
     steps, epoch, losses, lr = 0, 0, [], lr_start
+    best_x, best_val, best_epoch = None, np.inf, 0
 
     def fraction_done(ctrl_c):
         done = 0.0 if steps_total is None else steps / steps_total
@@ -345,6 +353,14 @@ def _minibatch_phase(vector, batches, data, vdata, weights, *, epochs=None, max_
                     if done >= 1.0:
                         break
                 epoch += 1
+                if vdata is not None:
+                    # early stopping inside the phase: on mlearn Mo the averaged iterate's
+                    # validation force RMSE was lowest at pass 600 (0.163 eV/Å) and rose to
+                    # 0.169 by pass 964, where L-BFGS took over and only rose further
+                    vector.set(adam.x_average)
+                    val = _validation_loss(model, vdata, weights)
+                    if val <= best_val:
+                        best_x, best_val, best_epoch = adam.x_average.copy(), val, epoch
                 if log is not None and (epoch % log_every == 0 or epoch == 1 or done >= 1.0):
                     vector.set(adam.x_average)
                     line, row = _progress(model, data, vdata, ("pass", epoch),
@@ -356,10 +372,13 @@ def _minibatch_phase(vector, batches, data, vdata, weights, *, epochs=None, max_
         model.interrupted = True
         if log is not None:
             log(f"interrupted in the mini-batch phase at pass {epoch}")
-    x = comm.same(adam.x_average)
+    x = comm.same(adam.x_average if best_x is None else best_x)
     vector.set(x)
-    return x, {"epochs": epoch, "steps": steps, "batches": len(batches),
-               "time_s": time.perf_counter() - t0}
+    if log is not None and best_x is not None and best_epoch < epoch:
+        log(f"handing over the average of pass {best_epoch}, best on the validation set")
+    return x, (None if best_x is None else best_val), {
+        "epochs": epoch, "steps": steps, "batches": len(batches), "best_epoch": best_epoch,
+        "time_s": time.perf_counter() - t0}
 
 
 def _minibatch_limits(epochs, seconds, max_time, max_iter, new_model):
@@ -621,6 +640,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
 
     # step 2a: Adam on mini-batches (a checkpoint's x0 is where it ended)
     curve = []
+    phase_val = None
     model.interrupted = False
     adam_epochs, adam_time = _minibatch_limits(adam_epochs, adam_time, max_time, max_iter,
                                                resume is None and not fitted)
@@ -632,9 +652,9 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
             log(f"mini-batch phase: Adam on {len(batches)} batches of about "
                 f"{data.comm.sum(float(data.n_atoms_per_frame.sum())) / len(batches):.0f} atoms, "
                 f"at most {limits}")
-        x0, phase = _minibatch_phase(vector, batches, data, vdata, weights, epochs=adam_epochs,
-                                     max_time=adam_time, seed=seed, log=log, log_every=log_every,
-                                     t_start=t_start, curve=curve)
+        x0, phase_val, phase = _minibatch_phase(
+            vector, batches, data, vdata, weights, epochs=adam_epochs, max_time=adam_time,
+            seed=seed, log=log, log_every=log_every, t_start=t_start, curve=curve)
         del batches
         settings["adam"] = {"batch_atoms": ADAM_BATCH_ATOMS,
                             "learning_rate": list(ADAM_LEARNING_RATE),
@@ -645,6 +665,8 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
                     checkpoint=checkpoint, checkpoint_every=checkpoint_every, max_time=max_time,
                     log=log, log_every=log_every, t_start=t_start)
     run.curve = curve
+    if phase_val is not None:           # L-BFGS must beat the phase's best to replace it
+        run.best_val, run.best = phase_val, {n: v.copy() for n, v in model.params.items()}
     if run.replay and log is not None:
         log(f"resuming from {resume}: replaying {run.replay} recorded iterations")
     if not model.interrupted:

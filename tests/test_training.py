@@ -474,6 +474,37 @@ def test_minibatch_phase_lowers_the_loss_is_deterministic_and_hands_over(tmp_pat
     np.testing.assert_allclose(np.load(ck)["fit_x0"], ParameterVector(a).get(), rtol=1e-12)
 
 
+def test_minibatch_phase_hands_over_its_pass_best_on_validation(tmp_path, monkeypatch):
+    """With a validation set the phase validates the averaged iterate after every pass and
+    hands the best one to L-BFGS, which keeps it unless it beats it: with no L-BFGS iteration
+    the model holds exactly that pass's parameters, and its validation loss, computed here on
+    a freshly prepared set, is the lowest of the passes'."""
+    import lattenb.training as training
+    from lattenb.steps import ParameterVector
+    seen = []
+    real = training._validation_loss
+
+    def recording(model, vdata, weights):
+        val = real(model, vdata, weights)
+        seen.append((val, ParameterVector(model).get()))
+        return val
+
+    monkeypatch.setattr(training, "_validation_loss", recording)
+    frames = read(DATA / "Cu_train_subset.xyz", "::30")     # 2 structures: overfits
+    m = lattenb.fit(frames, valid=read(DATA / "Cu_test_subset.xyz", "::3"), cutoff=4.0,
+                    blocks="3,-:3,i,i:2,ij,ij", hidden=(6,), max_iter=0, log=None, seed=3,
+                    solve_output=False, adam_epochs=60)
+    assert len(seen) == 60
+    losses = [v for v, _ in seen]
+    k = int(np.argmin(losses))
+    assert 0 < k < 59 and losses[-1] > 1.5 * losses[k]      # overfits within the phase
+    assert m.fit_info["adam"]["best_epoch"] == k + 1
+    np.testing.assert_array_equal(ParameterVector(m).get(), seen[k][1])
+    v = prepare_dataset(read(DATA / "Cu_test_subset.xyz", "::3"), m)
+    w = LossWeights(10.0, 1.0, 0.001)                    # the default weights of `fit`
+    assert loss_and_gradient(m, v, w, False)[0] == pytest.approx(losses[k], rel=1e-12)
+
+
 def test_minibatch_phase_by_default_only_on_a_time_budget(tmp_path):
     """A new model fitted on a time budget alone starts with the mini-batch phase, at most
     ADAM_TIME_FRACTION of the budget; an iteration limit, adam_time=0 or a fitted model
@@ -511,7 +542,8 @@ def test_ctrl_c_in_the_minibatch_phase_keeps_its_model(tmp_path, monkeypatch):
     interrupt_at_call(monkeypatch, 25, training)
     model = tiny_fit(tmp_path, adam_epochs=50)
     assert model.interrupted and model.fit_info["stopped"] == "interrupted"
-    assert model.fit_info["iterations"] == 0 and model.fit_info["adam"]["steps"] == 24
+    # 3 batches a pass, each pass then validated: the 25th loss evaluation is pass 7's first step
+    assert model.fit_info["iterations"] == 0 and model.fit_info["adam"]["steps"] == 18
     assert np.all(np.isfinite(model.params["mlp"]))
 
 
