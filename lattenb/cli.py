@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from . import extrapolation, radial, repulsion, species_modes
-from .auto import (MATERIAL_L2, MOLECULE_L2, choose_blocks, choose_cutoff, choose_l2,
-                   choose_minibatch, choose_radial, has_stress, isolated_atom_energies, read_e0,
-                   split_validation)
+from .auto import (MATERIAL_L2, MOLECULE_L2, choose_blocks, choose_cutoff, choose_hidden,
+                   choose_l2, choose_minibatch, choose_radial, has_stress, isolated_atom_energies,
+                   read_e0, split_validation)
 from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .dataset import as_dataset
 from .evaluation import evaluate_frames
@@ -108,7 +108,8 @@ def parse_duration(text, allow_zero=False):
 def fit_settings(args, frames, log=print):
     """The settings of `lattenb fit` that are chosen from the training data when not given
     (see `lattenb.auto`): validation split, isolated-atom energies, cutoff, radial family,
-    descriptor blocks, L2 penalty, stress offset, core repulsion (zbl unless --repulsion none).
+    descriptor blocks, hidden layers, L2 penalty, stress offset, core repulsion (zbl unless
+    --repulsion none).
     Returns (train, valid, keyword arguments of `fit`)."""
     e0, frames = isolated_atom_energies(frames)
     if args.e0:
@@ -135,6 +136,11 @@ def fit_settings(args, frames, log=print):
     if blocks is None and args.preset is None and not args.resume and not args.radial_from:
         blocks, why = choose_blocks(train)
         log(f"descriptor blocks {blocks} ({why}); give --blocks or --preset to choose")
+    hidden = args.hidden      # as the blocks: a preset, a resumed fit or --radial-from fix it
+    if hidden is None and args.preset is None and not args.resume and not args.radial_from:
+        hidden, why = choose_hidden(train)
+        log(f"hidden layers {':'.join(map(str, hidden))} ({why}); give --hidden or --preset to "
+            f"choose")
     l2 = args.l2             # a resumed fit keeps its checkpoint's
     if l2 is None:
         l2, why = choose_l2(train)
@@ -158,7 +164,8 @@ def fit_settings(args, frames, log=print):
         adam_time, why = choose_minibatch(train)
         log(f"mini-batch phase: {'none' if adam_time == 0 else 'half of the time budget'} "
             f"({why}); give --adam-time to choose")
-    return train, valid, {"cutoff": cutoff, "radial": family, "blocks": blocks, "l2": l2,
+    return train, valid, {"cutoff": cutoff, "radial": family, "blocks": blocks, "hidden": hidden,
+                          "l2": l2,
                           "stress_offset": offset, "e0": e0 or None, "repulsion": repulsion,
                           "adam_time": adam_time}
 
@@ -268,8 +275,7 @@ def fit_model(args, train, valid, auto, comm=None, fit=None, log=print):
         if auto_energy:
             output_weights = (None,) + output_weights[1:]
     max_time = args.max_time if args.max_time is not None else parse_duration(args.time)
-    return fit(train, valid=valid, preset=args.preset, hidden=args.hidden,
-               activation=args.activation,
+    return fit(train, valid=valid, preset=args.preset, activation=args.activation,
                shared_radial=args.shared_radial or None, pair_radial=args.pair_radial or None,
                radial_from=args.radial_from,
                species_mode=args.species_mode, embedding_dim=args.embedding_dim,
@@ -457,7 +463,8 @@ def build_parser():
                         "from the data: shared channels for molecules, rank-3 bodies for materials)")
     f.add_argument("--blocks", help="descriptor block string, e.g. '8,-:8,i,i:8,ij,ij' (n terms per "
                    "block), or '8c,-:8c,i,i:4c,i,j,ij' (n shared channels per block)")
-    f.add_argument("--hidden", help="hidden layer sizes, e.g. 32,16")
+    f.add_argument("--hidden", help="hidden layer sizes, e.g. 32,16 (default: 32,256 for "
+                                    "periodic data, 32,16 for molecules; a --preset's own)")
     f.add_argument("--cutoff", type=float, help="cutoff radius in Angstrom (default: from the "
                                                 "neighbour shells of the training structures)")
     f.add_argument("--activation", default="gaussian", choices=sorted(ACTIVATIONS))

@@ -150,6 +150,15 @@ def test_plain_fit_chooses_the_minibatch_phase_by_data_kind(tmp_path):
     assert plain_fit_settings(tmp_path, [cu] * 4, "--adam-time", "0")["adam_time"] == 0
 
 
+def test_plain_fit_chooses_hidden_layers_by_data_kind(tmp_path):
+    """32:256 for periodic data, 32:16 for molecules; --hidden and --preset are the user's."""
+    mol, cu = labelled(molecule("CH3CH2OH")), labelled(bulk("Cu", cubic=True))
+    assert plain_fit_settings(tmp_path, [cu] * 4)["hidden"] == (32, 256)
+    assert plain_fit_settings(tmp_path, [mol] * 4)["hidden"] == (32, 16)
+    assert plain_fit_settings(tmp_path, [cu] * 4, "--hidden", "16,8")["hidden"] == "16,8"
+    assert plain_fit_settings(tmp_path, [cu] * 4, "--preset", "fast")["hidden"] is None
+
+
 def test_plain_fit_chooses_blocks_by_data_kind(tmp_path):
     mol = labelled(molecule("CH3CH2OH"))
     assert auto.choose_blocks([mol])[0] == auto.MOLECULE_BLOCKS
