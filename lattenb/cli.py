@@ -132,12 +132,14 @@ def fit_settings(args, frames, log=print):
     if family is None and not args.resume and not args.radial_from:
         family, why = choose_radial(train)
         log(f"radial family {family} ({why}); give --radial to choose")
-    blocks = args.blocks      # a chosen preset, a resumed fit or --radial-from fix the blocks
-    if blocks is None and args.preset is None and not args.resume and not args.radial_from:
+    # a chosen preset, a resumed fit or --radial-from fix the model's shape (blocks, hidden)
+    shape_free = args.preset is None and not args.resume and not args.radial_from
+    blocks = args.blocks
+    if blocks is None and shape_free:
         blocks, why = choose_blocks(train)
         log(f"descriptor blocks {blocks} ({why}); give --blocks or --preset to choose")
-    hidden = args.hidden      # as the blocks: a preset, a resumed fit or --radial-from fix it
-    if hidden is None and args.preset is None and not args.resume and not args.radial_from:
+    hidden = args.hidden
+    if hidden is None and shape_free:
         hidden, why = choose_hidden(train)
         log(f"hidden layers {':'.join(map(str, hidden))} ({why}); give --hidden or --preset to "
             f"choose")
@@ -165,9 +167,8 @@ def fit_settings(args, frames, log=print):
         log(f"mini-batch phase: {'none' if adam_time == 0 else 'half of the time budget'} "
             f"({why}); give --adam-time to choose")
     return train, valid, {"cutoff": cutoff, "radial": family, "blocks": blocks, "hidden": hidden,
-                          "l2": l2,
-                          "stress_offset": offset, "e0": e0 or None, "repulsion": repulsion,
-                          "adam_time": adam_time}
+                          "l2": l2, "stress_offset": offset, "e0": e0 or None,
+                          "repulsion": repulsion, "adam_time": adam_time}
 
 
 def write_learning_curve(model, output, log=print):

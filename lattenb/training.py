@@ -180,9 +180,15 @@ class _LbfgsRun:
             self.val_hist.append(val)
         if val <= self.best_val:
             self.vector.set(x)
+            self.keep_if_best(val)
+        self.best_hist.append(self.best_val)
+
+    def keep_if_best(self, val):
+        """Keep the model's current parameters if `val` is the lowest validation loss so far
+        (also how the fit hands the mini-batch phase's best pass to the run)."""
+        if val <= self.best_val:
             self.best_val = val
             self.best = {n: v.copy() for n, v in self.model.params.items()}
-        self.best_hist.append(self.best_val)
 
     def converged(self):
         """True when the best validation loss (training loss without validation data) improved
@@ -353,16 +359,17 @@ def _minibatch_phase(vector, batches, data, vdata, weights, *, epochs=None, max_
                     if done >= 1.0:
                         break
                 epoch += 1
+                report = log is not None and (epoch % log_every == 0 or epoch == 1 or done >= 1.0)
+                if vdata is not None or report:
+                    vector.set(adam.x_average)
                 if vdata is not None:
                     # early stopping inside the phase: on mlearn Mo the averaged iterate's
                     # validation force RMSE was lowest at pass 600 (0.163 eV/Å) and rose to
                     # 0.169 by pass 964, where L-BFGS took over and only rose further
-                    vector.set(adam.x_average)
                     val = _validation_loss(model, vdata, weights)
                     if val <= best_val:
                         best_x, best_val, best_epoch = adam.x_average.copy(), val, epoch
-                if log is not None and (epoch % log_every == 0 or epoch == 1 or done >= 1.0):
-                    vector.set(adam.x_average)
+                if report:
                     line, row = _progress(model, data, vdata, ("pass", epoch),
                                           float(np.mean(losses)), t_start)
                     if curve is not None:
@@ -666,7 +673,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
                     log=log, log_every=log_every, t_start=t_start)
     run.curve = curve
     if phase_val is not None:           # L-BFGS must beat the phase's best to replace it
-        run.best_val, run.best = phase_val, {n: v.copy() for n, v in model.params.items()}
+        run.keep_if_best(phase_val)     # (the model holds x0, that pass's parameters)
     if run.replay and log is not None:
         log(f"resuming from {resume}: replaying {run.replay} recorded iterations")
     if not model.interrupted:

@@ -524,27 +524,28 @@ def energy_kernel(M, T, n_act, widest, team_size, activation, dtype_name, projec
                     h3[1] += a * (row1 + col1)
                     h3[2] += a * (row2 + col2)
                 else:
-                    # ranks 3 and 4, as the moment loop: every entry (flat index fl, its digits
-                    # the indices), its r-hat product, and per index the product of the others
+                    # ranks 3 and 4, as the moment loop: every entry (flat index fl, its base-3
+                    # digits c0..c3 the indices), its r-hat product, and per index the product
+                    # of the others; a rank-3 entry has no fourth index (its factor is one)
                     for fl in range(27 if p == 3 else 81):
+                        c0 = fl % 3
+                        c1 = (fl // 3) % 3
+                        c2 = (fl // 9) % 3
+                        c3 = fl // 27
+                        u0 = u3[c0]
+                        u1 = u3[c1]
+                        u2 = u3[c2]
+                        u4 = u3[c3] if p == 4 else ONE
                         tv = sAb[off + fl]
                         at = a * tv
-                        prod = ONE
-                        rest = fl
-                        for _ in range(p):
-                            prod *= u3[rest % 3]
-                            rest //= 3
-                        dd += ad * tv * prod
-                        rest = fl
-                        for place in range(p):
-                            others = ONE
-                            rest2 = fl
-                            for place2 in range(p):
-                                if place2 != place:
-                                    others *= u3[rest2 % 3]
-                                rest2 //= 3
-                            h3[rest % 3] += at * others
-                            rest //= 3
+                        u01 = u0 * u1
+                        u24 = u2 * u4
+                        dd += ad * tv * u01 * u24
+                        h3[c0] += at * u1 * u24
+                        h3[c1] += at * u0 * u24
+                        h3[c2] += at * u01 * u4
+                        if p == 4:
+                            h3[c3] += at * u01 * u2
             hx = h3[0]
             hy = h3[1]
             hz = h3[2]
