@@ -119,6 +119,7 @@ def run(element, max_iter, max_time, setting, tag="mlearn"):
                         radial=setting.get("radial"),
                         weights=setting["weights"], output_weights=setting["output_weights"],
                         l2=setting["l2"], stress_offset=setting["stress_offset"],
+                        huber=setting.get("huber", 0.0),
                         seed=setting["seed"], max_iter=max_iter, max_time=max_time,
                         log=lambda line: print(f"  [{element}] {line}", flush=True), log_every=25)
     wall = time.perf_counter() - t0
@@ -203,6 +204,8 @@ def main():
     ap.add_argument("--hidden", help="hidden layer sizes instead of the setting's, e.g. 64,256")
     ap.add_argument("--cutoff", help="cutoffs (Å) instead of the setting's, per element, e.g. "
                     "Ni=4.5,Cu=4.6")
+    ap.add_argument("--huber", type=float, help="Huber width of the force loss, eV/Å (default: "
+                    "the setting's squared force residuals)")
     ap.add_argument("--threads", type=int, help="Numba threads for training (default: all)")
     ap.add_argument("--tag", default="mlearn", help="results/<tag>.{json,md} (default mlearn)")
     args = ap.parse_args()
@@ -216,7 +219,8 @@ def main():
     except ValueError as err:
         raise SystemExit(f"--cutoff: {err}") from None
     setting = {**SETTING, **{k: v for k, v in (("radial", args.radial), ("blocks", args.blocks),
-                                               ("hidden", hidden), ("cutoffs", cutoffs))
+                                               ("hidden", hidden), ("cutoffs", cutoffs),
+                                               ("huber", args.huber))
                              if v is not None}}
     if args.threads:
         import numba

@@ -168,7 +168,8 @@ def fit_settings(args, frames, log=print):
             f"({why}); give --adam-time to choose")
     return train, valid, {"cutoff": cutoff, "radial": family, "blocks": blocks, "hidden": hidden,
                           "l2": l2, "stress_offset": offset, "e0": e0 or None,
-                          "repulsion": repulsion, "adam_time": adam_time}
+                          "repulsion": repulsion, "adam_time": adam_time,
+                          "huber": args.huber if args.huber is not None else 0.0}
 
 
 def write_learning_curve(model, output, log=print):
@@ -501,6 +502,9 @@ def build_parser():
                    help="keep the radial functions fixed (e.g. those of --radial-from)")
     f.add_argument("--weights", default="10,1,0.001",
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
+    f.add_argument("--huber", type=float,
+                   help="Huber width of the force loss in eV/A: force residuals beyond it count "
+                        "linearly, not squared (default 0: squared)")
     f.add_argument("--output-weights",
                    help="weights E,F,S of the final exact solve of the output layer; E may "
                         "be 'auto' (default: auto,F,S of --weights: the one of the energy "

@@ -262,9 +262,14 @@ class OutputLayerProblem:
     fold's factors answers any loss weights (`solve`); stacking all but one, the same problem
     without that fold (`cross_validated_errors`), which is how `choose_output_layer` compares
     energy weights. Memory: (rows, S K + S + 1) per block, rows = frames with energy + 3 x
-    atoms with forces + 6 x frames with stress."""
+    atoms with forces + 6 x frames with stress.
 
-    def __init__(self, model, data, n_chunks=None, n_folds=1):
+    huber: the Huber width of the force penalty (`LossWeights.huber`, eV/Å; 0: squared). The
+    solve stays linear least squares, with each force row weighted by min(1, huber / |r|) for
+    its residual r at the model's current output layer: one step of iteratively reweighted
+    least squares from the point L-BFGS reached on the same penalty."""
+
+    def __init__(self, model, data, n_chunks=None, n_folds=1, huber=0.0):
         S, K = model.n_species, int(model.layer_sizes[-2])
         self.S, self.K, self.comm, self.n_folds = S, K, data.comm, n_folds
         n_w = S * K
@@ -316,6 +321,11 @@ class OutputLayerProblem:
         self.rows = {"energy": (A_E, E_of(data.energies - E_b)),
                      "forces": (A_F, F_of(data.forces - F_b)),
                      "stress": (A_S, S_of(data.stresses - S_b))}
+        self.row_scale = {name: None for name in self.rows}   # sqrt of each row's weight
+        if huber:
+            residual = A_F[:, :n_w] @ mlp0[:, -(K + 1):-1].ravel() - self.rows["forces"][1]
+            self.row_scale["forces"] = np.sqrt(np.minimum(
+                1.0, huber / np.maximum(np.abs(residual), 1e-300)))
         # rows per fold over every rank, and in all
         self.fold_counts = dict(zip(self.rows, self.comm.sum(
             np.array([np.diff(self.folds[name]) for name in self.rows], dtype=np.float64))))
@@ -329,12 +339,21 @@ class OutputLayerProblem:
         lo, hi = self.folds[name][k], self.folds[name][k + 1]
         return A[lo:hi], y[lo:hi]
 
+    def _scaled(self, name, k):
+        """[A y] of fold k of a block, each row times its `row_scale` (a new array)."""
+        A, y = self._fold(name, k)
+        Ay = np.hstack([A, y[:, None]])
+        scale = self.row_scale[name]
+        if scale is not None:
+            lo, hi = self.folds[name][k], self.folds[name][k + 1]
+            Ay *= scale[lo:hi, None]
+        return Ay
+
     def _fold_factors(self):
         """Per fold, {block: TSQR factor of [A y]} (on rank 0; None elsewhere), computed once."""
         if self._factors is None:
-            self._factors = [{name: tsqr_factor(self.comm, np.hstack([A, y[:, None]]))
-                              for name in self.rows for A, y in [self._fold(name, k)]}
-                             for k in range(self.n_folds)]
+            self._factors = [{name: tsqr_factor(self.comm, self._scaled(name, k))
+                              for name in self.rows} for k in range(self.n_folds)]
         return self._factors
 
     def solve(self, weights, without=None):
@@ -391,7 +410,7 @@ def solve_output_layer(model, data, weights=LossWeights(), n_chunks=None, fixed_
     bias is left as it is: it duplicates e0. Gradient descent resolves these directions slowly
     when the energy term is a small part of the loss, which is why `fit` solves them exactly.
     The rows of a distributed set (`Dataset.comm`) are solved together by TSQR."""
-    problem = OutputLayerProblem(model, data, n_chunks)
+    problem = OutputLayerProblem(model, data, n_chunks, huber=weights.huber)
     problem.set(model, problem.solve(weights), fixed_e0)
 
 
@@ -410,7 +429,7 @@ def choose_output_layer(model, data, weights, energies, n_chunks=None, fixed_e0=
     Cu and 10x for Li; Mo's validation energy MAE was 2.24 meV/atom at 10x and 2.83 at 1000x).
     Cross-validation uses every training structure rather than the tenth a validation split
     holds, and needs no split; the solve is linear, so it costs a few small factorisations."""
-    problem = OutputLayerProblem(model, data, n_chunks, n_folds)
+    problem = OutputLayerProblem(model, data, n_chunks, n_folds, huber=weights.huber)
     errors = {w: problem.cross_validated_errors(replace(weights, energy=w)) for w in energies}
     # the lowest energy and force MAE (nan for a quantity the data lacks, e.g. no forces)
     best = [min((e[k] for e in errors.values() if np.isfinite(e[k])), default=np.nan)

@@ -489,13 +489,24 @@ def _read_checkpoint(path):
 
 
 # --------------------------------------------------------------------------- fit
+def _huber_width(huber):
+    """The Huber width of the force penalty as a float (eV/Å; 0: squared residuals)."""
+    try:
+        width = float(huber)
+    except (TypeError, ValueError):
+        width = np.nan
+    if not (np.isfinite(width) and width >= 0.0):
+        raise ValueError(f"huber must be a finite width in eV/Å, 0 or more, got {huber!r}")
+    return width
+
+
 def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=None, blocks=None,
         hidden=None, activation="gaussian", radial=None, weights=(10.0, 1.0, 0.001), l2=1e-6, max_iter=500,
         stress_offset=False, seed=0, train_radial=True, output_weights=None, solve_output=True,
         checkpoint=None, checkpoint_every=50, resume=None, max_time=None, log=print,
         log_every=10, e0=None, shared_radial=None, pair_radial=None, radial_from=None,
         species_mode=None, embedding_dim=None, repulsion=None, adam_epochs=None, adam_time=None,
-        comm=None):
+        huber=0.0, comm=None):
     """Fit a LATTE model to structures with energies (and forces/stress where present).
 
     frames, valid: lists of ASE Atoms (energy, forces, stress from their calculators or info).
@@ -508,6 +519,8 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
     a fitted model (standardisation set) continues from its parameters, e.g. to refine it with
     other weights or data.
     weights: (energy, forces, stress) loss weights (see `LossWeights`); l2: MLP weight penalty.
+    huber: 0 for squared force residuals, or a width in eV/Å beyond which force residuals count
+    linearly (`LossWeights.huber`; the output solve reweights its force rows to match).
     stress_offset: fit reference stresses up to one isotropic offset (a DFT Pulay stress); the
     fitted value, in GPa, is `model.fit_info["stress_offset_GPa"]` (the validation loss fits
     its own).
@@ -567,12 +580,14 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
         raise ValueError("no training structures (besides isolated atoms)"
                          + (" on one of the ranks" if comm.size > 1 else ""))
     if not isinstance(weights, LossWeights):
-        weights = LossWeights(*weights, l2=l2, stress_offset=bool(stress_offset))
+        weights = LossWeights(*weights, l2=l2, stress_offset=bool(stress_offset),
+                              huber=_huber_width(huber))
     output_weights, output_energies = _output_weights(weights, output_weights)
     history, val_hist, x0 = None, [], None
     preset = DEFAULT_PRESET if preset is None else preset
     settings = {"preset": preset, "weights": [weights.energy, weights.forces, weights.stress],
-                "l2": weights.l2, "stress_offset": weights.stress_offset, "seed": seed,
+                "l2": weights.l2, "stress_offset": weights.stress_offset, "huber": weights.huber,
+                "seed": seed,
                 "train_radial": bool(train_radial), "max_iter": None if max_iter is None else int(max_iter),
                 "lbfgs_memory": LBFGS_MEMORY,
                 "output_weights": [None if output_energies else output_weights.energy,
@@ -583,10 +598,12 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
     if resume is not None:           # the settings of the checkpoint's run replace these
         model, fit_info, history, val_hist, x0 = _read_checkpoint(resume)
         weights = LossWeights(*fit_info["weights"], l2=fit_info["l2"],
-                              stress_offset=fit_info.get("stress_offset", False))
+                              stress_offset=fit_info.get("stress_offset", False),
+                              huber=fit_info.get("huber", 0.0))    # 0 before it was recorded
         train_radial = fit_info["train_radial"]
         settings.update({k: fit_info[k] for k in ("preset", "weights", "l2", "seed", "train_radial")})
         settings["stress_offset"] = weights.stress_offset
+        settings["huber"] = weights.huber
         settings["output_weights"] = fit_info.get("output_weights")
         e0 = fit_info.get("e0")
         settings["lbfgs_memory"] = fit_info.get("lbfgs_memory", 20)   # 20 before it was recorded
@@ -690,7 +707,8 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
 
     # the loss and optimiser settings travel with the model (a user asks what made it)
     model.fit_info = {**{k: settings[k] for k in ("preset", "weights", "l2", "stress_offset",
-                                                  "seed", "train_radial", "lbfgs_memory")},
+                                                  "huber", "seed", "train_radial",
+                                                  "lbfgs_memory")},
                       "iterations": run.iteration, "best_valid_loss": run.best_val,
                       "output_weights": settings["output_weights"],
                       "adam": settings.get("adam"),

@@ -1,6 +1,7 @@
 """Training: the exact loss gradient (finite differences per parameter group), the loss bookkeeping,
 the L-BFGS fit (determinism, validation, checkpoints, exact resume, Ctrl-C) and the CLI."""
 import json
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
@@ -152,6 +153,20 @@ def test_gradient_with_fitted_stress_offset():
     assert max(worst.values()) < 1e-6, worst
 
 
+def test_gradient_with_huber_force_penalty():
+    """The Huber force penalty's gradient, with residuals on both sides of its width."""
+    rng = np.random.default_rng(15)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 6, 4.4, stress=False),
+              random_frame(rng, 3, 3.2)]
+    model = small_model(seed=16)
+    data = prepare_dataset(frames, model)
+    weights = LossWeights(1.0, 1.0, 0.5, huber=0.7)
+    res = np.abs(predict(model, data)[1] - data.forces)
+    assert (res < 0.6).sum() >= 5 and (res > 0.8).sum() >= 5      # both branches are checked
+    worst = fd_check(model, data, weights, rng, per_group=6)
+    assert max(worst.values()) < 1e-6, worst
+
+
 def test_stress_offset_removes_a_constant_isotropic_shift():
     """Shifting every reference stress by p*I leaves the offset-fitted loss unchanged, moves the
     fitted offset by exactly -p, and changes the plain loss."""
@@ -207,6 +222,33 @@ def test_output_layer_solve_is_the_exact_minimiser(weights, repulsion):
     assert np.array_equal(model.params["mlp"][:, -1], bias)   # the bias duplicates e0: kept
 
 
+def test_output_layer_solve_with_huber_forces_descends_to_its_minimiser():
+    """With a Huber force penalty the solve is one reweighted least-squares step: each solve
+    lowers the Huber loss, and repeated solves reach the output layer where the loss gradient
+    (from the tangent/reverse kernel) vanishes."""
+    rng = np.random.default_rng(25)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 8, 5.0, stress=False),
+              random_frame(rng, 6, 4.2), random_frame(rng, 4, 4.5)]
+    model = small_model(seed=22)
+    data = prepare_dataset(frames, model)
+    weights = LossWeights(1.0, 1.0, 0.5, l2=1e-4, huber=0.5)
+    K = int(model.layer_sizes[-2])
+    losses = [loss_and_gradient(model, data, weights, False)[0]]
+    for _ in range(60):
+        solve_output_layer(model, data, weights)
+        losses.append(loss_and_gradient(model, data, weights, False)[0])
+    assert all(b <= a * (1 + 1e-12) for a, b in zip(losses, losses[1:]))
+    _, _, g = loss_and_gradient(model, data, weights)
+    res = np.abs(predict(model, data)[1] - data.forces)
+    assert (res > 0.5).sum() >= 5                                 # the linear branch is used
+    plain = small_model(seed=22)
+    solve_output_layer(plain, data, replace(weights, huber=0.0))
+    g_plain = loss_and_gradient(plain, data, weights)[2]          # not the Huber minimiser
+    scale = np.abs(g_plain["mlp"][:, -(K + 1):-1]).max()
+    assert np.abs(g["mlp"][:, -(K + 1):-1]).max() < 1e-5 * scale
+    assert np.abs(g["e0"]).max() < 1e-5 * scale
+
+
 def test_output_layer_solve_leaves_absent_species_alone():
     rng = np.random.default_rng(23)
     frames = [random_frame(rng, 4, 4.0) for _ in range(3)]
@@ -225,8 +267,6 @@ def test_output_layer_energy_weight_by_cross_validation():
     solve_output_layer on the other structures, one structure per fold; the rows come best
     score first (each error relative to the lowest); the model ends at the full solve at the
     best row's energy weight."""
-    from dataclasses import replace
-
     from lattenb.steps import choose_output_layer
     rng = np.random.default_rng(26)
     frames = [random_frame(rng, 5, 4.0), random_frame(rng, 6, 4.4, stress=False),
@@ -300,6 +340,14 @@ def test_loss_parts_equal_direct_definition():
     assert parts["forces"] == pytest.approx(w.forces * np.mean(np.concatenate(f_terms)), rel=1e-10)
     assert parts["stress"] == pytest.approx(w.stress * np.mean(s_terms), rel=1e-10)
     assert loss == pytest.approx(sum(parts.values()), rel=1e-12)
+    # the Huber penalty: squares within its width, 2 d |r| - d^2 beyond
+    d = 0.9
+    r = np.abs(np.concatenate(f_terms)) ** 0.5
+    huber = np.where(r <= d, r ** 2, 2 * d * r - d ** 2)
+    assert (r > d).any() and (r <= d).any()
+    parts = loss_and_gradient(model, prepare_dataset(frames, model),
+                              LossWeights(0.7, 1.3, 0.4, l2=1e-3, huber=d), False)[1]
+    assert parts["forces"] == pytest.approx(w.forces * np.mean(huber), rel=1e-10)
 
 
 def test_dataset_errors():
@@ -718,6 +766,39 @@ def test_cli_output_weights(tmp_path, capsys):
         lattenb.fit(read(train, ":"), output_weights=(1.0, 2.0), max_iter=1, log=None)
     with pytest.raises(SystemExit, match="output_weights must be three"):
         cli.main(["fit", *common, "-o", str(plain), "--output-weights", "1,-1,0"])
+
+
+def test_cli_huber_reaches_the_loss_and_is_recorded(tmp_path, capsys):
+    """--huber sets the force penalty's width: recorded in the model file (0 by default), kept
+    by a resumed fit, and the fit's best validation loss is the Huber loss; a negative width
+    is an error."""
+    rng = np.random.default_rng(27)
+    frames = [random_frame(rng, 4, 4.0), random_frame(rng, 5, 4.2), random_frame(rng, 3, 3.6)]
+    train, valid = tmp_path / "train.xyz", tmp_path / "valid.xyz"
+    write(train, frames)
+    write(valid, [random_frame(rng, 4, 4.1)])
+    common = [str(train), "--valid", str(valid), "--cutoff", "3.5", "--blocks", "2,-:2,i,i",
+              "--hidden", "3", "--max-iter", "3", "--no-stress-offset", "--repulsion", "none",
+              "--no-output-solve"]
+    huber, plain = tmp_path / "huber.npz", tmp_path / "plain.npz"
+    assert cli.main(["fit", *common, "-o", str(huber), "--huber", "0.3",
+                     "--checkpoint", str(tmp_path / "ck.npz")]) == 0
+    assert cli.main(["fit", *common, "-o", str(plain)]) == 0
+    m_huber, m_plain = lattenb.load(huber), lattenb.load(plain)
+    assert m_huber.fit_info["huber"] == 0.3 and m_plain.fit_info["huber"] == 0.0
+    vdata = prepare_dataset(read(valid, ":"), m_huber)
+    w = LossWeights(10.0, 1.0, 0.001)
+    assert m_huber.fit_info["best_valid_loss"] == pytest.approx(
+        loss_and_gradient(m_huber, vdata, replace(w, huber=0.3), False)[0], rel=1e-10)
+    assert m_plain.fit_info["best_valid_loss"] == pytest.approx(
+        loss_and_gradient(m_plain, vdata, w, False)[0], rel=1e-10)
+    resumed = tmp_path / "resumed.npz"
+    assert cli.main(["fit", *common, "-o", str(resumed), "--resume",
+                     str(tmp_path / "ck.npz")]) == 0
+    assert lattenb.load(resumed).fit_info["huber"] == 0.3
+    capsys.readouterr()
+    with pytest.raises(SystemExit, match="huber must be a finite width"):
+        cli.main(["fit", *common, "-o", str(plain), "--huber", "-1"])
 
 
 def test_cli_example_runs_with_the_fit_defaults(tmp_path, capsys):
