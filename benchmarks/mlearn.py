@@ -4,6 +4,7 @@
     python benchmarks/mlearn.py --elements Cu            # re-run one row; keeps the others when
                                                          # run with the same setting and limits
     python benchmarks/mlearn.py --elements Cu --max-time 300
+    python benchmarks/mlearn.py --plain                  # exactly plain `lattenb fit El_train.xyz`
 
 For each element: fit on ../shared/data/mlearn/<El>_train.xyz with one setting for all elements
 (below; only the cutoff is per element), keeping the parameters best on a validation split of the
@@ -12,6 +13,12 @@ et al.'s metrics: energy MAE as |dE|/N per structure averaged over structures (m
 over all Cartesian components (eV/Å). Prints a table next to the published GAP, MTP, SNAP and qSNAP
 numbers (from the data README) and the training wall time, and writes
 benchmarks/results/mlearn.{json,md}.
+
+With --plain, each element is fitted by exactly what plain `lattenb fit <El>_train.xyz -o M`
+chooses and does (`lattenb.cli.fit_settings` and `fit_model`: its own validation split, cutoff,
+blocks, MLP, loss weights and output solve, and its 30-minute default budget unless --max-time
+is given); the options --radial, --blocks, --hidden, --cutoff and --huber are passed on to it as
+the flags of the same names.
 """
 import argparse
 import json
@@ -103,26 +110,52 @@ def cost_us_per_atom(model, frames):
     return time_one_thread(model, cost_structure(frames))
 
 
+def fit_setting(element, frames, max_iter, max_time, setting, log):
+    """(the benchmark setting's model of `element` fitted on `frames`, the training file; the
+    structures it trained on)."""
+    import lattenb
+    valid = frames[::10]
+    train = [a for k, a in enumerate(frames) if k % 10]
+    return lattenb.fit(train, valid=valid, preset=setting["preset"],
+                       cutoff=setting["cutoffs"][element],
+                       hidden=setting["hidden"], blocks=setting.get("blocks"),
+                       radial=setting.get("radial"),
+                       weights=setting["weights"], output_weights=setting["output_weights"],
+                       l2=setting["l2"], stress_offset=setting["stress_offset"],
+                       huber=setting.get("huber", 0.0),
+                       seed=setting["seed"], max_iter=max_iter, max_time=max_time,
+                       log=log, log_every=25), train
+
+
+def fit_plain(element, frames, max_iter, max_time, setting, log):
+    """(what plain `lattenb fit <El>_train.xyz -o M` fits, with `setting`'s "flags" passed on;
+    the structures it trained on)."""
+    from lattenb import cli
+    argv = ["fit", str(DATA / f"{element}_train.xyz"), "-o", "unused.npz", "--log-every", "25"]
+    argv += ["--max-time", str(max_time)] if max_time is not None else []
+    argv += ["--max-iter", str(max_iter)] if max_iter is not None else []
+    flags = dict(setting["flags"])
+    if element in setting["cutoffs"]:     # only the elements --cutoff names
+        flags["cutoff"] = setting["cutoffs"][element]
+    for flag, value in flags.items():
+        argv += [f"--{flag}", str(value)]
+    args = cli.build_parser().parse_args(argv)
+    train, valid, auto = cli.fit_settings(args, frames, log=log)
+    return cli.fit_model(args, train, valid, auto, log=log), train
+
+
 def run(element, max_iter, max_time, setting, tag="mlearn"):
     from ase.io import read
 
-    import lattenb
     from lattenb.evaluation import evaluate_frames
     frames = read(DATA / f"{element}_train.xyz", ":")
     test = read(DATA / f"{element}_test.xyz", ":")
-    valid = frames[::10]
-    train = [a for k, a in enumerate(frames) if k % 10]
-    cutoff = setting["cutoffs"][element]
     t0 = time.perf_counter()
-    model = lattenb.fit(train, valid=valid, preset=setting["preset"], cutoff=cutoff,
-                        hidden=setting["hidden"], blocks=setting.get("blocks"),
-                        radial=setting.get("radial"),
-                        weights=setting["weights"], output_weights=setting["output_weights"],
-                        l2=setting["l2"], stress_offset=setting["stress_offset"],
-                        huber=setting.get("huber", 0.0),
-                        seed=setting["seed"], max_iter=max_iter, max_time=max_time,
-                        log=lambda line: print(f"  [{element}] {line}", flush=True), log_every=25)
+    fit = fit_plain if setting.get("plain") else fit_setting
+    model, train = fit(element, frames, max_iter, max_time, setting,
+                log=lambda line: print(f"  [{element}] {line}", flush=True))
     wall = time.perf_counter() - t0
+    cutoff = model.cutoff
     RESULTS.mkdir(parents=True, exist_ok=True)
     model.save(model_path(tag, element))
     table = evaluate_frames(model, test)["all"]
@@ -196,7 +229,12 @@ def main():
     ap.add_argument("--elements", default="Ni,Cu,Li,Mo")
     ap.add_argument("--max-iter", type=int, help="L-BFGS iteration limit (default: none; the "
                     "time budget alone, which also gives the mini-batch phase its half)")
-    ap.add_argument("--max-time", type=float, default=14 * 60, help="seconds per element")
+    ap.add_argument("--max-time", type=float, help="seconds per element (default: 14 minutes; "
+                    "with --plain, plain fit's default budget)")
+    ap.add_argument("--plain", action="store_true",
+                    help="fit exactly as plain `lattenb fit <El>_train.xyz` does (its split, "
+                         "choices and budget), with --radial/--blocks/--hidden/--cutoff/--huber "
+                         "passed on as its flags")
     ap.add_argument("--radial", help="radial family instead of the setting's (polynomial, spline, "
                     "spline-N)")
     ap.add_argument("--blocks", help="block string instead of the setting's (the fast preset's "
@@ -222,6 +260,12 @@ def main():
                                                ("hidden", hidden), ("cutoffs", cutoffs),
                                                ("huber", args.huber))
                              if v is not None}}
+    max_time = 14 * 60 if args.max_time is None and not args.plain else args.max_time
+    if args.plain:   # plain fit's own choices, and only the flags given here
+        setting = {"plain": True, "flags": {k: v for k, v in (
+            ("radial", args.radial), ("blocks", args.blocks), ("hidden", args.hidden),
+            ("huber", args.huber)) if v is not None},
+            "cutoffs": parse_cutoffs(args.cutoff) if args.cutoff else {}}
     if args.threads:
         import numba
         numba.set_num_threads(args.threads)
@@ -232,11 +276,11 @@ def main():
     if unknown:   # before any fit: a typo should not surface after 15 minutes of training
         raise SystemExit(f"unknown element(s) {', '.join(unknown)}; choose from "
                          f"{', '.join(SETTING['cutoffs'])}")
-    limits = {"max_iter": args.max_iter, "max_time_s": args.max_time}
+    limits = {"max_iter": args.max_iter, "max_time_s": max_time}
     kept = previous_rows(RESULTS / f"{args.tag}.json", setting, limits, elements)
     rows = []
     for element in elements:   # tables written after every element: a stopped run keeps its rows
-        rows.append(run(element, args.max_iter, args.max_time, setting, args.tag))
+        rows.append(run(element, args.max_iter, max_time, setting, args.tag))
         print(markdown(rows, setting), flush=True)
         write_tables(args.tag, setting, limits, kept, rows)
 

@@ -43,6 +43,30 @@ def test_mlearn_cutoff_option_parses_and_names_bad_items():
             mlearn.parse_cutoffs(text)
 
 
+def test_mlearn_plain_mode_fits_what_plain_lattenb_fit_fits(tmp_path):
+    """--plain: the model is the one `lattenb fit TRAIN -o M` writes for the same file and
+    budget, with the flags given passed on (here --huber and a cutoff)."""
+    import numpy as np
+    from ase.io import read, write
+
+    import lattenb
+    from lattenb import cli
+    mlearn = _mlearn()
+    frames = read(ROOT / "lattenb" / "data" / "Cu_train_subset.xyz", ":")[:20]
+    setting = {"plain": True, "flags": {"huber": 0.05, "hidden": "4"}, "cutoffs": {"Cu": 4.2}}
+    model, train = mlearn.fit_plain("Cu", frames, 2, None, setting, log=lambda line: None)
+    write(tmp_path / "train.xyz", frames)
+    out = tmp_path / "m.npz"
+    assert cli.main(["fit", str(tmp_path / "train.xyz"), "-o", str(out), "--max-iter", "2",
+                     "--huber", "0.05", "--hidden", "4", "--cutoff", "4.2"]) == 0
+    reference = lattenb.load(out)
+    assert len(train) == 18                                        # plain fit's own split
+    assert model.fit_info["huber"] == 0.05 and model.cutoff == 4.2 and model.hidden == (4,)
+    for name, value in reference.params.items():
+        np.testing.assert_allclose(model.params[name], value, rtol=1e-12, atol=1e-14,
+                                   err_msg=name)
+
+
 def test_nbmotaw_leave_out_names_a_binary_of_the_four_elements():
     from ase import Atoms
     spec = importlib.util.spec_from_file_location("nbmotaw", ROOT / "benchmarks" / "nbmotaw.py")
