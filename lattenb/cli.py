@@ -19,8 +19,8 @@ import numpy as np
 
 from . import extrapolation, radial, repulsion, species_modes
 from .auto import (MATERIAL_L2, MOLECULE_L2, choose_blocks, choose_cutoff, choose_hidden,
-                   choose_l2, choose_minibatch, choose_radial, has_stress, isolated_atom_energies,
-                   read_e0, split_validation)
+                   choose_huber, choose_l2, choose_minibatch, choose_radial, has_stress,
+                   isolated_atom_energies, read_e0, split_validation)
 from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .dataset import as_dataset
 from .evaluation import evaluate_frames
@@ -159,6 +159,12 @@ def fit_settings(args, frames, log=print):
         repulsion = "zbl"
         log("core repulsion zbl below the shortest distances of the training data (give "
             "--repulsion none to leave it out)")
+    huber = args.huber       # a resumed fit keeps its checkpoint's
+    if huber is None:
+        huber, why = choose_huber(train)
+        if not args.resume:
+            log(f"force loss: {f'Huber, width {huber:g} eV/Å' if huber else 'squared'} ({why}); "
+                f"give --huber to choose (0: squared)")
     adam_time = (None if args.adam_time is None
                  else parse_duration(args.adam_time, allow_zero=True))
     if (adam_time is None and args.adam_epochs is None and args.max_iter is None
@@ -169,7 +175,7 @@ def fit_settings(args, frames, log=print):
     return train, valid, {"cutoff": cutoff, "radial": family, "blocks": blocks, "hidden": hidden,
                           "l2": l2, "stress_offset": offset, "e0": e0 or None,
                           "repulsion": repulsion, "adam_time": adam_time,
-                          "huber": args.huber if args.huber is not None else 0.0}
+                          "huber": huber}
 
 
 def write_learning_curve(model, output, log=print):
@@ -504,7 +510,8 @@ def build_parser():
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
     f.add_argument("--huber", type=float,
                    help="Huber width of the force loss in eV/A: force residuals beyond it count "
-                        "linearly, not squared (default 0: squared)")
+                        "linearly, not squared; 0: squared (default: 0.05 for periodic data, "
+                        "0 for molecules)")
     f.add_argument("--output-weights",
                    help="weights E,F,S of the final exact solve of the output layer; E may "
                         "be 'auto' (default: auto,F,S of --weights: the one of the energy "

@@ -205,6 +205,18 @@ def test_plain_fit_chooses_the_weight_penalty_by_data_kind(tmp_path):
     assert lattenb.load(tmp_path / "mol.npz").fit_info["l2"] == auto.MOLECULE_L2
 
 
+def test_plain_fit_chooses_the_force_loss_by_data_kind(tmp_path):
+    """A Huber force loss of width MATERIAL_HUBER for periodic data, squared forces for
+    molecules; --huber is the user's (0: squared)."""
+    mol, cu = labelled(molecule("CH3CH2OH")), labelled(bulk("Cu", cubic=True))
+    assert auto.MATERIAL_HUBER > 0 and auto.MOLECULE_HUBER == 0
+    assert plain_fit_settings(tmp_path, [cu] * 4)["huber"] == auto.MATERIAL_HUBER
+    assert plain_fit_settings(tmp_path, [mol, cu, mol])["huber"] == auto.MATERIAL_HUBER
+    assert plain_fit_settings(tmp_path, [mol] * 4)["huber"] == auto.MOLECULE_HUBER
+    assert plain_fit_settings(tmp_path, [cu] * 4, "--huber", "0")["huber"] == 0
+    assert plain_fit_settings(tmp_path, [mol] * 4, "--huber", "0.2")["huber"] == 0.2
+
+
 def test_lbfgs_runs_with_one_blas_thread_and_restores_the_limit(monkeypatch):
     """L-BFGS-B's vector operations would wake BLAS threads that spin and take the cores from
     the Numba kernels: `fit` holds BLAS to one thread while it runs, and gives the limit back."""

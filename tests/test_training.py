@@ -730,7 +730,7 @@ def test_cli_output_weights(tmp_path, capsys):
     train = tmp_path / "train.xyz"
     write(train, frames)
     common = [str(train), "--cutoff", "3.5", "--blocks", "2,-:2,i,i", "--hidden", "3",
-              "--max-iter", "3", "--no-stress-offset", "--repulsion", "none"]
+              "--max-iter", "3", "--no-stress-offset", "--repulsion", "none", "--huber", "0"]
     solved, plain = tmp_path / "solved.npz", tmp_path / "plain.npz"
     assert cli.main(["fit", *common, "-o", str(solved), "--output-weights", "50,1,0.01"]) == 0
     assert "solving the output layer exactly at weights E,F,S = 50,1,0.01" in capsys.readouterr().out
@@ -769,7 +769,7 @@ def test_cli_output_weights(tmp_path, capsys):
 
 
 def test_cli_huber_reaches_the_loss_and_is_recorded(tmp_path, capsys):
-    """--huber sets the force penalty's width: recorded in the model file (0 by default), kept
+    """--huber sets the force penalty's width: recorded in the model file (0: squared), kept
     by a resumed fit, and the fit's best validation loss is the Huber loss; a negative width
     is an error."""
     rng = np.random.default_rng(27)
@@ -783,7 +783,7 @@ def test_cli_huber_reaches_the_loss_and_is_recorded(tmp_path, capsys):
     huber, plain = tmp_path / "huber.npz", tmp_path / "plain.npz"
     assert cli.main(["fit", *common, "-o", str(huber), "--huber", "0.3",
                      "--checkpoint", str(tmp_path / "ck.npz")]) == 0
-    assert cli.main(["fit", *common, "-o", str(plain)]) == 0
+    assert cli.main(["fit", *common, "-o", str(plain), "--huber", "0"]) == 0
     m_huber, m_plain = lattenb.load(huber), lattenb.load(plain)
     assert m_huber.fit_info["huber"] == 0.3 and m_plain.fit_info["huber"] == 0.0
     vdata = prepare_dataset(read(valid, ":"), m_huber)
