@@ -143,26 +143,19 @@ def test_gradient_force_only_and_stress_only():
         assert max(worst.values()) < 1e-6, (weights, worst)
 
 
-def test_gradient_with_fitted_stress_offset():
+@pytest.mark.parametrize("weights", [LossWeights(1.0, 1.0, 2.0, stress_offset=True),
+                                     LossWeights(1.0, 1.0, 0.5, huber=0.7)])
+def test_gradient_with_fitted_stress_offset_or_huber_forces(weights):
+    """The fitted stress offset's and the Huber force penalty's gradients (the latter with
+    residuals on both sides of its width)."""
     rng = np.random.default_rng(11)
     frames = [random_frame(rng, 5, 4.0), random_frame(rng, 6, 4.4, stress=False),
               random_frame(rng, 3, 3.2)]
     model = small_model(seed=12)
     data = prepare_dataset(frames, model)
-    worst = fd_check(model, data, LossWeights(1.0, 1.0, 2.0, stress_offset=True), rng, per_group=6)
-    assert max(worst.values()) < 1e-6, worst
-
-
-def test_gradient_with_huber_force_penalty():
-    """The Huber force penalty's gradient, with residuals on both sides of its width."""
-    rng = np.random.default_rng(15)
-    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 6, 4.4, stress=False),
-              random_frame(rng, 3, 3.2)]
-    model = small_model(seed=16)
-    data = prepare_dataset(frames, model)
-    weights = LossWeights(1.0, 1.0, 0.5, huber=0.7)
-    res = np.abs(predict(model, data)[1] - data.forces)
-    assert (res < 0.6).sum() >= 5 and (res > 0.8).sum() >= 5      # both branches are checked
+    if weights.huber:
+        res = np.abs(predict(model, data)[1] - data.forces)
+        assert (res < 0.6).sum() >= 5 and (res > 0.8).sum() >= 5     # both branches checked
     worst = fd_check(model, data, weights, rng, per_group=6)
     assert max(worst.values()) < 1e-6, worst
 
