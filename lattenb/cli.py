@@ -161,7 +161,7 @@ def fit_settings(args, frames, log=print):
             "--repulsion none to leave it out)")
     huber = args.huber       # a resumed fit keeps its checkpoint's
     if huber is None:
-        huber, why = choose_huber(train)
+        huber, why = choose_huber(train, time_budget=args.max_iter is None)
         if not args.resume:
             log(f"force loss: {f'Huber, width {huber:g} eV/Å' if huber else 'squared'} ({why}); "
                 f"give --huber to choose (0: squared)")
@@ -510,8 +510,8 @@ def build_parser():
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
     f.add_argument("--huber", type=float,
                    help="Huber width of the force loss in eV/A: force residuals beyond it count "
-                        "linearly, not squared; 0: squared (default: 0.05 for periodic data, "
-                        "0 for molecules)")
+                        "linearly, not squared; 0: squared (default: 0.05 for periodic data "
+                        "fitted on a time budget, else 0)")
     f.add_argument("--output-weights",
                    help="weights E,F,S of the final exact solve of the output layer; E may "
                         "be 'auto' (default: auto,F,S of --weights: the one of the energy "
