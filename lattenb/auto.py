@@ -269,16 +269,18 @@ def choose_minibatch(frames):
 #: width before L-BFGS starts. With an iteration limit L-BFGS starts from the initial model,
 #: where every residual is on the linear branch, and creeps: `lattenb example` (100 L-BFGS
 #: iterations on the bundled Cu structures) gave a test MAE of 3.81 meV/atom and 0.120 eV/Å with the
-#: width 0.05 against 0.83 and 0.049 with squared forces. So such fits keep squared forces.
+#: width 0.05 against 0.83 and 0.049 with squared forces. So fits without the phase (an
+#: iteration limit, or --adam-time 0) keep squared forces.
 MOLECULE_HUBER = 0.0
 MATERIAL_HUBER = 0.05
 
 
-def choose_huber(frames, time_budget=True):
+def choose_huber(frames, minibatch=True):
     """(Huber width of the force loss in eV/Å, reason): MATERIAL_HUBER for data with periodic
-    structures fitted on a time budget (`time_budget`), else squared forces (0)."""
-    if not time_budget:
-        return 0.0, "an iteration limit: L-BFGS from the start is slow on the linear branch"
+    structures whose fit starts with the mini-batch phase (`minibatch`), else squared forces
+    (0)."""
+    if not minibatch:
+        return 0.0, "no mini-batch phase: L-BFGS from the start is slow on the linear branch"
     return _by_data_kind(frames, (MOLECULE_HUBER, "scored by RMSE, squared forces"),
                          (MATERIAL_HUBER, "it won on mlearn Mo, level on Ni"))
 

@@ -159,12 +159,6 @@ def fit_settings(args, frames, log=print):
         repulsion = "zbl"
         log("core repulsion zbl below the shortest distances of the training data (give "
             "--repulsion none to leave it out)")
-    huber = args.huber       # a resumed fit keeps its checkpoint's
-    if huber is None:
-        huber, why = choose_huber(train, time_budget=args.max_iter is None)
-        if not args.resume:
-            log(f"force loss: {f'Huber, width {huber:g} eV/Å' if huber else 'squared'} ({why}); "
-                f"give --huber to choose (0: squared)")
     adam_time = (None if args.adam_time is None
                  else parse_duration(args.adam_time, allow_zero=True))
     if (adam_time is None and args.adam_epochs is None and args.max_iter is None
@@ -172,6 +166,12 @@ def fit_settings(args, frames, log=print):
         adam_time, why = choose_minibatch(train)
         log(f"mini-batch phase: {'none' if adam_time == 0 else 'half of the time budget'} "
             f"({why}); give --adam-time to choose")
+    huber = args.huber       # a resumed fit keeps its checkpoint's
+    if huber is None:        # the Huber loss needs the mini-batch phase before L-BFGS
+        huber, why = choose_huber(train, minibatch=args.max_iter is None and adam_time != 0)
+        if not args.resume:
+            log(f"force loss: {f'Huber, width {huber:g} eV/Å' if huber else 'squared'} ({why}); "
+                f"give --huber to choose (0: squared)")
     return train, valid, {"cutoff": cutoff, "radial": family, "blocks": blocks, "hidden": hidden,
                           "l2": l2, "stress_offset": offset, "e0": e0 or None,
                           "repulsion": repulsion, "adam_time": adam_time,
@@ -511,7 +511,7 @@ def build_parser():
     f.add_argument("--huber", type=float,
                    help="Huber width of the force loss in eV/A: force residuals beyond it count "
                         "linearly, not squared; 0: squared (default: 0.05 for periodic data "
-                        "fitted on a time budget, else 0)")
+                        "with the mini-batch phase, else 0)")
     f.add_argument("--output-weights",
                    help="weights E,F,S of the final exact solve of the output layer; E may "
                         "be 'auto' (default: auto,F,S of --weights: the one of the energy "

@@ -206,16 +206,18 @@ def test_plain_fit_chooses_the_weight_penalty_by_data_kind(tmp_path):
 
 
 def test_plain_fit_chooses_the_force_loss_by_data_kind(tmp_path):
-    """A Huber force loss of width MATERIAL_HUBER for periodic data on a time budget, squared
-    forces for molecules and for fits with an iteration limit; --huber is the user's."""
+    """A Huber force loss of width MATERIAL_HUBER for periodic data with the mini-batch phase,
+    squared forces for molecules and for fits without the phase; --huber is the user's."""
     mol, cu = labelled(molecule("CH3CH2OH")), labelled(bulk("Cu", cubic=True))
     assert auto.MATERIAL_HUBER > 0 and auto.MOLECULE_HUBER == 0
     assert plain_fit_settings(tmp_path, [cu] * 4)["huber"] == auto.MATERIAL_HUBER
     assert plain_fit_settings(tmp_path, [mol, cu, mol])["huber"] == auto.MATERIAL_HUBER
     assert plain_fit_settings(tmp_path, [mol] * 4)["huber"] == auto.MOLECULE_HUBER
     assert plain_fit_settings(tmp_path, [cu] * 4, "--huber", "0")["huber"] == 0
-    # with an iteration limit there is no mini-batch phase, and squared forces
+    # with an iteration limit or --adam-time 0 there is no mini-batch phase, and squared forces
     assert plain_fit_settings(tmp_path, [cu] * 4, "--max-iter", "100")["huber"] == 0
+    assert plain_fit_settings(tmp_path, [cu] * 4, "--adam-time", "0")["huber"] == 0
+    assert plain_fit_settings(tmp_path, [cu] * 4, "--adam-time", "5m")["huber"] == 0.05
     assert plain_fit_settings(tmp_path, [cu] * 4, "--max-iter", "9", "--huber", "0.1")["huber"] == 0.1
     assert plain_fit_settings(tmp_path, [mol] * 4, "--huber", "0.2")["huber"] == 0.2
 
