@@ -156,7 +156,7 @@ def run(element, max_iter, max_time, setting, tag="mlearn"):
     t0 = time.perf_counter()
     fit = fit_plain if setting.get("plain") else fit_setting
     model, train = fit(element, frames, max_iter, max_time, setting,
-                log=lambda line: print(f"  [{element}] {line}", flush=True))
+                       log=lambda line: print(f"  [{element}] {line}", flush=True))
     wall = time.perf_counter() - t0
     cutoff = model.cutoff
     RESULTS.mkdir(parents=True, exist_ok=True)
@@ -256,19 +256,20 @@ def main():
     except ValueError as err:
         raise SystemExit(f"--hidden: {err}") from None
     try:
-        cutoffs = {**SETTING["cutoffs"], **parse_cutoffs(args.cutoff)} if args.cutoff else None
+        given_cutoffs = parse_cutoffs(args.cutoff) if args.cutoff else {}
     except ValueError as err:
         raise SystemExit(f"--cutoff: {err}") from None
-    setting = {**SETTING, **{k: v for k, v in (("radial", args.radial), ("blocks", args.blocks),
-                                               ("hidden", hidden), ("cutoffs", cutoffs),
-                                               ("huber", args.huber))
-                             if v is not None}}
-    max_time = 14 * 60 if args.max_time is None and not args.plain else args.max_time
     if args.plain:   # plain fit's own choices, and only the flags given here
-        setting = {"plain": True, "flags": {k: v for k, v in (
+        setting = {"plain": True, "cutoffs": given_cutoffs, "flags": {k: v for k, v in (
             ("radial", args.radial), ("blocks", args.blocks), ("hidden", args.hidden),
-            ("huber", args.huber)) if v is not None},
-            "cutoffs": parse_cutoffs(args.cutoff) if args.cutoff else {}}
+            ("huber", args.huber)) if v is not None}}
+        max_time = args.max_time            # None: plain fit's default budget
+    else:
+        setting = {**SETTING, **{k: v for k, v in (
+            ("radial", args.radial), ("blocks", args.blocks), ("hidden", hidden),
+            ("cutoffs", {**SETTING["cutoffs"], **given_cutoffs} if given_cutoffs else None),
+            ("huber", args.huber)) if v is not None}}
+        max_time = 14 * 60 if args.max_time is None else args.max_time
     if args.threads:
         import numba
         numba.set_num_threads(args.threads)

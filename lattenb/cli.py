@@ -105,6 +105,11 @@ def parse_duration(text, allow_zero=False):
     return value
 
 
+def time_budget(args):
+    """The fit's time budget in seconds: --max-time, else --time."""
+    return args.max_time if args.max_time is not None else parse_duration(args.time)
+
+
 def fit_settings(args, frames, log=print):
     """The settings of `lattenb fit` that are chosen from the training data when not given
     (see `lattenb.auto`): validation split, isolated-atom energies, cutoff, radial family,
@@ -168,7 +173,10 @@ def fit_settings(args, frames, log=print):
             f"({why}); give --adam-time to choose")
     huber = args.huber       # a resumed fit keeps its checkpoint's
     if huber is None:        # the Huber loss needs the mini-batch phase before L-BFGS
-        huber, why = choose_huber(train, minibatch=args.max_iter is None and adam_time != 0)
+        from .training import minibatch_limits
+        phase = minibatch_limits(args.adam_epochs, adam_time, time_budget(args), args.max_iter,
+                                 not args.resume)
+        huber, why = choose_huber(train, minibatch=any(phase))
         if not args.resume:
             log(f"force loss: {f'Huber, width {huber:g} eV/Å' if huber else 'squared'} ({why}); "
                 f"give --huber to choose (0: squared)")
@@ -282,7 +290,7 @@ def fit_model(args, train, valid, auto, comm=None, fit=None, log=print):
                                  "output-weights")
         if auto_energy:
             output_weights = (None,) + output_weights[1:]
-    max_time = args.max_time if args.max_time is not None else parse_duration(args.time)
+    max_time = time_budget(args)
     return fit(train, valid=valid, preset=args.preset, activation=args.activation,
                shared_radial=args.shared_radial or None, pair_radial=args.pair_radial or None,
                radial_from=args.radial_from,

@@ -44,6 +44,16 @@ class LossWeights:
     stress_offset: bool = False
     huber: float = 0.0
 
+    def __post_init__(self):
+        try:
+            width = float(self.huber)
+        except (TypeError, ValueError):
+            width = np.nan
+        if not (np.isfinite(width) and width >= 0.0):
+            raise ValueError(f"huber must be a finite width in eV/Å, 0 or more, got "
+                             f"{self.huber!r}")
+        self.huber = width
+
 
 def force_penalty(res, huber):
     """(h(res), h'(res) / 2), elementwise: h(r) = r^2 with `huber` 0, else the Huber penalty of

@@ -388,10 +388,11 @@ def _minibatch_phase(vector, batches, data, vdata, weights, *, epochs=None, max_
         "time_s": time.perf_counter() - t0}
 
 
-def _minibatch_limits(epochs, seconds, max_time, max_iter, new_model):
+def minibatch_limits(epochs, seconds, max_time, max_iter, new_model):
     """(passes, seconds) of the mini-batch phase, None for no limit and (None, None) for no
     phase: as given, where 0 for either means none; both None gives a new model on a time
-    budget alone ADAM_TIME_FRACTION of it and at most ADAM_MAX_EPOCHS passes."""
+    budget alone ADAM_TIME_FRACTION of it and at most ADAM_MAX_EPOCHS passes. `lattenb fit`
+    asks it too, for the choices that depend on the phase (`lattenb.auto.choose_huber`)."""
     if epochs is None and seconds is None:
         if not (new_model and max_time is not None and max_iter is None):
             return None, None
@@ -489,17 +490,6 @@ def _read_checkpoint(path):
 
 
 # --------------------------------------------------------------------------- fit
-def _huber_width(huber):
-    """The Huber width of the force penalty as a float (eV/Å; 0: squared residuals)."""
-    try:
-        width = float(huber)
-    except (TypeError, ValueError):
-        width = np.nan
-    if not (np.isfinite(width) and width >= 0.0):
-        raise ValueError(f"huber must be a finite width in eV/Å, 0 or more, got {huber!r}")
-    return width
-
-
 def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=None, blocks=None,
         hidden=None, activation="gaussian", radial=None, weights=(10.0, 1.0, 0.001), l2=1e-6, max_iter=500,
         stress_offset=False, seed=0, train_radial=True, output_weights=None, solve_output=True,
@@ -580,8 +570,7 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
         raise ValueError("no training structures (besides isolated atoms)"
                          + (" on one of the ranks" if comm.size > 1 else ""))
     if not isinstance(weights, LossWeights):
-        weights = LossWeights(*weights, l2=l2, stress_offset=bool(stress_offset),
-                              huber=_huber_width(huber))
+        weights = LossWeights(*weights, l2=l2, stress_offset=bool(stress_offset), huber=huber)
     output_weights, output_energies = _output_weights(weights, output_weights)
     history, val_hist, x0 = None, [], None
     preset = DEFAULT_PRESET if preset is None else preset
@@ -666,8 +655,8 @@ def fit(frames, species=None, *, valid=None, model=None, preset=None, cutoff=Non
     curve = []
     phase_val = None
     model.interrupted = False
-    adam_epochs, adam_time = _minibatch_limits(adam_epochs, adam_time, max_time, max_iter,
-                                               resume is None and not fitted)
+    adam_epochs, adam_time = minibatch_limits(adam_epochs, adam_time, max_time, max_iter,
+                                              resume is None and not fitted)
     if resume is None and (adam_epochs or adam_time):
         batches = minibatches(frames, model, seed=seed, comm=comm)
         if log is not None:

@@ -218,6 +218,11 @@ def test_plain_fit_chooses_the_force_loss_by_data_kind(tmp_path):
     assert plain_fit_settings(tmp_path, [cu] * 4, "--max-iter", "100")["huber"] == 0
     assert plain_fit_settings(tmp_path, [cu] * 4, "--adam-time", "0")["huber"] == 0
     assert plain_fit_settings(tmp_path, [cu] * 4, "--adam-time", "5m")["huber"] == 0.05
+    # the phase's own rule decides (`training.minibatch_limits`): passes given with an
+    # iteration limit run a phase, zero passes on a time budget do not
+    assert plain_fit_settings(tmp_path, [cu] * 4, "--max-iter", "9", "--adam-epochs", "3")[
+        "huber"] == 0.05
+    assert plain_fit_settings(tmp_path, [cu] * 4, "--adam-epochs", "0")["huber"] == 0
     assert plain_fit_settings(tmp_path, [cu] * 4, "--max-iter", "9", "--huber", "0.1")["huber"] == 0.1
     assert plain_fit_settings(tmp_path, [mol] * 4, "--huber", "0.2")["huber"] == 0.2
 

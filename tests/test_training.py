@@ -792,6 +792,10 @@ def test_cli_huber_reaches_the_loss_and_is_recorded(tmp_path, capsys):
     capsys.readouterr()
     with pytest.raises(SystemExit, match="huber must be a finite width"):
         cli.main(["fit", *common, "-o", str(plain), "--huber", "-1"])
+    for bad in (float("nan"), "wide"):          # the loss weights check it, however made
+        with pytest.raises(ValueError, match="huber must be a finite width"):
+            LossWeights(huber=bad)
+    assert LossWeights(huber="0.2").huber == 0.2
 
 
 def test_cli_example_runs_with_the_fit_defaults(tmp_path, capsys):
