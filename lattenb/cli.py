@@ -18,9 +18,9 @@ from pathlib import Path
 import numpy as np
 
 from . import extrapolation, radial, repulsion, species_modes
-from .auto import (MATERIAL_L2, MOLECULE_L2, choose_blocks, choose_cutoff, choose_hidden,
-                   choose_huber, choose_l2, choose_minibatch, choose_radial, has_stress,
-                   isolated_atom_energies, read_e0, split_validation)
+from .auto import (MATERIAL_L2, MATERIAL_RADIAL, MOLECULE_L2, MOLECULE_RADIAL, choose_blocks,
+                   choose_cutoff, choose_hidden, choose_huber, choose_l2, choose_minibatch,
+                   choose_radial, has_stress, isolated_atom_energies, read_e0, split_validation)
 from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .dataset import as_dataset
 from .evaluation import evaluate_frames
@@ -88,6 +88,11 @@ def radial_name(text):
 
 RADIAL_HELP = ("radial family {}: {} or spline-N (a cubic B-spline with N trainable "
                "coefficients per body; spline is spline-8) (default %(default)s)")
+
+
+#: what --radial defaults to: lattenb.auto's choice from the data, as one phrase
+DEFAULT_RADIAL_HELP = (MATERIAL_RADIAL if MOLECULE_RADIAL == MATERIAL_RADIAL else
+                       f"{MOLECULE_RADIAL} for molecules, {MATERIAL_RADIAL} for periodic data")
 
 
 def parse_duration(text, allow_zero=False):
@@ -486,7 +491,7 @@ def build_parser():
     f.add_argument("--activation", default="gaussian", choices=sorted(ACTIVATIONS))
     f.add_argument("--radial", type=radial_name,
                    help=RADIAL_HELP.format("of the descriptor", ", ".join(radial.names())).replace(
-                       "%(default)s", "spline for non-periodic data, polynomial otherwise"))
+                       "%(default)s", DEFAULT_RADIAL_HELP))
     f.add_argument("--shared-radial", action="store_true",
                    help="one set of radial functions for every central species (s-NNP's shared "
                         "filters; the species weights stay per species pair)")
