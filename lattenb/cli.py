@@ -18,15 +18,16 @@ from pathlib import Path
 import numpy as np
 
 from . import extrapolation, radial, repulsion, species_modes
-from .auto import (MATERIAL_L2, MATERIAL_RADIAL, MOLECULE_L2, MOLECULE_RADIAL, choose_blocks,
-                   choose_cutoff, choose_hidden, choose_huber, choose_l2, choose_minibatch,
-                   choose_radial, has_stress, isolated_atom_energies, read_e0, split_validation)
+from .auto import (MATERIAL_HIDDEN, MATERIAL_HUBER, MATERIAL_L2, MATERIAL_RADIAL, MOLECULE_HIDDEN,
+                   MOLECULE_HUBER, MOLECULE_L2, MOLECULE_RADIAL, choose_blocks, choose_cutoff,
+                   choose_hidden, choose_huber, choose_l2, choose_minibatch, choose_radial,
+                   has_stress, isolated_atom_energies, read_e0, split_validation)
 from .audit import TOLERANCE as AUDIT_TOLERANCE
 from .dataset import as_dataset
 from .evaluation import evaluate_frames
 from .mlp import ACTIVATIONS
 from .model import DEFAULT_PRESET, PRESETS
-from .training import ADAM_MAX_EPOCHS
+from .training import ADAM_MAX_EPOCHS, minibatch_limits
 
 DATA_DIR = Path(__file__).parent / "data"
 
@@ -90,9 +91,17 @@ RADIAL_HELP = ("radial family {}: {} or spline-N (a cubic B-spline with N traina
                "coefficients per body; spline is spline-8) (default %(default)s)")
 
 
-#: what --radial defaults to: lattenb.auto's choice from the data, as one phrase
-DEFAULT_RADIAL_HELP = (MATERIAL_RADIAL if MOLECULE_RADIAL == MATERIAL_RADIAL else
-                       f"{MOLECULE_RADIAL} for molecules, {MATERIAL_RADIAL} for periodic data")
+def _default_by_kind(molecule, material, condition=""):
+    """The default of an option that `lattenb.auto` chooses by kind of data, as help text, from
+    its MOLECULE_* and MATERIAL_* constants (so the help cannot drift from the choice):
+    "M for periodic data<condition>, else m", or one value where both agree."""
+    def text(value):
+        if isinstance(value, tuple):             # layer sizes
+            return ",".join(map(str, value))
+        return f"{value:g}" if isinstance(value, float) else str(value)
+    if molecule == material:
+        return text(material)
+    return f"{text(material)} for periodic data{condition}, else {text(molecule)}"
 
 
 def parse_duration(text, allow_zero=False):
@@ -178,7 +187,6 @@ def fit_settings(args, frames, log=print):
             f"({why}); give --adam-time to choose")
     huber = args.huber       # a resumed fit keeps its checkpoint's
     if huber is None:        # the Huber loss needs the mini-batch phase before L-BFGS
-        from .training import minibatch_limits
         phase = minibatch_limits(args.adam_epochs, adam_time, time_budget(args), args.max_iter,
                                  not args.resume)
         huber, why = choose_huber(train, minibatch=any(phase))
@@ -484,14 +492,15 @@ def build_parser():
                         "from the data: shared channels for molecules, rank-3 bodies for materials)")
     f.add_argument("--blocks", help="descriptor block string, e.g. '8,-:8,i,i:8,ij,ij' (n terms per "
                    "block), or '8c,-:8c,i,i:4c,i,j,ij' (n shared channels per block)")
-    f.add_argument("--hidden", help="hidden layer sizes, e.g. 32,16 (default: 32,256 for "
-                                    "periodic data, 32,16 for molecules; a --preset's own)")
+    f.add_argument("--hidden", help="hidden layer sizes, e.g. 32,16 (default: "
+                   f"{_default_by_kind(MOLECULE_HIDDEN, MATERIAL_HIDDEN)}; a "
+                   "--preset's own)")
     f.add_argument("--cutoff", type=float, help="cutoff radius in Angstrom (default: from the "
                                                 "neighbour shells of the training structures)")
     f.add_argument("--activation", default="gaussian", choices=sorted(ACTIVATIONS))
     f.add_argument("--radial", type=radial_name,
                    help=RADIAL_HELP.format("of the descriptor", ", ".join(radial.names())).replace(
-                       "%(default)s", DEFAULT_RADIAL_HELP))
+                       "%(default)s", _default_by_kind(MOLECULE_RADIAL, MATERIAL_RADIAL)))
     f.add_argument("--shared-radial", action="store_true",
                    help="one set of radial functions for every central species (s-NNP's shared "
                         "filters; the species weights stay per species pair)")
@@ -523,8 +532,9 @@ def build_parser():
                    help="loss weights E,F,S for energy/atom (eV), forces (eV/A), stress (GPa)")
     f.add_argument("--huber", type=float,
                    help="Huber width of the force loss in eV/A: force residuals beyond it count "
-                        "linearly, not squared; 0: squared (default: 0.05 for periodic data "
-                        "with the mini-batch phase, else 0)")
+                        "linearly, not squared; 0: squared (default: "
+                        + _default_by_kind(MOLECULE_HUBER, MATERIAL_HUBER,
+                                           " with the mini-batch phase") + ")")
     f.add_argument("--output-weights",
                    help="weights E,F,S of the final exact solve of the output layer; E may "
                         "be 'auto' (default: auto,F,S of --weights: the one of the energy "
@@ -532,9 +542,8 @@ def build_parser():
     f.add_argument("--no-output-solve", action="store_true",
                    help="skip the final output-layer solve")
     f.add_argument("--l2", type=float,
-                   help=f"L2 penalty on the MLP weights (default: {MOLECULE_L2:g} for "
-                        f"molecules, data without periodic structures, {MATERIAL_L2:g} "
-                        f"otherwise)")
+                   help="L2 penalty on the MLP weights (default: "
+                        f"{_default_by_kind(MOLECULE_L2, MATERIAL_L2)})")
     f.add_argument("--stress-offset", dest="stress_offset", action="store_true", default=None,
                    help="fit stresses up to one isotropic offset (the Pulay stress of plane-wave "
                         "DFT; the default when the training data has stresses); the fitted "

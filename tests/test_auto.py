@@ -205,6 +205,25 @@ def test_plain_fit_chooses_the_weight_penalty_by_data_kind(tmp_path):
     assert lattenb.load(tmp_path / "mol.npz").fit_info["l2"] == auto.MOLECULE_L2
 
 
+def test_fit_help_states_the_defaults_auto_chooses(capsys, monkeypatch):
+    """`lattenb fit --help` gives each by-kind default from lattenb.auto's constants: it said
+    polynomial radial functions for materials long after plain fit had chosen splines."""
+    monkeypatch.setenv("COLUMNS", "2000")           # one line per option: no wrapped words
+    with pytest.raises(SystemExit):
+        cli.main(["fit", "--help"])
+    helps = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()
+             if line.strip().startswith("--")}
+    assert f"(default: {auto.MATERIAL_HUBER:g} for periodic data with the mini-batch phase, " \
+           f"else {auto.MOLECULE_HUBER:g})" in helps["--huber"]
+    assert f"(default: {auto.MATERIAL_L2:g} for periodic data, else {auto.MOLECULE_L2:g})" \
+        in helps["--l2"]
+    hidden = [",".join(map(str, h)) for h in (auto.MATERIAL_HIDDEN, auto.MOLECULE_HIDDEN)]
+    assert f"(default: {hidden[0]} for periodic data, else {hidden[1]};" in helps["--hidden"]
+    assert auto.MOLECULE_RADIAL == auto.MATERIAL_RADIAL      # else: "... for periodic data, else"
+    assert helps["--radial"].rstrip().endswith(f"(default {auto.MATERIAL_RADIAL})")
+    assert cli._default_by_kind("spline", "polynomial") == "polynomial for periodic data, else spline"
+
+
 def test_plain_fit_chooses_the_force_loss_by_data_kind(tmp_path):
     """A Huber force loss of width MATERIAL_HUBER for periodic data with the mini-batch phase,
     squared forces for molecules and for fits without the phase; --huber is the user's."""
