@@ -431,6 +431,28 @@ def cmd_select(args):
     return 0
 
 
+def cmd_merge(args):
+    """Average models of one setting into one model file (`lattenb.committee.merge_models`)."""
+    from .committee import merge_models
+    models = [_load_model(path) for path in args.models]
+    weights = None
+    if args.weights:
+        try:
+            weights = [float(w) for w in args.weights.split(",")]
+        except ValueError:
+            raise SystemExit(f"lattenb merge: --weights must be numbers separated by commas, "
+                             f"got {args.weights!r}")
+    try:
+        merged = merge_models(models, weights)
+    except ValueError as exc:
+        raise SystemExit(f"lattenb merge: {exc}")
+    merged.save(args.output)
+    print(f"wrote {args.output}: the average of {len(models)} models "
+          f"({merged.layout.n_terms} terms, MLP {':'.join(map(str, merged.hidden))})",
+          file=sys.stderr)
+    return 0
+
+
 def cmd_plot_radial(args):
     """Every radial function of a model file as one picture (`lattenb.plots.radial_functions`)."""
     from . import plots
@@ -623,6 +645,13 @@ def build_parser():
     a.add_argument("--seed", type=int, default=0)
     a.add_argument("--json", action="store_true", help="print the report as JSON")
     a.set_defaults(func=cmd_audit)
+    mg = sub.add_parser("merge", help="average models of one setting (a committee, e.g. fits "
+                                      "with other seeds) into one model file")
+    mg.add_argument("models", nargs="+", help="model files: same species, cutoff, radial "
+                                              "family, activation, MLP depth and repulsion")
+    mg.add_argument("-o", "--output", required=True, help="model file to write")
+    mg.add_argument("--weights", help="weights summing to 1, e.g. 0.5,0.5 (default: equal)")
+    mg.set_defaults(func=cmd_merge)
     r = sub.add_parser("plot-radial", help="draw every radial function of a model: per block, "
                                            "sigma f(r) of each body and species pair (needs "
                                            "matplotlib)")
