@@ -647,7 +647,7 @@ def build_parser():
     a.set_defaults(func=cmd_audit)
     mg = sub.add_parser("merge", help="average models of one setting (a committee, e.g. fits "
                                       "with other seeds) into one model file")
-    mg.add_argument("models", nargs="+", help="model files: same species, cutoff, radial "
+    mg.add_argument("models", nargs="+", help="model files: same species, radial "
                                               "family, activation, MLP depth and repulsion")
     mg.add_argument("-o", "--output", required=True, help="model file to write")
     mg.add_argument("--weights", help="weights summing to 1, e.g. 0.5,0.5 (default: equal)")

@@ -20,8 +20,9 @@ part of a model is either per body or additive:
   data) and kept once; the wall and the coordination terms are sums of non-negative terms, so
   the merged model holds every member's terms with their coefficients scaled by w_k.
 
-The cost per MD step is about the sum of the members' (their pair loops and MLPs side by
-side). The merged model has no active set (compute one with `lattenb activeset`).
+Members may have different cutoffs: the merged model takes the largest, and each member's
+radial functions, which vanish beyond its own cutoff, stay as they are. The cost per MD step is
+about the sum of the members' (their pair loops and MLPs side by side). The merged model has no active set (compute one with `lattenb activeset`).
 """
 import numpy as np
 
@@ -65,7 +66,7 @@ def block_diagonal_mlp(members, weights):
 
 
 #: settings every member must share (attribute: what it is, for the error message)
-SHARED_SETTINGS = {"species": "species (in order)", "cutoff": "cutoff", "radial": "radial family",
+SHARED_SETTINGS = {"species": "species (in order)", "radial": "radial family",
                    "shared_radial": "shared radial functions",
                    "pair_radial": "radial functions per species pair",
                    "activation": "activation", "repulsion": "core repulsion"}
@@ -119,7 +120,7 @@ def _merged_coordination(models, weights):
 def merge_models(models, weights=None):
     """One `LatteModel` whose energy is sum_k weights[k] E_k of `models` (module docstring),
     for any structure; weights (K,) positive, summing to 1, default 1/K. ValueError when the models do not share the
-    settings a committee needs (species in order, cutoff, radial family and its rows,
+    settings a committee needs (species in order, radial family and its rows,
     activation, MLP depth, core repulsion and its radii)."""
     models = list(models)
     _check_members(models)
@@ -141,7 +142,7 @@ def merge_models(models, weights=None):
                          repulsion_wall=wall if wall.shape[2] else None,
                          repulsion_coordination=_merged_coordination(models, weights))
     merged = LatteModel(
-        first.species, cutoff=first.cutoff, blocks=":".join(m.blocks for m in models),
+        first.species, cutoff=max(m.cutoff for m in models), blocks=":".join(m.blocks for m in models),
         hidden=tuple(int(sum(h)) for h in zip(*(m.hidden for m in models))),
         activation=first.activation, seed=first.seed, radial=first.radial,
         shared_radial=first.shared_radial, pair_radial=first.pair_radial, species_mode="pair",

@@ -1,7 +1,7 @@
 """Committees (`lattenb.committee`): a merged model predicts the weighted average of its
 members' energies, per-atom energies, forces and stress, on periodic and molecular structures,
 after a round trip through its file and through `lattenb merge`; members of different blocks,
-widths and species modes, with walls and coordination terms; clear errors for members that
+widths, species modes and cutoffs, with walls and coordination terms; clear errors for members that
 cannot be merged."""
 import numpy as np
 import pytest
@@ -14,9 +14,9 @@ CUTOFF = 3.8
 RADII = np.tile([1.9, 2.5], (2, 2, 1))
 
 
-def member(seed, blocks, hidden, wall, coordination=None, **kwargs):
+def member(seed, blocks, hidden, wall, coordination=None, cutoff=CUTOFF, **kwargs):
     """A two-species model with random parameters and a core repulsion with a wall."""
-    m = LatteModel(["Ni", "Mo"], cutoff=CUTOFF, blocks=blocks, hidden=hidden, activation="tanh",
+    m = LatteModel(["Ni", "Mo"], cutoff=cutoff, blocks=blocks, hidden=hidden, activation="tanh",
                    radial="spline", seed=seed, repulsion="zbl", repulsion_radii=RADII,
                    repulsion_wall=wall, repulsion_coordination=coordination, **kwargs)
     rng = np.random.default_rng(seed)
@@ -40,8 +40,9 @@ def members():
     wall_a = np.tile([[2.2, 3.0], [2.9, 5.0]], (2, 2, 1, 1))
     wall_b = np.tile([[2.6, 1.5]], (2, 2, 1, 1))
     a = member(1, "2,-:2,i,i:1,ij,ij:1,i,j,ij", (6, 4), wall_a, coordination(1.0, 0.5))
-    # other blocks (shared channels, rank 3), widths, species mode, wall and coordination terms
-    b = member(2, "2c,-:2c,i,i:1,ijk,ijk", (3, 5), wall_b, coordination(3.0, 2.0),
+    # other blocks (shared channels, rank 3), widths, species mode, wall, coordination terms
+    # and cutoff
+    b = member(2, "2c,-:2c,i,i:1,ijk,ijk", (3, 5), wall_b, coordination(3.0, 2.0), cutoff=3.5,
                species_mode="embedding", embedding_dim=2)
     return a, b
 
@@ -74,6 +75,7 @@ def test_merged_model_predicts_the_weighted_average_of_its_members(tmp_path, wei
     merged = merge_models([a, b], weights)
     # every part of both members is in it: the repulsion terms too
     assert merged.layout.n_terms == a.layout.n_terms + b.layout.n_terms
+    assert merged.cutoff == CUTOFF and b.cutoff < CUTOFF
     assert np.array(merged.repulsion_wall).shape[2] == 3
     assert np.array(merged.repulsion_coordination["dense"]).shape[1] == 4
     merged.save(tmp_path / "merged.npz")
@@ -108,8 +110,8 @@ def test_members_that_cannot_be_merged_are_clear_errors():
     other = LatteModel(["Mo", "Ni"], cutoff=CUTOFF, blocks="2,-", radial="spline")
     with pytest.raises(ValueError, match="species"):
         merge_models([a, other])
-    other = LatteModel(["Ni", "Mo"], cutoff=4.0, blocks="2,-", radial="spline")
-    with pytest.raises(ValueError, match="cutoff"):
+    other = LatteModel(["Ni", "Mo"], cutoff=CUTOFF, blocks="2,-", radial="polynomial")
+    with pytest.raises(ValueError, match="radial family"):
         merge_models([a, other])
     with pytest.raises(ValueError, match="same depth"):
         merge_models([a, member(3, "2,-", (4,), None)])
