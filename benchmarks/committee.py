@@ -5,7 +5,7 @@
 
 Merges the members (`lattenb.committee.merge_models`, equal weights) and evaluates the members
 and the merged model on the same data: the validation split the fits used (every 10th training
-structure) and the test sets, with each data set's own metrics (AcAc: RMSE of the energy per
+structure, `--split`) and the test sets, with each data set's own metrics (AcAc: RMSE of the energy per
 molecule and of the force components on test_MD_300K and test_MD_600K; mlearn: MAE of the
 energy per atom and of the force components on <El>_test.xyz), the correlation of the members'
 force-component errors on validation, and the cost per MD step of every model (energy + forces +
@@ -47,16 +47,24 @@ def metrics(kind, model, frames):
     return 1000 * float(np.mean(np.abs(dE / n))), float(np.mean(np.abs(dF)))
 
 
-def data_sets(kind):
+def validation(frames, split):
+    """The validation structures of a training file as the members' fits took them: "plain"
+    (plain `lattenb fit`, `lattenb.auto.split_validation`: structures 9, 19, ...) or "setting"
+    (`mlearn.py`'s benchmark setting: structures 0, 10, ...)."""
+    from lattenb.auto import split_validation
+    return split_validation(frames)[1] if split == "plain" else frames[::10]
+
+
+def data_sets(kind, split):
     """{name: frames}: the validation split and the test sets of `kind`."""
     from ase.io import read
     if kind == "acac":
         train = read(SHARED / "acac" / "train_300K.xyz", ":")
-        return {"valid": train[::10],
+        return {"valid": validation(train, split),
                 "test_300K": read(SHARED / "acac" / "test_MD_300K.xyz", ":"),
                 "test_600K": read(SHARED / "acac" / "test_MD_600K.xyz", ":")}
     train = read(SHARED / "mlearn" / f"{kind}_train.xyz", ":")
-    return {"valid": train[::10], "test": read(SHARED / "mlearn" / f"{kind}_test.xyz", ":")}
+    return {"valid": validation(train, split), "test": read(SHARED / "mlearn" / f"{kind}_test.xyz", ":")}
 
 
 def cost(kind, model, sets):
@@ -72,6 +80,10 @@ def main():
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("kind", help="acac, or an mlearn element (Ni, Cu, Li, Mo)")
     ap.add_argument("members", nargs="+", help="model files of one setting")
+    ap.add_argument("--split", choices=("plain", "setting"),
+                    help="the validation split the members were fitted with: plain `lattenb "
+                         "fit`'s (default for acac, whose acac.py runs plain fit) or mlearn.py's "
+                         "benchmark setting's (default for an element)")
     ap.add_argument("--tag", required=True)
     args = ap.parse_args()
     import lattenb
@@ -80,7 +92,8 @@ def main():
     merged = merge_models(members)
     RESULTS.mkdir(parents=True, exist_ok=True)
     merged.save(RESULTS / f"committee_{args.tag}.npz")
-    sets = data_sets(args.kind)
+    split = args.split or ("plain" if args.kind == "acac" else "setting")
+    sets = data_sets(args.kind, split)
     names = [Path(p).stem for p in args.members] + ["committee"]
     models = members + [merged]
     rows = {name: {s: metrics(args.kind, m, frames) for s, frames in sets.items()}
@@ -93,7 +106,7 @@ def main():
             timings[name].append(cost(args.kind, m, sets))
     for name in names:
         rows[name]["cost_us_per_atom_step"] = float(np.median(timings[name]))
-    result = {"kind": args.kind, "members": args.members, "rows": rows,
+    result = {"kind": args.kind, "members": args.members, "split": split, "rows": rows,
               "valid_force_error_correlation": correlation,
               "date": str(date.today()), "machine": f"{platform.machine()}, "
                                                     f"{__import__('os').cpu_count()} cores"}
