@@ -132,3 +132,15 @@ def test_mtp_reference_is_left_out_without_motep(monkeypatch, capsys):
     monkeypatch.setitem(sys.modules, "motep.calculator", None)
     assert bench_md.time_motep_mtp(bulk("Ni"), "16.mtp", 5.0, 2, 1) is None
     assert "pip install motep" in capsys.readouterr().out
+
+
+def test_committee_validates_on_the_split_its_members_were_fitted_with():
+    """benchmarks/committee.py: plain fit holds out structures 9, 19, ... and mlearn.py's
+    benchmark setting 0, 10, 20, ...; a committee's validation rows must use the members' own."""
+    spec = importlib.util.spec_from_file_location("committee",
+                                                  ROOT / "benchmarks" / "committee.py")
+    committee = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(committee)
+    frames = list(range(25))
+    assert committee.validation(frames, "plain") == [9, 19]
+    assert committee.validation(frames, "setting") == [0, 10, 20]
