@@ -287,6 +287,7 @@ def _tangent_reverse(e_bar, delta, strain_bar, n_chunks, positions, cells, frame
             m, n_terms, n_act, widest)
         P, pair_q, key_start, work = pair_scratch(n_max, n_species * n_bins)
         T = np.empty((TANGENT_ROWS, n_max))
+        W = np.empty((2, n_max))         # per-pair weights of the parameter reverse pass
         for i in range(lo, hi):
             si = species[i]
             fi = frame_of_atom[i]
@@ -327,5 +328,5 @@ def _tangent_reverse(e_bar, delta, strain_bar, n_chunks, positions, cells, frame
                 project(Adotbar, body_rank, body_offset, body_projection, True)
             atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, body_offset,
                                      body_bins, sigma_scaled, radial, radial_row, Abar, Adotbar,
-                                     g_sigma[chunk], g_radial[chunk])
+                                     g_sigma[chunk], g_radial[chunk], W)
     return g_mlp.sum(axis=0), g_sigma.sum(axis=0), g_radial.sum(axis=0)
