@@ -72,6 +72,7 @@ def assert_weighted_average(merged, models, weights):
 @pytest.mark.parametrize("weights", [None, (0.3, 0.7)])
 def test_merged_model_predicts_the_weighted_average_of_its_members(tmp_path, weights):
     a, b = members()
+    a.fit_info = {"best_valid_loss": float("inf"), "adam": {"best": float("nan")}}
     merged = merge_models([a, b], weights)
     # every part of both members is in it: the repulsion terms too
     assert merged.layout.n_terms == a.layout.n_terms + b.layout.n_terms
@@ -81,6 +82,9 @@ def test_merged_model_predicts_the_weighted_average_of_its_members(tmp_path, wei
     merged.save(tmp_path / "merged.npz")
     loaded = lattenb.load(tmp_path / "merged.npz")
     assert loaded.fit_info["committee"]["members"] == 2
+    # the members' fit_info comes along, as strict JSON (no Infinity or NaN in the header)
+    assert loaded.fit_info["committee"]["member_fit_info"][0] == {"best_valid_loss": None,
+                                                                  "adam": {"best": None}}
     assert_weighted_average(loaded, [a, b], weights or (0.5, 0.5))
 
 
