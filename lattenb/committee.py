@@ -65,19 +65,6 @@ def block_diagonal_mlp(members, weights):
     return np.concatenate(flat)
 
 
-def _strict_json(value):
-    """value with every non-finite float (e.g. an infinite validation loss) as None, in nested
-    dicts and lists too: the model file's header is strict JSON (`LatteModel.file_header` does
-    the same for fit_info's top level)."""
-    if isinstance(value, dict):
-        return {k: _strict_json(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_strict_json(v) for v in value]
-    if isinstance(value, float) and not np.isfinite(value):
-        return None
-    return value
-
-
 #: settings every member must share (attribute: what it is, for the error message)
 SHARED_SETTINGS = {"species": "species (in order)", "radial": "radial family",
                    "shared_radial": "shared radial functions",
@@ -173,6 +160,5 @@ def merge_models(models, weights=None):
     assert arrays["mlp"].shape[1] == n_parameters(merged.layer_sizes)
     merged.set_parameters(**arrays)
     merged.fit_info = {"committee": {"members": K, "weights": weights.tolist(),
-                                     "member_fit_info": [_strict_json(m.fit_info)
-                                                         for m in models]}}
+                                     "member_fit_info": [dict(m.fit_info) for m in models]}}
     return merged

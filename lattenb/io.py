@@ -21,11 +21,24 @@ from .conventions import UNITS  # noqa: F401  (formerly defined here)
 FORMAT_VERSION = 1
 
 
+def strict_json(value):
+    """value with every non-finite float as None, in nested dicts, lists and tuples too, so that
+    it is strict JSON (an infinite validation loss is written as null)."""
+    if isinstance(value, dict):
+        return {k: strict_json(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [strict_json(v) for v in value]
+    if isinstance(value, float) and not np.isfinite(value):
+        return None
+    return value
+
+
 def write_model_file(path, header, arrays):
-    """Write `header` (a JSON-serialisable dict, after the format fields) and `arrays` (name ->
-    array, in this order) to `path` (exactly that name; no suffix is added)."""
-    header = {"format": "lattenb", "format_version": FORMAT_VERSION, **header}
-    blob = np.frombuffer(json.dumps(header).encode("utf-8"), dtype=np.uint8)
+    """Write `header` (a JSON-serialisable dict, after the format fields; non-finite numbers are
+    written as null, `strict_json`) and `arrays` (name -> array, in this order) to `path`
+    (exactly that name; no suffix is added)."""
+    header = strict_json({"format": "lattenb", "format_version": FORMAT_VERSION, **header})
+    blob = np.frombuffer(json.dumps(header, allow_nan=False).encode("utf-8"), dtype=np.uint8)
     with open(path, "wb") as fh:
         np.savez(fh, header=blob, **arrays)
 

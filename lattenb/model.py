@@ -469,14 +469,13 @@ class LatteModel:
 
     def file_header(self, extra=None):
         """The JSON header of this model's file (see `lattenb.io`): the constructor arguments
-        (FILE_FIELDS), units, the `extra` fields, and fit_info (a non-finite number, e.g. an
-        infinite validation loss, written as null: strict JSON)."""
+        (FILE_FIELDS), units, the `extra` fields, and fit_info (`lattenb.io.write_model_file`
+        writes a non-finite number, e.g. an infinite validation loss, as null: strict JSON)."""
         header = {name: list(value) if isinstance(value, tuple) else value
                   for name, value in ((name, getattr(self, name)) for name in self.FILE_FIELDS)}
         header.update(units=UNITS, **(extra or {}))
         if self.fit_info:
-            header["fit_info"] = {k: (v if not isinstance(v, float) or np.isfinite(v) else None)
-                                  for k, v in self.fit_info.items()}
+            header["fit_info"] = dict(self.fit_info)
         return header
 
     @classmethod
