@@ -5,12 +5,12 @@
 
 Merges the members (`lattenb.committee.merge_models`, equal weights) and evaluates the members
 and the merged model on the same data: the validation split the fits used (every 10th training
-structure, `--split`) and the test sets, with each data set's own metrics (AcAc: RMSE of the energy per
-molecule and of the force components on test_MD_300K and test_MD_600K; mlearn: MAE of the
-energy per atom and of the force components on <El>_test.xyz), the correlation of the members'
-force-component errors on validation, and the cost per MD step of every model (energy + forces +
-stress, one thread, as `bench_md.py` measures, on the structure acac.py or mlearn.py times
-on), the three timed in turn, twice, median of the rounds.
+structure, `--split`) and the test sets, with each data set's own metrics (AcAc: RMSE of the
+energy per molecule and of the force components on test_MD_300K and test_MD_600K; mlearn: MAE of
+the energy per atom and of the force components on <El>_test.xyz), the correlation of the
+members' force-component errors on validation, and the cost per MD step of every model (energy
++ forces + stress, one thread, as `bench_md.py` measures, on the structure acac.py or mlearn.py
+times on), the three timed in turn, twice, median of the rounds.
 
 Writes benchmarks/results/committee_<tag>.{json,md} and the merged model committee_<tag>.npz.
 """
@@ -64,7 +64,8 @@ def data_sets(kind, split):
                 "test_300K": read(SHARED / "acac" / "test_MD_300K.xyz", ":"),
                 "test_600K": read(SHARED / "acac" / "test_MD_600K.xyz", ":")}
     train = read(SHARED / "mlearn" / f"{kind}_train.xyz", ":")
-    return {"valid": validation(train, split), "test": read(SHARED / "mlearn" / f"{kind}_test.xyz", ":")}
+    return {"valid": validation(train, split),
+            "test": read(SHARED / "mlearn" / f"{kind}_test.xyz", ":")}
 
 
 def cost(kind, model, sets):

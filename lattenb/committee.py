@@ -22,7 +22,8 @@ part of a model is either per body or additive:
 
 Members may have different cutoffs: the merged model takes the largest, and each member's
 radial functions, which vanish beyond its own cutoff, stay as they are. The cost per MD step is
-about the sum of the members' (their pair loops and MLPs side by side). The merged model has no active set (compute one with `lattenb activeset`).
+about the sum of the members' (their pair loops and MLPs side by side). The merged model has no
+active set (compute one with `lattenb activeset`).
 """
 import numpy as np
 
@@ -119,9 +120,9 @@ def _merged_coordination(models, weights):
 
 def merge_models(models, weights=None):
     """One `LatteModel` whose energy is sum_k weights[k] E_k of `models` (module docstring),
-    for any structure; weights (K,) positive, summing to 1, default 1/K. ValueError when the models do not share the
-    settings a committee needs (species in order, radial family and its rows,
-    activation, MLP depth, core repulsion and its radii)."""
+    for any structure; weights (K,) positive, summing to 1, default 1/K. ValueError when the
+    models do not share the settings a committee needs (species in order, radial family and its
+    rows, activation, MLP depth, core repulsion and its radii)."""
     models = list(models)
     _check_members(models)
     K = len(models)
@@ -142,7 +143,8 @@ def merge_models(models, weights=None):
                          repulsion_wall=wall if wall.shape[2] else None,
                          repulsion_coordination=_merged_coordination(models, weights))
     merged = LatteModel(
-        first.species, cutoff=max(m.cutoff for m in models), blocks=":".join(m.blocks for m in models),
+        first.species, cutoff=max(m.cutoff for m in models),
+        blocks=":".join(m.blocks for m in models),
         hidden=tuple(int(sum(h)) for h in zip(*(m.hidden for m in models))),
         activation=first.activation, seed=first.seed, radial=first.radial,
         shared_radial=first.shared_radial, pair_radial=first.pair_radial, species_mode="pair",
