@@ -38,10 +38,9 @@ def residuals(model, frames):
     return E - data.energies, (F - data.forces).ravel(), data.n_atoms_per_frame
 
 
-def metrics(kind, model, frames):
-    """AcAc: (energy RMSE meV/molecule, force RMSE meV/Å); mlearn: (energy MAE meV/atom, force
-    MAE eV/Å), Zuo et al.'s metrics."""
-    dE, dF, n = residuals(model, frames)
+def metrics(kind, dE, dF, n):
+    """Of `residuals`: AcAc (energy RMSE meV/molecule, force RMSE meV/Å); mlearn (energy MAE
+    meV/atom, force MAE eV/Å), Zuo et al.'s metrics."""
     if kind == "acac":
         return 1000 * float(np.sqrt(np.mean(dE ** 2))), 1000 * float(np.sqrt(np.mean(dF ** 2)))
     return 1000 * float(np.mean(np.abs(dE / n))), float(np.mean(np.abs(dF)))
@@ -97,10 +96,10 @@ def main():
     sets = data_sets(args.kind, split)
     names = [Path(p).stem for p in args.members] + ["committee"]
     models = members + [merged]
-    rows = {name: {s: metrics(args.kind, m, frames) for s, frames in sets.items()}
-            for name, m in zip(names, models)}
-    errors = [residuals(m, sets["valid"])[1] for m in members]
-    correlation = float(np.corrcoef(errors[0], errors[1])[0, 1])
+    res = {name: {s: residuals(m, frames) for s, frames in sets.items()}
+           for name, m in zip(names, models)}
+    rows = {name: {s: metrics(args.kind, *r) for s, r in res[name].items()} for name in names}
+    correlation = float(np.corrcoef(res[names[0]]["valid"][1], res[names[1]]["valid"][1])[0, 1])
     timings = {name: [] for name in names}
     for _ in range(2):
         for name, m in zip(names, models):

@@ -435,13 +435,7 @@ def cmd_merge(args):
     """Average models of one setting into one model file (`lattenb.committee.merge_models`)."""
     from .committee import merge_models
     models = [_load_model(path) for path in args.models]
-    weights = None
-    if args.weights:
-        try:
-            weights = [float(w) for w in args.weights.split(",")]
-        except ValueError:
-            raise SystemExit(f"lattenb merge: --weights must be numbers separated by commas, "
-                             f"got {args.weights!r}")
+    weights = _floats(args.weights, len(models), "weights") if args.weights else None
     try:
         merged = merge_models(models, weights)
     except ValueError as exc:

@@ -26,43 +26,23 @@ about the sum of the members' (their pair loops and MLPs side by side). The merg
 active set (compute one with `lattenb activeset`).
 """
 import numpy as np
+from scipy.linalg import block_diag
 
-from .mlp import n_parameters
+from .mlp import layer_arrays, n_parameters
 from .model import LatteModel
 
 
-def _layers(params, sizes):
-    """[(W (n_in, n_out), b (n_out,)), ...] of one species' flat MLP parameters."""
-    layers, p = [], 0
-    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
-        layers.append((params[p:p + n_in * n_out].reshape(n_in, n_out),
-                       params[p + n_in * n_out:p + n_in * n_out + n_out]))
-        p += n_in * n_out + n_out
-    return layers
-
-
 def block_diagonal_mlp(members, weights):
-    """(n_parameters,) flat parameters of the block-diagonal MLP of one species:
-    members [(flat parameters, layer sizes), ...], output layer scaled by weights."""
-    split = [_layers(np.asarray(p), list(s)) for p, s in members]
+    """(n_parameters,) flat parameters of the block-diagonal MLP of one species: members
+    [(flat parameters, layer sizes), ...]; hidden layers side by side, the output layer's
+    weights stacked and its bias summed, each scaled by the member's weight."""
+    layers = [layer_arrays(np.asarray(p), s) for p, s in members]
     flat = []
-    for layer in range(len(split[0])):
-        last = layer == len(split[0]) - 1
-        blocks = [w_b[layer][0] * (weight if last else 1.0)
-                  for w_b, weight in zip(split, weights)]
-        n_in = sum(b.shape[0] for b in blocks)
-        n_out = 1 if last else sum(b.shape[1] for b in blocks)
-        W = np.zeros((n_in, n_out))
-        row = col = 0
-        for b in blocks:
-            W[row:row + b.shape[0], col:col + b.shape[1]] = b
-            row += b.shape[0]
-            col += 0 if last else b.shape[1]
-        if last:
-            bias = np.array([sum(weight * w_b[layer][1][0] for w_b, weight in zip(split, weights))])
-        else:
-            bias = np.concatenate([w_b[layer][1] for w_b in split])
-        flat += [W.ravel(), bias]
+    for layer in range(len(layers[0]) - 1):
+        flat += [block_diag(*(m[layer][0] for m in layers)).ravel(),
+                 np.concatenate([m[layer][1] for m in layers])]
+    flat += [np.concatenate([w * m[-1][0] for m, w in zip(layers, weights)]).ravel(),
+             sum(w * m[-1][1] for m, w in zip(layers, weights))]
     return np.concatenate(flat)
 
 
@@ -94,28 +74,21 @@ def _check_members(models):
 def _merged_coordination(models, weights):
     """The members' coordination terms as one set (None when no member has any), coefficients
     scaled by weights; ValueError when members' terms differ in cutoff or sparse limit."""
-    have = [(m.repulsion_coordination, w) for m, w in zip(models, weights)
+    have = [(m.repulsion_arrays(), w) for m, w in zip(models, weights)
             if m.repulsion_coordination is not None]
     if not have:
         return None
-    S = len(models[0].species)
     ref = have[0][0]
     for c, _ in have[1:]:
-        if c["cutoff"] != ref["cutoff"] or not np.allclose(
-                np.asarray(c["sparse_limit"], float), np.asarray(ref["sparse_limit"], float),
-                rtol=0, atol=1e-12):
+        if c.coordination_cutoff != ref.coordination_cutoff or not np.allclose(
+                c.sparse_limit, ref.sparse_limit, rtol=0, atol=1e-12):
             raise ValueError("cannot merge: the members' coordination terms differ in their "
                              "cutoff or sparse limit (members fitted to the same training data "
                              "share them)")
-
-    def terms(value, shape):
-        return np.zeros(shape) if value is None or np.size(value) == 0 else np.array(value, float)
-
-    dense = [terms(c["dense"], (S, 0, 2)) * [1.0, w] for c, w in have]
-    sparse = [terms(c["sparse_wall"], (S, S, 0, 2)) * [1.0, w] for c, w in have]
-    return {"cutoff": ref["cutoff"], "dense": np.concatenate(dense, axis=1),
-            "sparse_limit": np.array(ref["sparse_limit"], float),
-            "sparse_wall": np.concatenate(sparse, axis=2)}
+    return {"cutoff": ref.coordination_cutoff,
+            "dense": np.concatenate([c.dense * [1.0, w] for c, w in have], axis=1),
+            "sparse_limit": ref.sparse_limit,
+            "sparse_wall": np.concatenate([c.sparse_wall * [1.0, w] for c, w in have], axis=2)}
 
 
 def merge_models(models, weights=None):
@@ -134,11 +107,8 @@ def merge_models(models, weights=None):
     first = models[0]
     repulsion = {}
     if first.repulsion != "none":
-        S = len(first.species)
-        walls = [np.zeros((S, S, 0, 2)) if m.repulsion_wall is None
-                 else np.array(m.repulsion_wall, float) * [1.0, w]
-                 for m, w in zip(models, weights)]
-        wall = np.concatenate(walls, axis=2)
+        wall = np.concatenate([m.repulsion_arrays().wall * [1.0, w]
+                               for m, w in zip(models, weights)], axis=2)
         repulsion = dict(repulsion_radii=first.repulsion_radii,
                          repulsion_wall=wall if wall.shape[2] else None,
                          repulsion_coordination=_merged_coordination(models, weights))

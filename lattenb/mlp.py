@@ -124,20 +124,26 @@ def mlp_input_gradient(params, sizes, act, a, z, buf_out, buf_in, xbar):
         xbar[k] = buf_out[k]
 
 
+def layer_arrays(params, sizes):
+    """[(W (n_in, n_out), b (n_out,)), ...]: views of one species' flat parameters per layer."""
+    layers, p = [], 0
+    for n_in, n_out in zip(sizes[:-1], sizes[1:]):
+        layers.append((params[p:p + n_in * n_out].reshape(n_in, n_out),
+                       params[p + n_in * n_out:p + n_in * n_out + n_out]))
+        p += n_in * n_out + n_out
+    return layers
+
+
 def mlp_reference(params, sizes, act_name, x, hidden_only=False):
     """Plain NumPy batched forward pass, (n, sizes[0]) -> (n,): an independent check of the
     kernels. hidden_only: stop after the last hidden layer, (n, sizes[-2]) (the features of
     `extrapolation.last_hidden_features`)."""
     funcs = {"gaussian": lambda z: np.exp(-z * z), "tanh": np.tanh, "silu": lambda z: z / (1 + np.exp(-z))}
     h = np.asarray(x, dtype=np.float64)
-    p = 0
     n_layers = len(sizes) - 1
-    for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:])):
+    for layer, (w, b) in enumerate(layer_arrays(np.asarray(params), sizes)):
         if hidden_only and layer == n_layers - 1:
             return h
-        w = params[p:p + n_in * n_out].reshape(n_in, n_out)
-        b = params[p + n_in * n_out:p + n_in * n_out + n_out]
-        p += n_in * n_out + n_out
         h = h @ w + b
         if layer != n_layers - 1:
             h = funcs[act_name](h)

@@ -100,7 +100,7 @@ def test_cli_merge_writes_the_average(tmp_path, capsys):
     with pytest.raises(SystemExit, match="weights must be"):
         cli.main(["merge", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "-o", str(out),
                   "--weights", "0.5,0.6"])
-    with pytest.raises(SystemExit, match="numbers separated by commas"):
+    with pytest.raises(SystemExit, match="takes 2 comma-separated numbers"):
         cli.main(["merge", str(tmp_path / "a.npz"), str(tmp_path / "b.npz"), "-o", str(out),
                   "--weights", "half,half"])
 
