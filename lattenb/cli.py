@@ -55,6 +55,17 @@ def _floats(text, n, name):
     return values
 
 
+def _committee_size(text):
+    """argparse type of --committee: a whole number of fits, 1 or more."""
+    try:
+        n = int(text)
+    except ValueError:
+        n = 0
+    if n < 1:
+        raise argparse.ArgumentTypeError(f"takes a whole number of fits, 1 or more, got {text!r}")
+    return n
+
+
 def _print_table(path, table):
     print(f"{path}")
     print(f"  {'group':<12} {'n':>4}  {'E MAE':>8} {'E RMSE':>8}  {'F MAE':>7} {'F RMSE':>7}"
@@ -272,6 +283,8 @@ def cmd_fit(args):
 
 def _fit(args, comm, fit, log):
     train, valid, auto = _fit_inputs(args, comm, log)
+    if args.committee > 1:
+        return _fit_committee(args, train, valid, auto, comm, fit, log)
     model = fit_model(args, train, valid, auto, comm=comm, fit=fit, log=log)
     if comm.rank != 0:
         return 130 if model.interrupted else 0
@@ -284,6 +297,61 @@ def _fit(args, comm, fit, log):
     if model.interrupted:
         return 130
     return 0
+
+
+def _validation_line(model, valid):
+    """'validation RMSE E meV/atom, F eV/Å' of a model on the validation structures."""
+    row = evaluate_frames(model, valid, groups=False)["all"]
+    e, f = row["energy_meV_per_atom"], row["forces_eV_per_A"]
+    return (f"validation RMSE E {e['rmse'] if e else float('nan'):.3f} meV/atom, "
+            f"F {f['rmse'] if f else float('nan'):.4f} eV/Å")
+
+
+def _fit_committee(args, train, valid, auto, comm, fit, log):
+    """`lattenb fit --committee N`: N fits of one setting with the seeds --seed ... --seed + N - 1,
+    each with the whole time budget, written as OUTPUT.memberK.npz (with their learning curves),
+    then their average as one model, OUTPUT (`lattenb.committee.merge_models`), with its active
+    set on the training and validation structures. Fits of a molecule from other seeds err in
+    different places (AcAc: force errors correlated by 0.37), so the average is more accurate
+    than its members at the cost of both (README, AcAc, "A committee of two plain fits").
+    Ctrl-C during a member keeps the members so far, that one with its best parameters."""
+    from .auto import isolated_atom_energies
+    from .committee import merge_models
+    from .extrapolation import build_active_set
+    if args.resume or args.checkpoint:
+        raise SystemExit("lattenb fit: --committee does not combine with --checkpoint or --resume "
+                         "(fit the members one by one with --seed and join them with lattenb "
+                         "merge)")
+    stem = str(args.output).removesuffix(".npz")
+    members, t0 = [], time.perf_counter()
+    for k in range(args.committee):
+        log(f"committee member {k + 1} of {args.committee} (seed {args.seed + k})")
+        member_args = argparse.Namespace(**{**vars(args), "seed": args.seed + k})
+        model = fit_model(member_args, train, valid, auto, comm=comm, fit=fit, log=log)
+        members.append(model)
+        if comm.rank == 0:
+            path = f"{stem}.member{k}.npz"
+            model.save(path)
+            info = model.fit_info
+            log(f"wrote {path} ({info['iterations']} iterations, {info['wall_time_s']:.1f} s, "
+                f"stopped: {info['stopped']})")
+            write_learning_curve(model, path, log)
+        if model.interrupted:
+            break
+    if comm.rank != 0:
+        return 130 if members[-1].interrupted else 0
+    merged = merge_models(members)
+    if comm.size == 1:           # under MPI this rank holds a shard: lattenb activeset makes one
+        frames = isolated_atom_energies(train)[1] + list(valid or [])
+        merged.set_active_set(build_active_set(merged, frames))
+    merged.save(args.output)
+    if valid and comm.size == 1:
+        for k, model in enumerate(members):
+            log(f"member {k}: {_validation_line(model, valid)}")
+        log(f"committee: {_validation_line(merged, valid)}")
+    print(f"wrote {args.output}: the average of {len(members)} fits "
+          f"({time.perf_counter() - t0:.1f} s; members {stem}.member0.npz ...)")
+    return 130 if members[-1].interrupted else 0
 
 
 def fit_model(args, train, valid, auto, comm=None, fit=None, log=print):
@@ -581,6 +649,12 @@ def build_parser():
     f.add_argument("--adam-epochs", type=int, metavar="N",
                    help="at most N passes over the training structures in the mini-batch phase")
     f.add_argument("--seed", type=int, default=0)
+    f.add_argument("--committee", type=_committee_size, default=1, metavar="N",
+                   help="fit N models with the seeds --seed ... --seed + N - 1, each for the "
+                        "whole --time, and write their average (OUTPUT.memberK.npz: the "
+                        "members); N times the training time and the cost per MD step, for "
+                        "smaller errors where fits from other seeds err in different places "
+                        "(molecules; default 1)")
     f.add_argument("--threads", type=int, help="Numba threads per process (default: all cores, "
                                                "shared among the MPI ranks of a node)")
     f.add_argument("--np", type=int, metavar="N",

@@ -127,3 +127,37 @@ def test_members_that_cannot_be_merged_are_clear_errors():
     shifted["sparse_limit"] = shifted["sparse_limit"] + 1.0
     with pytest.raises(ValueError, match="sparse limit"):
         merge_models([a, member(3, "2,-", (4, 4), None, shifted)])
+
+
+def test_cli_fit_committee_writes_its_members_and_their_average(tmp_path, capsys):
+    """`lattenb fit --committee 2 --seed 5`: the members are the plain fits of seeds 5 and 6,
+    written beside the output with their learning curves; the output is their average, with an
+    active set for extrapolation grades."""
+    from ase.io import write
+    from test_training import random_frame
+    rng = np.random.default_rng(11)
+    train = tmp_path / "train.xyz"
+    write(train, [random_frame(rng, 4, 4.0 + 0.05 * k) for k in range(20)])
+    common = ["fit", str(train), "--blocks", "2,-:2,i,i", "--hidden", "4", "--cutoff", "3.5",
+              "--max-iter", "3"]
+    out = tmp_path / "c.npz"
+    assert cli.main([*common, "-o", str(out), "--committee", "2", "--seed", "5"]) == 0
+    text = capsys.readouterr().out
+    assert "committee member 2 of 2 (seed 6)" in text and "committee: validation RMSE" in text
+    assert cli.main([*common, "-o", str(tmp_path / "s6.npz"), "--seed", "6"]) == 0
+    alone = lattenb.load(tmp_path / "s6.npz")
+    m0, m1 = lattenb.load(tmp_path / "c.member0.npz"), lattenb.load(tmp_path / "c.member1.npz")
+    for name in alone.params:
+        np.testing.assert_array_equal(m1.params[name], alone.params[name], err_msg=name)
+    assert (tmp_path / "c.member1.curve.csv").is_file()
+    merged = lattenb.load(out)
+    assert merged.fit_info["committee"]["members"] == 2
+    assert_weighted_average(merged, [m0, m1], [0.5, 0.5])
+    assert merged.active_set is not None
+    assert cli.main(["eval", str(out), str(train), "--grade"]) == 0
+    with pytest.raises(SystemExit, match="does not combine"):
+        cli.main([*common, "-o", str(out), "--committee", "2", "--checkpoint",
+                  str(tmp_path / "ck.npz")])
+    with pytest.raises(SystemExit):
+        cli.main([*common, "-o", str(out), "--committee", "0"])
+    assert "whole number of fits" in capsys.readouterr().err
