@@ -144,3 +144,40 @@ def test_committee_validates_on_the_split_its_members_were_fitted_with():
     frames = list(range(25))
     assert committee.validation(frames, "plain") == [9, 19]
     assert committee.validation(frames, "setting") == [0, 10, 20]
+
+
+def test_gauss_newton_residuals_give_the_loss_its_gradient_and_adjoint_products():
+    """benchmarks/gauss_newton.py: r.r + l2 |M x|^2 is the training loss, 2 (J^T r + l2 M x) its
+    gradient (the tangent-reverse pass, checked against finite differences in
+    test_training), and the finite-difference J v is the adjoint of J^T u: u.(J v) = (J^T u).v."""
+    import numpy as np
+    from test_training import random_frame, small_model
+
+    from lattenb.dataset import prepare_dataset
+    from lattenb.loss import LossWeights, loss_and_gradient
+    from lattenb.steps import ParameterVector
+    spec = importlib.util.spec_from_file_location("gauss_newton",
+                                                  ROOT / "benchmarks" / "gauss_newton.py")
+    gauss_newton = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gauss_newton)
+    rng = np.random.default_rng(3)
+    frames = [random_frame(rng, 5, 5.0, stress=False) for _ in range(4)]
+    model = small_model()
+    data = prepare_dataset(frames, model, keep_pairs=True)
+    weights = LossWeights(10.0, 1.0, 0.0, l2=1e-3)
+    vector = ParameterVector(model)
+    x = vector.get()
+    maps = gauss_newton.ResidualMap(vector, data, weights)
+    r = maps.residuals(x)
+    loss, _, grad = loss_and_gradient(model, data, weights)
+    assert maps.loss(x, r) == pytest.approx(loss, rel=1e-12)
+    expected = vector.gradient(grad)
+    got = 2.0 * (maps.vjp(r) + weights.l2 * maps.mask * x)
+    np.testing.assert_allclose(got, expected, rtol=1e-9, atol=1e-12 * np.abs(expected).max())
+    v = rng.normal(size=x.size) * ~vector.frozen
+    u = rng.normal(size=r.size)
+    Jv = maps.jvp(x, r, v)
+    vector.set(x)
+    assert u @ Jv == pytest.approx(maps.vjp(u) @ v, rel=1e-4)
+    with pytest.raises(ValueError, match="squared energy and force"):
+        gauss_newton.ResidualMap(vector, data, LossWeights(huber=0.05))
