@@ -338,20 +338,26 @@ def _fit_committee(args, train, valid, auto, comm, fit, log):
             write_learning_curve(model, path, log)
         if model.interrupted:
             break
+    interrupted = members[-1].interrupted
     if comm.rank != 0:
-        return 130 if members[-1].interrupted else 0
+        return 130 if interrupted else 0
+    if len(members) == 1:        # interrupted in the first fit: it is all there is
+        members[0].save(args.output)
+        print(f"wrote {args.output}: the first member alone (interrupted)")
+        return 130
     merged = merge_models(members)
     if comm.size == 1:           # under MPI this rank holds a shard: lattenb activeset makes one
-        frames = isolated_atom_energies(train)[1] + list(valid or [])
-        merged.set_active_set(build_active_set(merged, frames))
+        frames = [isolated_atom_energies(part)[1] for part in (train, valid or [])]
+        merged.set_active_set(build_active_set(merged, frames[0] + frames[1]))
     merged.save(args.output)
     if valid and comm.size == 1:
         for k, model in enumerate(members):
             log(f"member {k}: {_validation_line(model, valid)}")
         log(f"committee: {_validation_line(merged, valid)}")
     print(f"wrote {args.output}: the average of {len(members)} fits "
-          f"({time.perf_counter() - t0:.1f} s; members {stem}.member0.npz ...)")
-    return 130 if members[-1].interrupted else 0
+          f"({time.perf_counter() - t0:.1f} s; members {stem}.member0.npz ...)"
+          + (" (interrupted)" if interrupted else ""))
+    return 130 if interrupted else 0
 
 
 def fit_model(args, train, valid, auto, comm=None, fit=None, log=print):

@@ -161,3 +161,41 @@ def test_cli_fit_committee_writes_its_members_and_their_average(tmp_path, capsys
     with pytest.raises(SystemExit):
         cli.main([*common, "-o", str(out), "--committee", "0"])
     assert "whole number of fits" in capsys.readouterr().err
+
+
+def test_cli_fit_committee_interrupted_keeps_what_it_has(tmp_path, monkeypatch):
+    """Ctrl-C in a member (here: the fit reports it interrupted) stops the committee; the
+    members so far are written, and OUTPUT is their average, or the first member alone."""
+    from ase.io import write
+    from test_training import random_frame
+
+    from lattenb import training
+    real_fit = training.fit
+    calls = []
+
+    def fit_interrupted_at(k):
+        def fit(*args, **kwargs):
+            model = real_fit(*args, **kwargs)
+            calls.append(kwargs["seed"])
+            model.interrupted = len(calls) == k
+            return model
+        return fit
+    rng = np.random.default_rng(12)
+    train = tmp_path / "train.xyz"
+    write(train, [random_frame(rng, 4, 4.0 + 0.05 * k) for k in range(20)])
+    common = ["fit", str(train), "--blocks", "2,-:2,i,i", "--hidden", "4", "--cutoff", "3.5",
+              "--max-iter", "2", "--committee", "3"]
+    for k, kept in ((1, 1), (2, 2)):
+        calls.clear()
+        monkeypatch.setattr(training, "fit", fit_interrupted_at(k))
+        out = tmp_path / f"i{k}.npz"
+        assert cli.main([*common, "-o", str(out)]) == 130
+        assert calls == [0, 1][:k]
+        written = [(tmp_path / f"i{k}.member{j}.npz").is_file() for j in range(3)]
+        assert written == [j < kept for j in range(3)]
+        model = lattenb.load(out)
+        if kept == 1:
+            first = lattenb.load(tmp_path / "i1.member0.npz")
+            np.testing.assert_array_equal(model.params["mlp"], first.params["mlp"])
+        else:
+            assert model.fit_info["committee"]["members"] == 2
