@@ -288,15 +288,20 @@ def _fit(args, comm, fit, log):
     model = fit_model(args, train, valid, auto, comm=comm, fit=fit, log=log)
     if comm.rank != 0:
         return 130 if model.interrupted else 0
-    model.save(args.output)
-    info = model.fit_info
-    adam = f"{info['adam']['epochs']} Adam passes, " if info.get("adam") else ""
-    print(f"wrote {args.output} ({adam}{info['iterations']} iterations, {info['wall_time_s']:.1f} s, "
-          f"stopped: {info['stopped']})")
-    write_learning_curve(model, args.output, log)
+    _write_fit(model, args.output, log)
     if model.interrupted:
         return 130
     return 0
+
+
+def _write_fit(model, path, log):
+    """Write a fitted model and its learning curve, and log what was written."""
+    model.save(path)
+    info = model.fit_info
+    adam = f"{info['adam']['epochs']} Adam passes, " if info.get("adam") else ""
+    log(f"wrote {path} ({adam}{info['iterations']} iterations, {info['wall_time_s']:.1f} s, "
+        f"stopped: {info['stopped']})")
+    write_learning_curve(model, path, log)
 
 
 def _validation_line(model, valid):
@@ -330,12 +335,7 @@ def _fit_committee(args, train, valid, auto, comm, fit, log):
         model = fit_model(member_args, train, valid, auto, comm=comm, fit=fit, log=log)
         members.append(model)
         if comm.rank == 0:
-            path = f"{stem}.member{k}.npz"
-            model.save(path)
-            info = model.fit_info
-            log(f"wrote {path} ({info['iterations']} iterations, {info['wall_time_s']:.1f} s, "
-                f"stopped: {info['stopped']})")
-            write_learning_curve(model, path, log)
+            _write_fit(model, f"{stem}.member{k}.npz", log)
         if model.interrupted:
             break
     interrupted = members[-1].interrupted
