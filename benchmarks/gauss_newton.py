@@ -43,17 +43,17 @@ class ResidualMap:
     parameters the model holds."""
 
     def __init__(self, vector, data, weights):
+        from lattenb.loss import residual_counts
+        from lattenb.steps import bound_arrays
         if data.has_stress.any() or weights.huber:
             raise ValueError("ResidualMap covers squared energy and force residuals only")
         self.vector, self.data, self.weights = vector, data, weights
         self.model = vector.model
         self.mask = vector.weight_mask().astype(float)
-        self.lower = np.array([-np.inf if lo is None else lo for lo, _ in vector.bounds])
-        self.upper = np.array([np.inf if hi is None else hi for _, hi in vector.bounds])
+        self.lower, self.upper = bound_arrays(vector.bounds)
         n_per = data.n_atoms_per_frame
-        ne = max(int(data.has_energy.sum()), 1)
+        ne, nf, _ = residual_counts(data)
         atom_has_f = data.has_forces[data.frame_of_atom]
-        nf = max(int(3 * atom_has_f.sum()), 1)
         # residual = scale * (prediction - reference): energies per frame, force components
         self.energy_scale = np.where(data.has_energy, np.sqrt(weights.energy / ne) / n_per, 0.0)
         self.force_scale = np.where(atom_has_f, np.sqrt(weights.forces / nf), 0.0)[:, None]

@@ -87,6 +87,15 @@ def mlp_weight_mask(layer_sizes):
     return np.concatenate(parts)
 
 
+def residual_counts(data):
+    """(energies, force components, stress components) with a reference in a dataset, over
+    every rank's shard, each at least 1: the loss's mean squared residuals divide by them."""
+    atom_has_f = data.has_forces[data.frame_of_atom]
+    counts = data.comm.sum(np.array([data.has_energy.sum(), 3.0 * atom_has_f.sum(),
+                                     6.0 * data.has_stress.sum()]))
+    return tuple(max(int(c), 1) for c in counts)
+
+
 def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_chunks=None):
     """Loss (float), its parts (dict) and, if asked, dL/dparams as a dict of arrays shaped like
     `model.params` (the radial family's, sigma, mlp, e0; g_mean and g_std are fixed buffers).
@@ -97,9 +106,7 @@ def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_
     n_per = data.n_atoms_per_frame
     me = data.has_energy
     atom_has_f = data.has_forces[data.frame_of_atom]
-    ms = data.has_stress
-    counts = comm.sum(np.array([me.sum(), 3.0 * atom_has_f.sum(), 6.0 * ms.sum()]))
-    ne, nf, ns = (max(int(c), 1) for c in counts)
+    ne, nf, ns = residual_counts(data)
     # energy per atom
     res_e = np.where(me, (E - np.where(me, data.energies, 0.0)) / n_per, 0.0)
     e_bar_frame = 2.0 * weights.energy * res_e / n_per / ne

@@ -783,37 +783,33 @@ def atom_parameter_gradients(family, si, P, T, key_start, n_bins, body_rank, bod
                 wd = Adotbar[off]
                 for k in range(lo, hi):
                     acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, wa, wd * T[T_RDOT, k])
-            elif p == 1:
-                wa = (Abar[off], Abar[off + 1], Abar[off + 2])
-                wd = (Adotbar[off], Adotbar[off + 1], Adotbar[off + 2])
-                for k in range(lo, hi):
-                    W[0, k], W[1, k] = _pair_weights(wa, wd, T[T_RDOT, k],
-                                                     (P[P_UX, k], P[P_UY, k], P[P_UZ, k]),
-                                                     (T[T_D, k], T[T_D + 1, k], T[T_D + 2, k]))
-                for k in range(lo, hi):
-                    acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, W[0, k], W[1, k])
-            elif p == 2:
-                wa = _class_sums2(Abar, off)
-                wd = _class_sums2(Adotbar, off)
-                for k in range(lo, hi):
-                    W[0, k], W[1, k] = _pair_weights(
-                        wa, wd, T[T_RDOT, k], _rows6(T, T_R2, k), _rows6(T, T_D2, k))
-                for k in range(lo, hi):
-                    acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, W[0, k], W[1, k])
-            elif p == 3:
-                wa = _class_sums3(Abar, off)
-                wd = _class_sums3(Adotbar, off)
-                for k in range(lo, hi):
-                    W[0, k], W[1, k] = _pair_weights(
-                        wa, wd, T[T_RDOT, k], _rows10(T, T_R3, k), _rows10(T, T_D3, k))
-                for k in range(lo, hi):
-                    acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, W[0, k], W[1, k])
             else:
-                wa = _class_sums4(Abar, off)
-                wd = _class_sums4(Adotbar, off)
-                for k in range(lo, hi):
-                    W[0, k], W[1, k] = _pair_weights(
-                        wa, wd, T[T_RDOT, k], _rows15(T, T_R4, k), _rows15(T, T_D4, k))
+                if p == 1:
+                    wa = (Abar[off], Abar[off + 1], Abar[off + 2])
+                    wd = (Adotbar[off], Adotbar[off + 1], Adotbar[off + 2])
+                    for k in range(lo, hi):
+                        W[0, k], W[1, k] = _pair_weights(wa, wd, T[T_RDOT, k],
+                                                         (P[P_UX, k], P[P_UY, k], P[P_UZ, k]),
+                                                         (T[T_D, k], T[T_D + 1, k], T[T_D + 2, k]))
+                elif p == 2:
+                    wa = _class_sums2(Abar, off)
+                    wd = _class_sums2(Adotbar, off)
+                    for k in range(lo, hi):
+                        W[0, k], W[1, k] = _pair_weights(
+                            wa, wd, T[T_RDOT, k], _rows6(T, T_R2, k), _rows6(T, T_D2, k))
+                elif p == 3:
+                    wa = _class_sums3(Abar, off)
+                    wd = _class_sums3(Adotbar, off)
+                    for k in range(lo, hi):
+                        W[0, k], W[1, k] = _pair_weights(
+                            wa, wd, T[T_RDOT, k], _rows10(T, T_R3, k), _rows10(T, T_D3, k))
+                else:
+                    wa = _class_sums4(Abar, off)
+                    wd = _class_sums4(Adotbar, off)
+                    for k in range(lo, hi):
+                        W[0, k], W[1, k] = _pair_weights(
+                            wa, wd, T[T_RDOT, k], _rows15(T, T_R4, k), _rows15(T, T_D4, k))
+                # the family's adjoint, in a loop of its own (see the docstring)
                 for k in range(lo, hi):
                     acc = radial_adjoint_pair(family, acc, P[P_R, k], kb, W[0, k], W[1, k])
             gs, gt = radial_adjoint_finish(family, acc, kb, sigma_scaled[si, sj, b])

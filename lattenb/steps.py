@@ -151,6 +151,14 @@ class ParameterVector:
         return out
 
 
+def bound_arrays(bounds):
+    """(lower (n,), upper (n,)) of box bounds given as SciPy's [(lower, upper), ...] with None
+    for no bound (`ParameterVector.bounds`): -inf and +inf there."""
+    lower = np.array([-np.inf if lo is None else lo for lo, _ in bounds], dtype=np.float64)
+    upper = np.array([np.inf if hi is None else hi for _, hi in bounds], dtype=np.float64)
+    return lower, upper
+
+
 class Adam:
     """Adam (Kingma and Ba, arXiv:1412.6980) on a packed parameter vector, each step projected
     onto the box bounds of `ParameterVector` (bounds: a list of (lower, upper), None for no
@@ -167,8 +175,7 @@ class Adam:
     def __init__(self, x, bounds, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0,
                  decay_mask=None, average=0.99):
         self.x = np.array(x, dtype=np.float64)
-        self.lower = np.array([-np.inf if lo is None else lo for lo, _ in bounds], dtype=np.float64)
-        self.upper = np.array([np.inf if hi is None else hi for _, hi in bounds], dtype=np.float64)
+        self.lower, self.upper = bound_arrays(bounds)
         self.beta1, self.beta2, self.eps = beta1, beta2, eps
         # per entry: weight_decay where decay_mask is True, 0 elsewhere
         self.decay_rate = float(weight_decay) * (np.ones(self.x.size) if decay_mask is None

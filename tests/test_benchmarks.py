@@ -8,15 +8,16 @@ import pytest
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _mlearn():
-    spec = importlib.util.spec_from_file_location("mlearn", ROOT / "benchmarks" / "mlearn.py")
+def _benchmark(name):
+    """The module of benchmarks/<name>.py (the benchmarks are scripts, not a package)."""
+    spec = importlib.util.spec_from_file_location(name, ROOT / "benchmarks" / f"{name}.py")
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
 
 
 def test_mlearn_keeps_rows_only_from_a_run_with_the_same_setting(tmp_path):
-    mlearn = _mlearn()
+    mlearn = _benchmark("mlearn")
     setting = mlearn.SETTING
     limits = {"max_iter": 4000, "max_time_s": 840}
     rows = [{"element": "Ni", "energy_mae": 0.5}, {"element": "Cu", "energy_mae": 0.3}]
@@ -35,7 +36,7 @@ def test_mlearn_keeps_rows_only_from_a_run_with_the_same_setting(tmp_path):
 
 
 def test_mlearn_cutoff_option_parses_and_names_bad_items():
-    mlearn = _mlearn()
+    mlearn = _benchmark("mlearn")
     assert mlearn.parse_cutoffs("Ni=4.5, Cu=4.6") == {"Ni": 4.5, "Cu": 4.6}
     for text, message in [("Xx=4.5", "one of Ni, Cu, Li, Mo"), ("Ni=abc", "not a number"),
                           ("Ni", "not a number"), ("Ni=40", "outside 1-12")]:
@@ -51,7 +52,7 @@ def test_mlearn_plain_mode_fits_what_plain_lattenb_fit_fits(tmp_path):
 
     import lattenb
     from lattenb import cli
-    mlearn = _mlearn()
+    mlearn = _benchmark("mlearn")
     frames = read(ROOT / "lattenb" / "data" / "Cu_train_subset.xyz", ":")[:20]
     setting = {"plain": True, "flags": {"huber": 0.05, "hidden": "4"}, "cutoffs": {"Cu": 4.2}}
     model, train = mlearn.fit_plain("Cu", frames, 2, None, setting, log=lambda line: None)
@@ -69,9 +70,7 @@ def test_mlearn_plain_mode_fits_what_plain_lattenb_fit_fits(tmp_path):
 
 def test_nbmotaw_leave_out_names_a_binary_of_the_four_elements():
     from ase import Atoms
-    spec = importlib.util.spec_from_file_location("nbmotaw", ROOT / "benchmarks" / "nbmotaw.py")
-    nbmotaw = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(nbmotaw)
+    nbmotaw = _benchmark("nbmotaw")
     assert nbmotaw.parse_pair("NbMo") == nbmotaw.parse_pair("MoNb") == frozenset({"Nb", "Mo"})
     for bad in ("NbNb", "NbCu", "Nb", "NbMoTa", "nbmo"):
         with pytest.raises(SystemExit, match="--leave-out takes two of"):
@@ -83,9 +82,7 @@ def test_nbmotaw_leave_out_names_a_binary_of_the_four_elements():
 
 
 def test_pareto_times_saved_models_and_says_where_a_cost_comes_from(tmp_path, monkeypatch):
-    spec = importlib.util.spec_from_file_location("pareto", ROOT / "benchmarks" / "pareto.py")
-    pareto = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(pareto)
+    pareto = _benchmark("pareto")
     from lattenb.model import LatteModel
     monkeypatch.setattr(pareto, "model_path", lambda tag, element: tmp_path / f"{tag}_{element}.npz")
     setting = {"preset": "fast", "blocks": "4,-:4,i,i:2,ijk,ijk", "radial": None,
@@ -137,10 +134,7 @@ def test_mtp_reference_is_left_out_without_motep(monkeypatch, capsys):
 def test_committee_validates_on_the_split_its_members_were_fitted_with():
     """benchmarks/committee.py: plain fit holds out structures 9, 19, ... and mlearn.py's
     benchmark setting 0, 10, 20, ...; a committee's validation rows must use the members' own."""
-    spec = importlib.util.spec_from_file_location("committee",
-                                                  ROOT / "benchmarks" / "committee.py")
-    committee = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(committee)
+    committee = _benchmark("committee")
     frames = list(range(25))
     assert committee.validation(frames, "plain") == [9, 19]
     assert committee.validation(frames, "setting") == [0, 10, 20]
@@ -156,10 +150,7 @@ def test_gauss_newton_residuals_give_the_loss_its_gradient_and_adjoint_products(
     from lattenb.dataset import prepare_dataset
     from lattenb.loss import LossWeights, loss_and_gradient
     from lattenb.steps import ParameterVector
-    spec = importlib.util.spec_from_file_location("gauss_newton",
-                                                  ROOT / "benchmarks" / "gauss_newton.py")
-    gauss_newton = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(gauss_newton)
+    gauss_newton = _benchmark("gauss_newton")
     rng = np.random.default_rng(3)
     frames = [random_frame(rng, 5, 5.0, stress=False) for _ in range(4)]
     model = small_model()

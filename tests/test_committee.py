@@ -129,15 +129,22 @@ def test_members_that_cannot_be_merged_are_clear_errors():
         merge_models([a, member(3, "2,-", (4, 4), None, shifted)])
 
 
+def training_file(tmp_path, seed):
+    """train.xyz of 20 random Ni-Mo structures with energies, forces and stress (plain fit
+    holds out 2 of them for validation)."""
+    from ase.io import write
+    from test_training import random_frame
+    rng = np.random.default_rng(seed)
+    path = tmp_path / "train.xyz"
+    write(path, [random_frame(rng, 4, 4.0 + 0.05 * k) for k in range(20)])
+    return path
+
+
 def test_cli_fit_committee_writes_its_members_and_their_average(tmp_path, capsys):
     """`lattenb fit --committee 2 --seed 5`: the members are the plain fits of seeds 5 and 6,
     written beside the output with their learning curves; the output is their average, with an
     active set for extrapolation grades."""
-    from ase.io import write
-    from test_training import random_frame
-    rng = np.random.default_rng(11)
-    train = tmp_path / "train.xyz"
-    write(train, [random_frame(rng, 4, 4.0 + 0.05 * k) for k in range(20)])
+    train = training_file(tmp_path, 11)
     common = ["fit", str(train), "--blocks", "2,-:2,i,i", "--hidden", "4", "--cutoff", "3.5",
               "--max-iter", "3"]
     out = tmp_path / "c.npz"
@@ -166,9 +173,6 @@ def test_cli_fit_committee_writes_its_members_and_their_average(tmp_path, capsys
 def test_cli_fit_committee_interrupted_keeps_what_it_has(tmp_path, monkeypatch):
     """Ctrl-C in a member (here: the fit reports it interrupted) stops the committee; the
     members so far are written, and OUTPUT is their average, or the first member alone."""
-    from ase.io import write
-    from test_training import random_frame
-
     from lattenb import training
     real_fit = training.fit
     calls = []
@@ -180,9 +184,7 @@ def test_cli_fit_committee_interrupted_keeps_what_it_has(tmp_path, monkeypatch):
             model.interrupted = len(calls) == k
             return model
         return fit
-    rng = np.random.default_rng(12)
-    train = tmp_path / "train.xyz"
-    write(train, [random_frame(rng, 4, 4.0 + 0.05 * k) for k in range(20)])
+    train = training_file(tmp_path, 12)
     common = ["fit", str(train), "--blocks", "2,-:2,i,i", "--hidden", "4", "--cutoff", "3.5",
               "--max-iter", "2", "--committee", "3"]
     for k, kept in ((1, 1), (2, 2)):
