@@ -1,15 +1,15 @@
 """The steps of a fit, each on its own: descriptor standardisation, reference energies by least
-squares on composition, the packed parameter vector, the Adam update of the mini-batch phase, the
-L-BFGS-B objective (with exact replay for resumed runs), and the exact least-squares solve of the
-output layer."""
+squares on composition, the packed parameter vector and the scales of its parameter arrays, the
+Adam update of the mini-batch phase, the L-BFGS-B objective (with exact replay for resumed runs),
+and the exact least-squares solve of the output layer."""
 import hashlib
 from dataclasses import replace
 
 import numpy as np
 
-from .conventions import EV_A3_TO_GPA
+from .conventions import EV_A3_TO_GPA, strain_derivative_bar
 from .distributed import tsqr_factor
-from .loss import LossWeights, loss_and_gradient, mlp_weight_mask
+from .loss import LossWeights, loss_and_gradient, mlp_weight_mask, residual_counts
 from .predict import dataset_descriptors, predict
 
 #: the energy weights, relative to the L-BFGS fit's, that the final solve compares by
@@ -19,6 +19,7 @@ from .predict import dataset_descriptors, predict
 OUTPUT_ENERGY_FACTORS = (1.0, 3.0, 10.0, 30.0, 100.0, 300.0, 1000.0)
 OUTPUT_FOLDS = 5         # folds of the training structures that compare them
 TRAINING_CHUNKS = 64     # fixed, so gradients are bit-identical whatever the thread count
+GROUP_SCALE_PROBES = 16  # reverse passes that estimate the Gauss-Newton diagonal (`group_scales`)
 
 
 def standardise(model, data):
@@ -78,7 +79,8 @@ def fit_reference_energies(model, data, fixed_e0=False):
 
 
 class ParameterVector:
-    """Packs the trainable parameters into one vector with box bounds for L-BFGS-B.
+    """Packs the trainable parameters into one vector x with box bounds for L-BFGS-B; x is the
+    parameters divided entry by entry by `scale` (ones unless a fit sets `group_scales`).
 
     Order: MLP, e0, the radial family's free variables (`RadialFamily.free_variables`: for the
     polynomial family (w, u) with c = w + u (r_cut - 2 w), w in [MIN_WIDTH, r_cut / 2], u in
@@ -102,7 +104,9 @@ class ParameterVector:
             bound = (self.family.free_bounds(name, self.rc) if name in self.radial_names
                      else (None, None))
             bounds += [bound] * n
-        self.bounds = bounds
+        self.box = bounds            # of the parameters themselves; `bounds`: of x
+        #: x = parameters / scale entry by entry: what the optimisers see (`group_scales`)
+        self.scale = np.ones(sum(self.sizes))
         self.frozen = np.zeros(sum(self.sizes), bool)
         start = 0
         for (name, _), n in zip(self.shapes, self.sizes):
@@ -119,14 +123,23 @@ class ParameterVector:
         mask[:mlp.size] = np.broadcast_to(mlp_weight_mask(self.model.layer_sizes), mlp.shape).ravel()
         return mask
 
+    @property
+    def bounds(self):
+        """Box bounds of x as SciPy takes them, [(lower, upper), ...], None for no bound."""
+        return [(None if lo is None else lo / c, None if hi is None else hi / c)
+                for (lo, hi), c in zip(self.box, self.scale)]
+
     def _values(self):
         p = self.model.params
         return {"mlp": p["mlp"], "e0": p["e0"], **{n: p[n] for n in self.species_names},
                 **self.family.free_variables(p, self.rc)}
 
-    def get(self):
+    def _unscaled(self):
         values = self._values()
         return np.concatenate([np.ravel(values[name]) for name, _ in self.shapes])
+
+    def get(self):
+        return self._unscaled() / self.scale
 
     def _split(self, x):
         out, start = {}, 0
@@ -136,19 +149,74 @@ class ParameterVector:
         return out
 
     def set(self, x):
-        v = self._split(np.asarray(x, dtype=np.float64))
+        v = self._split(np.asarray(x, dtype=np.float64) * self.scale)
         radial = self.family.from_free({n: v[n] for n in self.radial_names}, self.rc)
         self.model.set_parameters(mlp=v["mlp"], e0=v["e0"], **{n: v[n] for n in self.species_names},
                                   **radial)
 
     def gradient(self, grad):
         """Chain rule from dL/d(model params) to dL/dx (frozen entries zeroed)."""
-        v = self._split(self.get())
+        v = self._split(self._unscaled())
         g = {"mlp": grad["mlp"], "e0": grad["e0"], **{n: grad[n] for n in self.species_names},
              **self.family.free_gradient({n: v[n] for n in self.radial_names}, grad, self.rc)}
-        out = np.concatenate([np.ravel(g[name]) for name, _ in self.shapes])
+        out = np.concatenate([np.ravel(g[name]) for name, _ in self.shapes]) * self.scale
         out[self.frozen] = 0.0
         return out
+
+    def groups(self):
+        """(name, slice of x) of every parameter array (`shapes`), in order."""
+        bounds = np.cumsum([0] + self.sizes)
+        return [(name, slice(int(lo), int(hi)))
+                for (name, _), lo, hi in zip(self.shapes, bounds[:-1], bounds[1:])]
+
+
+def group_scales(vector, data, weights, n_probes=GROUP_SCALE_PROBES, seed=0):
+    """(n,) a scale for the entries of x of each parameter array of `vector` (its `groups`):
+    the inverse square root of the median over the array's trained entries of the Gauss-Newton
+    diagonal 2 diag(J^T W J) + 2 l2 (J: the residuals' Jacobian, W: the loss weights over their
+    counts, `loss_and_gradient`), normalised to a geometric mean of 1 over the trained entries;
+    at the model's current parameters, which L-BFGS-B then works on divided by these scales
+    (`_LbfgsRun`). Why: L-BFGS-B starts every update from one multiple of the identity, while
+    the curvature of the radial windows is 20-200 times the MLP's (AcAc, after 200 iterations).
+
+    The diagonal is estimated from `n_probes` reverse passes, each the gradient of v . W^1/2 r
+    for random signs v on every residual (energies, force components, stress components): its
+    square has the diagonal as expectation. The signs are drawn over every rank's structures
+    (numbered as in file order), so a distributed set gets the one-process estimate."""
+    model, comm = vector.model, data.comm
+    ne, nf, ns = residual_counts(data)
+    n_atoms = np.array(comm.allgather(len(data.positions)))
+    n_frames = np.array(comm.allgather(data.n_frames))
+    atoms = slice(int(n_atoms[:comm.rank].sum()), int(n_atoms[:comm.rank + 1].sum()))
+    frames = slice(int(n_frames[:comm.rank].sum()), int(n_frames[:comm.rank + 1].sum()))
+    per_frame = data.n_atoms_per_frame.astype(np.float64)
+    atom_has_f = data.has_forces[data.frame_of_atom][:, None]
+    backend = model.backend("cpu")
+    diagonal = np.zeros(sum(vector.sizes))
+    for probe in range(n_probes):
+        rng = np.random.default_rng([seed, probe])
+        v_f = 2.0 * rng.integers(0, 2, size=(n_atoms.sum(), 3)) - 1.0
+        v_e = 2.0 * rng.integers(0, 2, size=n_frames.sum()) - 1.0
+        v_s = 2.0 * rng.integers(0, 2, size=(n_frames.sum(), 6)) - 1.0
+        e_bar = (np.sqrt(weights.energy / ne) * np.where(data.has_energy, v_e[frames], 0.0)
+                 / per_frame)[data.frame_of_atom]
+        delta = np.sqrt(weights.forces / nf) * v_f[atoms] * atom_has_f
+        s_bar = (np.sqrt(weights.stress / ns) * EV_A3_TO_GPA
+                 * np.where(data.has_stress[:, None], v_s[frames], 0.0))
+        grad = backend.parameter_gradients(data, e_bar, delta,
+                                           strain_derivative_bar(s_bar, data.volumes))
+        grad["e0"] = np.bincount(data.species, weights=e_bar, minlength=model.n_species)
+        diagonal += comm.sum(vector.gradient(grad) / vector.scale) ** 2
+    diagonal = 2.0 * diagonal / n_probes + 2.0 * weights.l2 * vector.weight_mask()
+    trained = ~vector.frozen
+    scale = np.ones_like(diagonal)
+    for _, part in vector.groups():
+        values = diagonal[part][trained[part]]
+        if values.size and np.median(values) > 0:
+            scale[part] = 1.0 / np.sqrt(np.median(values))
+    if trained.any():
+        scale /= np.exp(np.mean(np.log(scale[trained])))
+    return scale
 
 
 def bound_arrays(bounds):

