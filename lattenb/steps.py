@@ -171,13 +171,14 @@ class ParameterVector:
 
 
 def group_scales(vector, data, weights, n_probes=GROUP_SCALE_PROBES, seed=0):
-    """(n,) a scale for the entries of x of each parameter array of `vector` (its `groups`):
-    the inverse square root of the median over the array's trained entries of the Gauss-Newton
-    diagonal 2 diag(J^T W J) + 2 l2 (J: the residuals' Jacobian, W: the loss weights over their
-    counts, `loss_and_gradient`), normalised to a geometric mean of 1 over the trained entries;
+    """(n,) one scale per parameter array of `vector` (its `groups`), repeated over the array's
+    entries: the inverse square root of the median over the array's trained entries of the
+    Gauss-Newton diagonal 2 diag(J^T W J) + 2 l2 (J: the residuals' Jacobian, W: the loss
+    weights over their counts, `loss_and_gradient`), normalised to a geometric mean of 1 over
+    the trained entries;
     at the model's current parameters, which L-BFGS-B then works on divided by these scales
     (`_LbfgsRun`). Why: L-BFGS-B starts every update from one multiple of the identity, while
-    the curvature of the radial windows is 20-200 times the MLP's (AcAc, after 200 iterations).
+    the curvature of the radial windows is 30-280 times the MLP's (AcAc, after 200 iterations).
 
     The diagonal is estimated from `n_probes` reverse passes, each the gradient of v . W^1/2 r
     for random signs v on every residual (energies, force components, stress components): its
