@@ -58,7 +58,6 @@ class ResidualMap:
         self.energy_scale = np.where(data.has_energy, np.sqrt(weights.energy / ne) / n_per, 0.0)
         self.force_scale = np.where(atom_has_f, np.sqrt(weights.forces / nf), 0.0)[:, None]
         self.reference_energies = np.where(data.has_energy, data.energies, 0.0)
-        self.no_strain = np.zeros((data.n_frames, 3, 3))
 
     def residuals(self, x):
         from lattenb.predict import predict
@@ -77,13 +76,12 @@ class ResidualMap:
 
     def vjp(self, u):
         """J^T u at the model's parameters, as a packed vector (frozen entries zero)."""
+        from lattenb.loss import adjoint_gradient
         from lattenb.steps import TRAINING_CHUNKS
         n_frames = self.data.n_frames
-        e_bar = (u[:n_frames] * self.energy_scale)[self.data.frame_of_atom]
         delta = np.ascontiguousarray(u[n_frames:].reshape(-1, 3) * self.force_scale)
-        grad = self.model.backend("cpu").parameter_gradients(self.data, e_bar, delta,
-                                                             self.no_strain, TRAINING_CHUNKS)
-        grad["e0"] = np.bincount(self.data.species, weights=e_bar, minlength=self.model.n_species)
+        grad = adjoint_gradient(self.model, self.data, u[:n_frames] * self.energy_scale, delta,
+                                n_chunks=TRAINING_CHUNKS)
         return self.vector.gradient(grad)
 
 

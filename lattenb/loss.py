@@ -96,6 +96,29 @@ def residual_counts(data):
     return tuple(max(int(c), 1) for c in counts)
 
 
+def adjoint_gradient(model, data, e_bar_frame, delta, s_bar=None, n_chunks=None):
+    """d/dparams of J = sum_frames e_bar_frame E + sum_atoms delta . F + sum_frames s_bar . S:
+    the parameter gradient of any scalar of the predictions, given its adjoints dJ/dE (F,)
+    per frame, dJ/dF (N, 3) and dJ/dS (F, 6) (S in eV/Å^3, Voigt; None: no stress term). One tangent + reverse pass (`Backend.parameter_gradients`); a dict shaped like
+    `model.params` with e0, summed over every rank's shard (`Dataset.comm`), so every rank gets
+    it. `loss_and_gradient` gives it the loss's adjoints, `steps.group_scales` random signs."""
+    e_bar = e_bar_frame[data.frame_of_atom]
+    strain_bar = (np.zeros((data.n_frames, 3, 3)) if s_bar is None
+                  else strain_derivative_bar(s_bar, data.volumes))   # S = sym(M) / V
+    grad = model.backend("cpu").parameter_gradients(data, e_bar, delta, strain_bar, n_chunks)
+    grad["e0"] = np.bincount(data.species, weights=e_bar, minlength=model.n_species)
+    comm = data.comm
+    if comm.size > 1:                  # one reduction of the whole gradient
+        names = sorted(grad)
+        flat = comm.sum(np.concatenate([np.ravel(grad[n]) for n in names]))
+        start = 0
+        for n in names:
+            size = np.size(grad[n])
+            grad[n] = flat[start:start + size].reshape(np.shape(grad[n]))
+            start += size
+    return grad
+
+
 def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_chunks=None):
     """Loss (float), its parts (dict) and, if asked, dL/dparams as a dict of arrays shaped like
     `model.params` (the radial family's, sigma, mlp, e0; g_mean and g_std are fixed buffers).
@@ -121,24 +144,12 @@ def loss_and_gradient(model, data, weights=LossWeights(), with_gradient=True, n_
              "forces": weights.forces * float(squares[1]) / nf,
              "stress": weights.stress * float(squares[2]) / ns}
     s_bar = 2.0 * weights.stress * res_s * EV_A3_TO_GPA / ns                     # dL/dS (F, 6)
-    # S = sym(M)/V with M = sum g (x) v: dL/dM from dL/dS
-    strain_bar = strain_derivative_bar(s_bar, data.volumes)
     mask = mlp_weight_mask(model.layer_sizes)
     mlp = model.params["mlp"]
     parts["l2"] = weights.l2 * float(np.sum((mlp * mask) ** 2))
     loss = sum(parts.values())
     if not with_gradient:
         return loss, parts, None
-    e_bar = e_bar_frame[data.frame_of_atom]
-    grad = model.backend("cpu").parameter_gradients(data, e_bar, delta, strain_bar, n_chunks)
-    grad["e0"] = np.bincount(data.species, weights=e_bar, minlength=model.n_species)
-    if comm.size > 1:                  # one reduction of the whole gradient
-        names = sorted(grad)
-        flat = comm.sum(np.concatenate([np.ravel(grad[n]) for n in names]))
-        start = 0
-        for n in names:
-            size = np.size(grad[n])
-            grad[n] = flat[start:start + size].reshape(np.shape(grad[n]))
-            start += size
+    grad = adjoint_gradient(model, data, e_bar_frame, delta, s_bar, n_chunks)
     grad["mlp"] += 2.0 * weights.l2 * mlp * mask
     return loss, parts, grad

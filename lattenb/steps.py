@@ -7,9 +7,10 @@ from dataclasses import replace
 
 import numpy as np
 
-from .conventions import EV_A3_TO_GPA, strain_derivative_bar
+from .conventions import EV_A3_TO_GPA
 from .distributed import tsqr_factor
-from .loss import LossWeights, loss_and_gradient, mlp_weight_mask, residual_counts
+from .loss import (LossWeights, adjoint_gradient, loss_and_gradient, mlp_weight_mask,
+                   residual_counts)
 from .predict import dataset_descriptors, predict
 
 #: the energy weights, relative to the L-BFGS fit's, that the final solve compares by
@@ -108,12 +109,10 @@ class ParameterVector:
         #: x = parameters / scale entry by entry: what the optimisers see (`group_scales`)
         self.scale = np.ones(sum(self.sizes))
         self.frozen = np.zeros(sum(self.sizes), bool)
-        start = 0
-        for (name, _), n in zip(self.shapes, self.sizes):
+        for name, part in self.groups():
             if ((name in self.radial_names and not train_radial) or (name in self.species_names and not train_sigma)
                     or (name == "e0" and not train_e0)):
-                self.frozen[start:start + n] = True
-            start += n
+                self.frozen[part] = True
 
     def weight_mask(self):
         """(n,) bool, True at the MLP's weights (not its biases), which the L2 penalty and
@@ -142,11 +141,8 @@ class ParameterVector:
         return self._unscaled() / self.scale
 
     def _split(self, x):
-        out, start = {}, 0
-        for (name, shape), n in zip(self.shapes, self.sizes):
-            out[name] = x[start:start + n].reshape(shape)
-            start += n
-        return out
+        return {name: x[part].reshape(shape)
+                for (name, part), (_, shape) in zip(self.groups(), self.shapes)}
 
     def set(self, x):
         v = self._split(np.asarray(x, dtype=np.float64) * self.scale)
@@ -154,12 +150,15 @@ class ParameterVector:
         self.model.set_parameters(mlp=v["mlp"], e0=v["e0"], **{n: v[n] for n in self.species_names},
                                   **radial)
 
-    def gradient(self, grad):
-        """Chain rule from dL/d(model params) to dL/dx (frozen entries zeroed)."""
+    def gradient(self, grad, scaled=True):
+        """Chain rule from dL/d(model params) to dL/dx (frozen entries zeroed); scaled=False:
+        to the gradient with respect to the unscaled packed parameters x * scale."""
         v = self._split(self._unscaled())
         g = {"mlp": grad["mlp"], "e0": grad["e0"], **{n: grad[n] for n in self.species_names},
              **self.family.free_gradient({n: v[n] for n in self.radial_names}, grad, self.rc)}
-        out = np.concatenate([np.ravel(g[name]) for name, _ in self.shapes]) * self.scale
+        out = np.concatenate([np.ravel(g[name]) for name, _ in self.shapes])
+        if scaled:
+            out *= self.scale
         out[self.frozen] = 0.0
         return out
 
@@ -184,30 +183,28 @@ def group_scales(vector, data, weights, n_probes=GROUP_SCALE_PROBES, seed=0):
     for random signs v on every residual (energies, force components, stress components): its
     square has the diagonal as expectation. The signs are drawn over every rank's structures
     (numbered as in file order), so a distributed set gets the one-process estimate."""
-    model, comm = vector.model, data.comm
+    comm = data.comm
     ne, nf, ns = residual_counts(data)
     n_atoms = np.array(comm.allgather(len(data.positions)))
     n_frames = np.array(comm.allgather(data.n_frames))
     atoms = slice(int(n_atoms[:comm.rank].sum()), int(n_atoms[:comm.rank + 1].sum()))
     frames = slice(int(n_frames[:comm.rank].sum()), int(n_frames[:comm.rank + 1].sum()))
-    per_frame = data.n_atoms_per_frame.astype(np.float64)
     atom_has_f = data.has_forces[data.frame_of_atom][:, None]
-    backend = model.backend("cpu")
     diagonal = np.zeros(sum(vector.sizes))
     for probe in range(n_probes):
         rng = np.random.default_rng([seed, probe])
         v_f = 2.0 * rng.integers(0, 2, size=(n_atoms.sum(), 3)) - 1.0
         v_e = 2.0 * rng.integers(0, 2, size=n_frames.sum()) - 1.0
         v_s = 2.0 * rng.integers(0, 2, size=(n_frames.sum(), 6)) - 1.0
+        # the adjoints of v . W^1/2 r: residuals E / n (eV/atom), F (eV/Å), S (GPa)
         e_bar = (np.sqrt(weights.energy / ne) * np.where(data.has_energy, v_e[frames], 0.0)
-                 / per_frame)[data.frame_of_atom]
+                 / data.n_atoms_per_frame)
         delta = np.sqrt(weights.forces / nf) * v_f[atoms] * atom_has_f
         s_bar = (np.sqrt(weights.stress / ns) * EV_A3_TO_GPA
                  * np.where(data.has_stress[:, None], v_s[frames], 0.0))
-        grad = backend.parameter_gradients(data, e_bar, delta,
-                                           strain_derivative_bar(s_bar, data.volumes))
-        grad["e0"] = np.bincount(data.species, weights=e_bar, minlength=model.n_species)
-        diagonal += comm.sum(vector.gradient(grad) / vector.scale) ** 2
+        # fixed chunks: the scales, and so a resumed run, do not depend on the thread count
+        grad = adjoint_gradient(vector.model, data, e_bar, delta, s_bar, TRAINING_CHUNKS)
+        diagonal += vector.gradient(grad, scaled=False) ** 2
     diagonal = 2.0 * diagonal / n_probes + 2.0 * weights.l2 * vector.weight_mask()
     trained = ~vector.frozen
     scale = np.ones_like(diagonal)

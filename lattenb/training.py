@@ -175,6 +175,7 @@ class _LbfgsRun:
         self.max_time, self.log, self.log_every = max_time, log, log_every
         self.t_start = time.perf_counter() if t_start is None else t_start
         self.best_hist = []              # best validation loss after each iteration
+        self.last_x = None               # the last accepted iterate (`rescale` starts there)
         self.curve = []                  # learning curve rows, one per log line
         self.stop_reason = None
 

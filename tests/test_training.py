@@ -489,6 +489,15 @@ def test_group_scales_follow_the_exact_gauss_newton_diagonal():
         assert np.all(estimated[part] == estimated[part][0])
     # a common factor (the normalisation) aside, each group within 10 %
     assert np.allclose(ratio / np.exp(np.mean(np.log(ratio))), 1.0, atol=0.1), ratio
+    # the same bits on one thread: a resumed fit replays the scales whatever its thread count
+    import numba
+    threads = numba.get_num_threads()
+    try:
+        numba.set_num_threads(1)
+        one_thread = group_scales(vector, data, weights, n_probes=400)
+    finally:
+        numba.set_num_threads(threads)
+    assert np.array_equal(one_thread, estimated)
 
 
 def test_fit_restarts_on_group_scaled_parameters_and_resumes_through_it(tmp_path, monkeypatch):
