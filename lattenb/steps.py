@@ -168,10 +168,29 @@ class ParameterVector:
         return [(name, slice(int(lo), int(hi)))
                 for (name, _), lo, hi in zip(self.shapes, bounds[:-1], bounds[1:])]
 
+    def layer_groups(self):
+        """`groups` with the MLP split into the weights and the biases of each layer of each
+        species' row ("mlp[s].W1", "mlp[s].b1", ...), the groups `group_scales` may take."""
+        sizes = self.model.layer_sizes
+        out = []
+        for name, part in self.groups():
+            if name != "mlp":
+                out.append((name, part))
+                continue
+            start, rows = part.start, self.model.params["mlp"].shape[0]
+            for row in range(rows):
+                for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), 1):
+                    for kind, n in (("W", n_in * n_out), ("b", n_out)):
+                        out.append((f"mlp[{row}].{kind}{layer}", slice(start, start + n)))
+                        start += n
+        return out
 
-def group_scales(vector, data, weights, n_probes=GROUP_SCALE_PROBES, seed=0):
-    """(n,) one scale per parameter array of `vector` (its `groups`), repeated over the array's
-    entries: the inverse square root of the median over the array's trained entries of the
+
+def group_scales(vector, data, weights, n_probes=GROUP_SCALE_PROBES, seed=0, groups=None):
+    """(n,) one scale per group of entries of `vector` (`groups`: [(name, slice), ...], by
+    default its parameter arrays, `ParameterVector.groups`; `ParameterVector.layer_groups` splits
+    the MLP by layer), repeated over the group's entries: the inverse square root of the median
+    over the group's trained entries of the
     Gauss-Newton diagonal 2 diag(J^T W J) + 2 l2 (J: the residuals' Jacobian, W: the loss
     weights over their counts, `loss_and_gradient`), normalised to a geometric mean of 1 over
     the trained entries;
@@ -208,7 +227,7 @@ def group_scales(vector, data, weights, n_probes=GROUP_SCALE_PROBES, seed=0):
     diagonal = 2.0 * diagonal / n_probes + 2.0 * weights.l2 * vector.weight_mask()
     trained = ~vector.frozen
     scale = np.ones_like(diagonal)
-    for _, part in vector.groups():
+    for _, part in (vector.groups() if groups is None else groups):
         values = diagonal[part][trained[part]]
         if values.size and np.median(values) > 0:
             scale[part] = 1.0 / np.sqrt(np.median(values))

@@ -489,6 +489,17 @@ def test_group_scales_follow_the_exact_gauss_newton_diagonal():
         assert np.all(estimated[part] == estimated[part][0])
     # a common factor (the normalisation) aside, each group within 10 %
     assert np.allclose(ratio / np.exp(np.mean(np.log(ratio))), 1.0, atol=0.1), ratio
+    # the finer groups: each layer's weights and biases of each species' MLP row
+    layers = vector.layer_groups()
+    assert np.array_equal(np.concatenate([np.arange(x0.size)[part] for _, part in layers]),
+                          np.arange(x0.size))                 # in order, every entry once
+    sizes = model.layer_sizes
+    assert [name for name, _ in layers[:2 * (len(sizes) - 1)]] == [
+        f"mlp[0].{kind}{layer}" for layer in range(1, len(sizes)) for kind in "Wb"]
+    exact = np.array([1.0 / np.sqrt(np.median(diagonal[part])) for _, part in layers])
+    estimated_layers = group_scales(vector, data, weights, n_probes=400, groups=layers)
+    ratio = np.array([estimated_layers[part][0] for _, part in layers]) / exact
+    assert np.allclose(ratio / np.exp(np.mean(np.log(ratio))), 1.0, atol=0.1), ratio
     # the same bits on one thread: a resumed fit replays the scales whatever its thread count
     import numba
     threads = numba.get_num_threads()
@@ -500,21 +511,30 @@ def test_group_scales_follow_the_exact_gauss_newton_diagonal():
     assert np.array_equal(one_thread, estimated)
 
 
-def test_fit_restarts_on_group_scaled_parameters_and_resumes_through_it(tmp_path, monkeypatch):
-    """After GROUP_SCALES_AFTER iterations the fit restarts L-BFGS-B on the scaled parameters
-    (logged, recorded with the model); a checkpoint from before or after that restart resumes
-    to the model of the uninterrupted run, and a checkpoint that predates the scales resumes
-    without them."""
+@pytest.mark.parametrize("every, kind", [(None, "array"), (3, "layer")])
+def test_fit_restarts_on_group_scaled_parameters_and_resumes_through_it(tmp_path, monkeypatch,
+                                                                        every, kind):
+    """After GROUP_SCALES_AFTER iterations (and then every GROUP_SCALES_EVERY) the fit restarts
+    L-BFGS-B on the scaled parameters (logged, recorded with the model); a checkpoint from
+    before or after a restart resumes to the model of the uninterrupted run, and a checkpoint
+    that predates the scales resumes without them."""
     from lattenb import training
     monkeypatch.setattr(training, "GROUP_SCALES_AFTER", 4)
+    monkeypatch.setattr(training, "GROUP_SCALES_EVERY", every)
+    monkeypatch.setattr(training, "SCALE_GROUPS", kind)
     lines = []
     full = tiny_fit(tmp_path, max_iter=12, log=lines.append, solve_output=False)
     assert full.fit_info["group_scales_after"] == 4 and full.fit_info["iterations"] == 12
-    assert sum("iteration 4: L-BFGS-B restarts on the parameters divided by one scale" in line
-               for line in lines) == 1
+    assert full.fit_info["group_scales_every"] == every and full.fit_info["scale_groups"] == kind
+    restarts = [it for it in range(1, 13) for line in lines
+                if line.startswith(f"iteration {it}: L-BFGS-B restarts on the parameters "
+                                   f"divided by one scale per {kind} (")]
+    assert restarts == ([4] if every is None else [4, 7, 10])
+    if kind == "layer":        # the hidden and output layers get scales of their own
+        assert "mlp[0].W2" in next(line for line in lines if "restarts" in line)
     frames = read(DATA / "Cu_train_subset.xyz", "::6")
     valid = read(DATA / "Cu_test_subset.xyz", "::3")
-    for stop in (3, 7):
+    for stop in (3, 7) if every is None else (5, 8):
         ck = tmp_path / f"ck{stop}.npz"
         tiny_fit(tmp_path, max_iter=stop, checkpoint=str(ck), checkpoint_every=100,
                  solve_output=False)
@@ -603,7 +623,8 @@ def test_minibatches_cover_every_structure_once():
 def test_minibatch_phase_lowers_the_loss_is_deterministic_and_hands_over(tmp_path):
     """adam_epochs=N: N passes over seeded batches of structures lower the training loss from
     the starting point; two runs are bit-identical; fit_info and the learning curve record the
-    passes; the L-BFGS run after it starts where it ended (the checkpoint's x0)."""
+    passes; the L-BFGS run after it starts where it ended (the checkpoint's x0). A time limit
+    that does not bind changes nothing."""
     frames = read(DATA / "Cu_train_subset.xyz", "::6")
     start = tiny_fit(tmp_path, max_iter=0, solve_output=False)
     lines = []
@@ -611,8 +632,11 @@ def test_minibatch_phase_lowers_the_loss_is_deterministic_and_hands_over(tmp_pat
     a = tiny_fit(tmp_path, max_iter=0, solve_output=False, adam_epochs=30, log=lines.append,
                  log_every=10, checkpoint=str(ck))
     b = tiny_fit(tmp_path, max_iter=0, solve_output=False, adam_epochs=30)
+    # a time limit that does not bind leaves the steps alone (the clock set the first rate)
+    c = tiny_fit(tmp_path, max_iter=0, solve_output=False, adam_epochs=30, adam_time=3600)
     for name in a.params:
         assert np.array_equal(a.params[name], b.params[name]), name
+        assert np.array_equal(a.params[name], c.params[name]), name
     w = LossWeights(10.0, 1.0, 0.001, l2=1e-6)
     d = prepare_dataset(frames, start)
     before, after = (loss_and_gradient(m, d, w, False)[0] for m in (start, a))
