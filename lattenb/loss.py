@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .conventions import EV_A3_TO_GPA, strain_derivative_bar
+from .mlp import layer_arrays, n_parameters
 from .predict import predict
 
 
@@ -81,10 +82,10 @@ def stress_residuals(S, data, fit_offset=False):
 
 def mlp_weight_mask(layer_sizes):
     """(n_parameters,) 1.0 for weights, 0.0 for biases."""
-    parts = []
-    for n_in, n_out in zip(layer_sizes[:-1], layer_sizes[1:]):
-        parts += [np.ones(n_in * n_out), np.zeros(n_out)]
-    return np.concatenate(parts)
+    mask = np.zeros(n_parameters(layer_sizes))
+    for weights, _ in layer_arrays(mask, layer_sizes):      # views into mask
+        weights[...] = 1.0
+    return mask
 
 
 def residual_counts(data):
@@ -99,7 +100,8 @@ def residual_counts(data):
 def adjoint_gradient(model, data, e_bar_frame, delta, s_bar=None, n_chunks=None):
     """d/dparams of J = sum_frames e_bar_frame E + sum_atoms delta . F + sum_frames s_bar . S:
     the parameter gradient of any scalar of the predictions, given its adjoints dJ/dE (F,)
-    per frame, dJ/dF (N, 3) and dJ/dS (F, 6) (S in eV/Å^3, Voigt; None: no stress term). One tangent + reverse pass (`Backend.parameter_gradients`); a dict shaped like
+    per frame, dJ/dF (N, 3) and dJ/dS (F, 6) (S in eV/Å^3, Voigt; None: no stress term).
+    One tangent + reverse pass (`Backend.parameter_gradients`); a dict shaped like
     `model.params` with e0, summed over every rank's shard (`Dataset.comm`), so every rank gets
     it. `loss_and_gradient` gives it the loss's adjoints, `steps.group_scales` random signs."""
     e_bar = e_bar_frame[data.frame_of_atom]

@@ -11,6 +11,7 @@ from .conventions import EV_A3_TO_GPA
 from .distributed import tsqr_factor
 from .loss import (LossWeights, adjoint_gradient, loss_and_gradient, mlp_weight_mask,
                    residual_counts)
+from .mlp import layer_arrays
 from .predict import dataset_descriptors, predict
 
 #: the energy weights, relative to the L-BFGS fit's, that the final solve compares by
@@ -171,18 +172,20 @@ class ParameterVector:
     def layer_groups(self):
         """`groups` with the MLP split into the weights and the biases of each layer of each
         species' row ("mlp[s].W1", "mlp[s].b1", ...), the groups `group_scales` may take."""
-        sizes = self.model.layer_sizes
+        rows, per_row = self.model.params["mlp"].shape
+        # the layout of one row, as `mlp.layer_arrays` reads it, on the row's entry numbers
+        layers = layer_arrays(np.arange(per_row), self.model.layer_sizes)
         out = []
         for name, part in self.groups():
             if name != "mlp":
                 out.append((name, part))
                 continue
-            start, rows = part.start, self.model.params["mlp"].shape[0]
             for row in range(rows):
-                for layer, (n_in, n_out) in enumerate(zip(sizes[:-1], sizes[1:]), 1):
-                    for kind, n in (("W", n_in * n_out), ("b", n_out)):
-                        out.append((f"mlp[{row}].{kind}{layer}", slice(start, start + n)))
-                        start += n
+                base = part.start + row * per_row
+                for layer, (weights, biases) in enumerate(layers, 1):
+                    for kind, entries in (("W", weights), ("b", biases)):
+                        out.append((f"mlp[{row}].{kind}{layer}",
+                                    slice(base + int(entries.min()), base + int(entries.max()) + 1)))
         return out
 
 

@@ -318,8 +318,7 @@ class _LbfgsRun:
     def next_rescale(self):
         """The next iteration after the current one at which L-BFGS-B restarts on new scales
         (`group_scales_after`, then every `group_scales_every`), None for none."""
-        first = self.settings.get("group_scales_after")
-        every = self.settings.get("group_scales_every")
+        first, every = self.settings["group_scales_after"], self.settings["group_scales_every"]
         if first is None:
             return None
         if self.iteration < first:
@@ -333,7 +332,7 @@ class _LbfgsRun:
         and return that iterate in the new variables (a fresh L-BFGS-B history starts there)."""
         self.vector.set(self.last_x)
         t = time.perf_counter()
-        kind = self.settings.get("scale_groups", "array")
+        kind = self.settings["scale_groups"]
         groups = self.vector.layer_groups() if kind == "layer" else self.vector.groups()
         scale = group_scales(self.vector, self.data, self.weights, groups=groups)
         self.vector.scale = scale
